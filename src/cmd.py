@@ -1,0 +1,381 @@
+"""The ``defmap`` command: predict per-atom log10 RMSF from a map, store it as attributes, color and log it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from chimerax.core.commands import (BoolArg, CmdDesc, ColormapArg, ColormapRangeArg, EnumOf, FloatArg, IntArg,
+                                    Or, StringArg, register)
+from chimerax.core.errors import UserError
+
+from . import model as dm_model
+from . import preprocess as pp
+
+DEFAULT_PALETTE = "blue-white-red"  # rigid blue, flexible red
+_PREDICTORS: dict[tuple[str, str], dm_model.Predictor] = {}
+
+
+@dataclass
+class StructureResult:
+    """What a structure-mode run produced (returned to Python scripts)."""
+
+    structure: object
+    model: dm_model.ModelInfo
+    provider: str
+    atoms: object  # Atoms that received a value
+    atom_values: np.ndarray
+    residues: object  # Residues that received a value
+    residue_values: np.ndarray
+    outside_atoms: int
+    patches: int
+    seconds: float
+    stages: dict = field(default_factory=dict)
+    attribute: str = "defmap"
+
+    def as_dict(self) -> dict:
+        res = self.residues
+        return {"structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
+                "attribute": self.attribute, "atoms_scored": int(len(self.atoms)), "atoms_outside": self.outside_atoms,
+                "patches": self.patches, "seconds": round(self.seconds, 3), "stages": self.stages,
+                "residues": [{"chain": r.chain_id, "number": int(r.number), "insertion": r.insertion_code,
+                              "name": r.name, "value": float(v)} for r, v in zip(res, self.residue_values)]}
+
+
+@dataclass
+class VoxelResult:
+    volume: object
+    dynamics: object
+    model: dm_model.ModelInfo
+    provider: str
+    voxels: int
+    level: float
+    seconds: float
+    stages: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"map": self.volume.atomspec, "dynamics_map": self.dynamics.atomspec, "model": self.model.name,
+                "provider": self.provider, "voxels": self.voxels, "level": self.level,
+                "seconds": round(self.seconds, 3), "stages": self.stages}
+
+
+def release_predictors() -> None:
+    for p in _PREDICTORS.values():
+        p.close()
+    _PREDICTORS.clear()
+
+
+def get_predictor(info: dm_model.ModelInfo, device: str) -> dm_model.Predictor:
+    """Cache one onnxruntime session per model file and device (session creation costs more than small runs)."""
+    key = (str(info.path), device)
+    p = _PREDICTORS.get(key)
+    if p is None or p.session is None:
+        try:
+            p = dm_model.Predictor(info, device)
+        except dm_model.ModelError as e:
+            raise UserError(str(e)) from None
+        _PREDICTORS[key] = p
+    return p
+
+
+def _resolve(model, map_resolution) -> dm_model.ModelInfo:
+    if map_resolution is not None and not (0 < map_resolution < 100):
+        raise UserError(f"mapResolution must be between 0 and 100 Å, not {map_resolution:g}")
+    try:
+        return dm_model.resolve_model(model, map_resolution)
+    except dm_model.ModelError as e:
+        raise UserError(str(e)) from None
+
+
+def _map_arrays(volume):
+    """The map's full-resolution values and its xyz<->ijk transforms in the map's own coordinates."""
+    m = volume.full_matrix()
+    if m is None or m.size == 0:
+        raise UserError(f"Map {volume.name} has no data")
+    if m.ndim != 3:
+        raise UserError(f"Map {volume.name} is not a 3-D volume")
+    if min(m.shape) < 2:
+        raise UserError(f"Map {volume.name} is {m.shape[2]}×{m.shape[1]}×{m.shape[0]} voxels; DEFMap needs a 3-D map")
+    if not np.issubdtype(m.dtype, np.number) or np.iscomplexobj(m):
+        raise UserError(f"Map {volume.name} has non-numeric values ({m.dtype})")
+    d = volume.data
+    return m, np.array(d.xyz_to_ijk_transform.matrix), np.array(d.ijk_to_xyz_transform.matrix)
+
+
+def _check_finite(volume, values):
+    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise UserError(f"Map {volume.name} has {bad:,} NaN or infinite values; fix or mask them before running defmap")
+
+
+def predict_structure(session, volume, atoms, model=None, map_resolution=None, device="auto", batch_size=None,
+                      attribute="defmap", rotations: int = 1) -> StructureResult:
+    """Predict per-atom values for heavy atoms of one structure; sets no attributes (see :func:`store_attributes`)."""
+    t_start = time.perf_counter()
+    stages = {}
+    structures = atoms.unique_structures
+    if len(structures) != 1:
+        raise UserError(f"defmap needs atoms of one structure, got {len(structures)} structures; run it per model")
+    heavy = atoms.filter(atoms.element_numbers != 1)
+    if len(heavy) == 0:
+        raise UserError("The structure has no heavy (non-hydrogen) atoms to score")
+    info = _resolve(model, map_resolution)
+    values, xyz_to_ijk, _ = _map_arrays(volume)
+    _check_finite(volume, values)
+    predictor = get_predictor(info, device)
+    t0 = time.perf_counter()
+    # atoms in the map's own coordinate frame
+    xyz = volume.scene_position.inverse().transform_points(heavy.scene_coords)
+    inside = pp.points_inside_map(xyz, xyz_to_ijk, values.shape)
+    if not inside.any():
+        raise UserError(f"No atoms of {structures[0]} lie inside map {volume.name}; is the model fitted to this map?")
+    try:
+        prep = pp.prepare_points(values, xyz_to_ijk, xyz, info.spec, map_resolution, inside)
+    except MemoryError as e:
+        raise UserError(f"The map region is too large to process: {e}") from None
+    except ValueError as e:
+        raise UserError(f"Cannot use map {volume.name}: {e}") from None
+    stages["preprocess"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predictor.seconds = 0.0
+    preds = np.zeros(len(prep.centers), dtype=np.float64)
+    for k in range(rotations):
+        preds += predictor.predict_patches(prep.grid, prep.centers, batch_size, rotation=k)
+    preds /= rotations
+    stages["inference"] = predictor.seconds
+    stages["patches"] = time.perf_counter() - t0 - predictor.seconds
+    t0 = time.perf_counter()
+    scored = prep.point_to_center >= 0
+    atom_vals = preds[prep.point_to_center[scored]]
+    scored_atoms = heavy.filter(scored)
+    res_list, res_vals = _residue_means(scored_atoms, atom_vals)
+    stages["mapping"] = time.perf_counter() - t0
+    return StructureResult(structure=structures[0], model=info, provider=predictor.provider, atoms=scored_atoms,
+                           atom_values=atom_vals, residues=res_list, residue_values=res_vals,
+                           outside_atoms=int((~scored).sum()), patches=len(prep.centers),
+                           seconds=time.perf_counter() - t_start, stages=stages, attribute=attribute)
+
+
+def _residue_means(atoms, values):
+    """Mean of each residue's heavy-atom values, vectorized over the atoms' residue indices."""
+    residues = atoms.unique_residues
+    idx = residues.indices(atoms.residues)
+    sums = np.bincount(idx, weights=values, minlength=len(residues))
+    counts = np.bincount(idx, minlength=len(residues))
+    return residues, sums / np.maximum(counts, 1)
+
+
+def register_attributes(session, attribute: str) -> None:
+    from chimerax.atomic import Atom, Residue
+    Atom.register_attr(session, attribute, "DEFMap", attr_type=float, can_return_none=True)
+    Residue.register_attr(session, attribute, "DEFMap", attr_type=float, can_return_none=True)
+    Residue.register_attr(session, attribute + "_z", "DEFMap", attr_type=float, can_return_none=True)
+
+
+def store_attributes(session, result: StructureResult) -> None:
+    """Atom/residue attributes; earlier values on this structure are replaced, atoms without a value get None."""
+    name = result.attribute
+    register_attributes(session, name)
+    s = result.structure
+    for a in s.atoms:
+        setattr(a, name, None)
+    for r in s.residues:
+        setattr(r, name, None)
+        setattr(r, name + "_z", None)
+    for a, v in zip(result.atoms, result.atom_values):
+        setattr(a, name, float(v))
+    rv = result.residue_values
+    z = (rv - rv.mean()) / rv.std() if len(rv) > 1 and rv.std() > 0 else np.zeros_like(rv)
+    for r, v, zv in zip(result.residues, rv, z):
+        setattr(r, name, float(v))
+        setattr(r, name + "_z", float(zv))
+
+
+def color_structure(session, result: StructureResult, palette=None, range=None, key=True) -> None:
+    """Ribbons, atoms, rings and molecular surfaces by the residue attribute, like ``color byattribute``."""
+    from chimerax.std_commands.color import color_by_attr
+    if palette is None:
+        palette = _default_palette(session)
+    atoms = result.structure.atoms
+    color_by_attr(session, "r:" + result.attribute, atoms=atoms, palette=palette, range=range,
+                  no_value_color=_no_value_color(), key=key, log_info=False, undo_name="defmap")
+
+
+def _default_palette(session):
+    from chimerax.core.colors import BuiltinColormaps
+    return BuiltinColormaps[DEFAULT_PALETTE]
+
+
+def _no_value_color():
+    from chimerax.core.colors import Color
+    return Color((0.6, 0.6, 0.6, 1.0))
+
+
+def _stretches(result: StructureResult, n: int = 3, width: int = 5) -> tuple[list, list]:
+    """Most flexible and most rigid windows of consecutive residues (per chain), for the log."""
+    out = []
+    by_chain: dict[str, list] = {}
+    for r, v in zip(result.residues, result.residue_values):
+        by_chain.setdefault(r.chain_id, []).append((r, v))
+    for chain, items in by_chain.items():
+        if len(items) < width:
+            continue
+        vals = np.array([v for _, v in items])
+        means = np.convolve(vals, np.ones(width) / width, mode="valid")
+        for i, m in enumerate(means):
+            out.append((float(m), chain, items[i][0], items[i + width - 1][0]))
+    out.sort(key=lambda t: t[0])
+
+    def pick(seq):
+        chosen = []
+        for m, chain, r0, r1 in seq:
+            if all(c != chain or r1.number < a.number or r0.number > b.number for _, c, a, b in chosen):
+                chosen.append((m, chain, r0, r1))
+            if len(chosen) == n:
+                break
+        return chosen
+    return pick(reversed(out)), pick(out)
+
+
+def log_structure_summary(session, result: StructureResult) -> None:
+    from html import escape
+    rv = result.residue_values
+    flex, rigid = _stretches(result)
+
+    def fmt(stretch):
+        return ", ".join(f"/{c}:{a.number}-{b.number} ({m:.2f})" for m, c, a, b in stretch) or "—"
+    rows = [("Model", f"{escape(result.model.name)} ({result.model.resolution:g} Å)"),
+            ("Provider", escape(result.provider)),
+            ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
+            ("Residues scored", f"{len(rv):,} of {result.structure.num_residues:,}"),
+            ("Atoms outside map", f"{result.outside_atoms:,}"),
+            ("log10 RMSF (Å) min / median / max", f"{rv.min():.3f} / {np.median(rv):.3f} / {rv.max():.3f}"),
+            ("Most flexible stretches", fmt(flex)),
+            ("Most rigid stretches", fmt(rigid))]
+    html = (f"<table border=1 cellpadding=4 style='border-collapse:collapse'><caption>DEFMap dynamics of "
+            f"{escape(str(result.structure))}: residue attributes <i>{result.attribute}</i>, "
+            f"<i>{result.attribute}_z</i></caption>"
+            + "".join(f"<tr><th align=left>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
+    session.logger.info(html, is_html=True)
+    session.logger.status(f"DEFMap: {len(rv)} residues scored in {result.seconds:.1f} s on {result.provider}")
+    if result.outside_atoms:
+        session.logger.warning(f"{result.outside_atoms:,} heavy atoms of {result.structure} lie outside map and got "
+                               "no DEFMap value")
+
+
+def predict_voxels(session, volume, model=None, map_resolution=None, device="auto", batch_size=None,
+                   level=None, dense=None) -> tuple[np.ndarray, pp.Prepared, dm_model.Predictor, dict, float]:
+    """Voxel-mode prediction at lattice voxels above the map's surface level."""
+    info = _resolve(model, map_resolution)
+    values, xyz_to_ijk, ijk_to_xyz = _map_arrays(volume)
+    _check_finite(volume, values)
+    if level is None:
+        level = volume.minimum_surface_level
+        if level is None:
+            raise UserError(f"Map {volume.name} shows no surface level; show it as a surface or give 'level'")
+    predictor = get_predictor(info, device)
+    stages = {}
+    t0 = time.perf_counter()
+    try:
+        prep = pp.prepare_voxels(values, xyz_to_ijk, ijk_to_xyz, info.spec, float(level), map_resolution)
+    except MemoryError as e:
+        raise UserError(f"Map {volume.name} is too large to process: {e}") from None
+    except ValueError as e:
+        raise UserError(f"Cannot use map {volume.name}: {e}") from None
+    stages["preprocess"] = time.perf_counter() - t0
+    predictor.seconds = 0.0
+    t0 = time.perf_counter()
+    use_dense = info.fully_convolutional if dense is None else dense
+    if use_dense and not info.fully_convolutional:
+        raise UserError(f"Model {info.name} is not fully convolutional; use dense false")
+    if use_dense:
+        preds = predictor.predict_dense(prep.grid, prep.centers)
+    else:
+        preds = predictor.predict_patches(prep.grid, prep.centers, batch_size)
+    stages["inference"] = predictor.seconds
+    stages["patches"] = time.perf_counter() - t0 - predictor.seconds
+    return preds, prep, predictor, stages, float(level)
+
+
+def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, name: str):
+    """A new map on the model lattice holding predictions at scored voxels (others get the minimum)."""
+    from chimerax.map import volume_from_grid_data
+    from chimerax.map_data import ArrayGridData
+    g = prep.grid
+    arr = np.full(g.values.shape, float(preds.min()), dtype=np.float32)
+    arr[tuple(prep.centers.T)] = preds
+    grid = ArrayGridData(arr, origin=tuple(g.origin), step=(g.voxel_size,) * 3, name=name)
+    v = volume_from_grid_data(grid, session, style="surface", show_dialog=False)
+    v.scene_position = volume.scene_position
+    v.display = False
+    return v
+
+
+def defmap(session, map, structure=None, model=None, map_resolution=None, device="auto", color=True,
+           palette=None, range=None, key=True, attribute="defmap", batch_size=None, level=None, dense=None,
+           return_json=False):
+    """Predict residue dynamics (log10 RMSF, Å) of a fitted model from a cryo-EM map, or per voxel without one."""
+    if batch_size is not None and not (1 <= batch_size <= 1_000_000):
+        raise UserError(f"batchSize must be between 1 and 1,000,000, not {batch_size}")
+    if not attribute.isidentifier():
+        raise UserError(f"attribute name '{attribute}' must be a Python identifier (letters, digits, _)")
+    vols = list(map) if isinstance(map, (list, tuple)) else [map]
+    if len(vols) != 1:
+        raise UserError(f"defmap needs exactly one map, got {len(vols)}")
+    volume = vols[0]
+    if structure is not None:
+        if len(structure) == 0:
+            raise UserError("The structure specification matches no atoms")
+        result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute)
+        t0 = time.perf_counter()
+        store_attributes(session, result)
+        result.stages["mapping"] += time.perf_counter() - t0
+        if color:
+            t0 = time.perf_counter()
+            color_structure(session, result, palette, range, key)
+            result.stages["coloring"] = time.perf_counter() - t0
+        log_structure_summary(session, result)
+        return _returned(result, return_json)
+    t_start = time.perf_counter()
+    preds, prep, predictor, stages, level = predict_voxels(session, volume, model, map_resolution, device,
+                                                           batch_size, level, dense)
+    dyn = make_dynamics_volume(session, volume, prep, preds, f"{volume.name} DEFMap dynamics")
+    if color:
+        t0 = time.perf_counter()
+        from chimerax.surface.colorvol import color_sample
+        color_sample(session, volume.surfaces, dyn, palette=palette or _default_palette(session),
+                     range=range or "full", key=key)
+        stages["coloring"] = time.perf_counter() - t0
+    info = predictor.info
+    res = VoxelResult(volume, dyn, info, predictor.provider, len(prep.centers), level,
+                      time.perf_counter() - t_start, stages)
+    session.logger.info(
+        f"DEFMap voxel mode on {volume.name} (level {level:g}): {len(prep.centers):,} voxels scored with "
+        f"{info.name} on {predictor.provider} in {res.seconds:.2f} s; log10 RMSF min / median / max "
+        f"{preds.min():.3f} / {float(np.median(preds)):.3f} / {preds.max():.3f}; dynamics map #{dyn.id_string}")
+    return _returned(res, return_json)
+
+
+def _returned(result, return_json):
+    if not return_json:
+        return result
+    from chimerax.core.commands import ArrayJSONEncoder, JSONResult
+    return JSONResult(ArrayJSONEncoder().encode(result.as_dict()), result)
+
+
+def defmap_desc():
+    from chimerax.atomic import AtomsArg
+    from chimerax.map import MapsArg
+    return CmdDesc(
+        required=[("map", MapsArg)],
+        keyword=[("structure", AtomsArg), ("model", StringArg), ("map_resolution", FloatArg),
+                 ("device", EnumOf(("auto", "gpu", "cpu"))), ("color", BoolArg), ("palette", ColormapArg),
+                 ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg), ("batch_size", IntArg),
+                 ("level", FloatArg), ("dense", BoolArg), ("return_json", BoolArg)],
+        synopsis="predict protein dynamics (log10 RMSF) from a cryo-EM map")
+
+
+def register_defmap_commands(logger) -> None:
+    register("defmap", defmap_desc(), defmap, logger=logger)
+    _ = Or  # keep import for subcommands that accept several types

@@ -1,0 +1,297 @@
+"""Boot a real ChimeraX session without a GUI, for tests, `make run` and `make demo`.
+
+The PyPI ChimeraX wheel lacks ``chimerax.core.nogui`` and a toolshed that sees its bundles, so this module repeats the
+start-up steps of ``chimerax/core/__main__.py`` itself and registers the commands the project uses.  In a real ChimeraX
+none of this is needed: the same ``.cxc`` scripts run with ``chimerax --nogui --exit --script file.cxc``.
+"""
+
+from __future__ import annotations
+
+import collections
+import collections.abc
+import os
+import sys
+import types
+
+# grako (atom-spec parser) still uses the pre-3.10 aliases.
+for _name in ("Mapping", "MutableMapping", "Sequence", "MutableSequence", "Set", "MutableSet", "Callable", "Iterable",
+              "Hashable", "Sized", "Container", "Iterator"):
+    if not hasattr(collections, _name):
+        setattr(collections, _name, getattr(collections.abc, _name))
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+# Commands each bundle registers in real ChimeraX (bundle_info.xml); registered here by bundle, as the toolshed would.
+BUNDLE_COMMANDS = {
+    "map": ["volume", "molmap", "measure mapvalues", "measure mapstats"],
+    "surface": ["surface", "surface close", "color sample", "color zone"],
+    "color_key": ["key"],
+    "label": ["2dlabels"],
+}
+PACKAGE_BUNDLE_NAMES = {"core": "ChimeraX-Core"}
+
+
+class _NoGuiUI:
+    """The few UI attributes that non-GUI ChimeraX code reads."""
+
+    is_gui = False
+    main_window = None
+    mouse_modes = None
+
+    def __init__(self, session):
+        self.session = session
+        self.has_graphics = False
+        from chimerax.core.triggerset import TriggerSet
+        self.triggers = TriggerSet()
+        for name in ("ready", "tool window show", "tool window hide"):
+            self.triggers.add_trigger(name)
+
+    def initialize_offscreen_rendering(self):
+        from chimerax import graphics
+        try:
+            ctx = graphics.OffScreenRenderingContext()
+        except Exception as e:  # no OSMesa: images are unavailable, everything else works
+            self.session.logger.info(f"Offscreen rendering unavailable: {e}")
+            return
+        self.session.main_view.initialize_rendering(ctx)
+        self.has_graphics = True
+
+    def thread_safe(self, func, *args, **kw):
+        func(*args, **kw)
+
+    def update_undo(self, *args, **kw):
+        pass
+
+    def quit(self, confirm=False):
+        pass
+
+    def timer(self, millisec, callback, *args, **kw):
+        callback(*args, **kw)
+
+    def initialize_color_output(self, *args):
+        pass
+
+
+def _nogui_log_class():
+    from chimerax.core.logger import PlainTextLog
+
+    class NoGuiLog(PlainTextLog):
+        """Log to stdout (errors and warnings to stderr), as ChimeraX --nogui does."""
+
+        excludes_other_logs = False
+
+        def __init__(self, stream=None):
+            super().__init__()
+            self.stream = stream
+
+        def log(self, level, msg):
+            out = self.stream or (sys.stderr if level >= self.LEVEL_WARNING else sys.stdout)
+            print(msg.rstrip(), file=out, flush=True)
+            return True
+
+        def status(self, msg, color, secondary):
+            return False
+    return NoGuiLog
+
+
+def _install_nogui_module():
+    import chimerax.core
+    if "chimerax.core.nogui" in sys.modules:
+        return
+    mod = types.ModuleType("chimerax.core.nogui")
+    mod.UI = _NoGuiUI
+    mod.NoGuiLog = _nogui_log_class()
+    sys.modules["chimerax.core.nogui"] = mod
+    chimerax.core.nogui = mod
+
+
+class _BundleInfo:
+    """What session save/restore asks of a bundle: its name, versions and classes (bundle_api.get_class)."""
+
+    def __init__(self, package: str):
+        self.package = package
+        self.name = PACKAGE_BUNDLE_NAMES.get(package, "ChimeraX-" + package.replace("_", " ").title().replace(" ", ""))
+        self.version = "1.0"
+        self.session_versions = range(1, 100)
+
+    def get_class(self, class_name, logger=None):
+        import importlib
+        mod = importlib.import_module("chimerax." + self.package)
+        return mod.bundle_api.get_class(class_name)
+
+
+class _Toolshed:
+    """Stand-in for the toolshed: maps chimerax.<package> classes to bundles so sessions save and restore."""
+
+    def __init__(self):
+        self._by_name: dict[str, _BundleInfo] = {}
+
+    def _info(self, package: str) -> _BundleInfo:
+        bi = _BundleInfo(package)
+        return self._by_name.setdefault(bi.name, bi)
+
+    def find_bundle_for_class(self, cls):
+        parts = cls.__module__.split(".")
+        if parts[0] != "chimerax" or len(parts) < 2:
+            return None
+        return self._info(parts[1])
+
+    def find_bundle(self, name, logger=None, installed=True, version=None):
+        bi = self._by_name.get(name)
+        if bi is None:
+            for pkg in _known_packages():
+                if self._info(pkg).name == name:
+                    return self._by_name[name]
+        return bi
+
+    def bundle_link(self, name):
+        return name
+
+
+def _known_packages():
+    import chimerax
+    return [p for p in os.listdir(os.path.dirname(chimerax.__file__)) if not p.startswith("_")]
+
+
+def boot(offscreen: bool = True, log_stream=None):
+    """Create and initialize a ChimeraX session as ``chimerax --nogui --offscreen`` would."""
+    _install_nogui_module()
+    from chimerax.core import attributes, core_settings, undo
+    from chimerax.core.session import Session, register_misc_commands
+    session = Session("ChimeraX", offscreen_rendering=offscreen)
+    core_settings.init(session)
+    register_misc_commands(session)
+    attributes.RegAttrManager(session)
+    session.logger.add_log(sys.modules['chimerax.core.nogui'].NoGuiLog(log_stream))
+    session.toolshed = _Toolshed()
+    from chimerax import atomic
+    atomic.initialize_atomic(session)
+    session.undo = undo.Undo(session, first=True)
+    _register_commands(session)
+    return session
+
+
+def _register_commands(session):
+    import importlib
+    from chimerax import std_commands
+    std_commands.register_commands(session)
+    for package, names in BUNDLE_COMMANDS.items():
+        api = importlib.import_module("chimerax." + package).bundle_api
+        for name in names:
+            api.register_command(name, session.logger)
+    from chimerax.defmap import cmd
+    cmd.register_defmap_commands(session.logger)
+    _register_open_save(session)
+
+
+OPEN_SUFFIXES = (".mrc", ".map", ".ccp4", ".pdb", ".ent", ".cif", ".mmcif", ".cxs")
+
+
+def open_path(session, path: str, name: str | None = None):
+    """Open a map, structure or session file by suffix (real ChimeraX uses its open-command providers)."""
+    from chimerax.core.errors import UserError
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        raise UserError(f"File not found: {path}")
+    low = path.lower()
+    if low.endswith(".cxs"):
+        from chimerax.core.session import open as open_session
+        models, msg = open_session(session, path)
+        return models
+    if low.endswith((".mrc", ".map", ".ccp4")):
+        from chimerax.map_data import open_file
+        from chimerax.map import volume_from_grid_data
+        try:
+            grids = open_file(path)
+        except Exception as e:
+            raise UserError(f"Could not read map {path}: {e}")
+        models = [volume_from_grid_data(g, session) for g in grids]
+    elif low.endswith((".pdb", ".ent")):
+        from chimerax.pdb import open_pdb
+        models, msg = open_pdb(session, path)
+        session.models.add(models)
+    elif low.endswith((".cif", ".mmcif")):
+        from chimerax.mmcif import open_mmcif
+        models, msg = open_mmcif(session, path)
+        session.models.add(models)
+    else:
+        raise UserError(f"Unsupported file type for open: {path} (use one of {', '.join(OPEN_SUFFIXES)})")
+    if name:
+        for m in models:
+            m.name = name
+    return models
+
+
+def save_path(session, path: str, width: int = 800, height: int = 600, supersample: int = 3,
+              attr_name: str | None = None, models=None, transparent_background: bool = False):
+    """Save .png images, .defattr attribute files or .cxs sessions (the suffixes our scripts use)."""
+    from chimerax.core.errors import UserError
+    path = os.path.expanduser(path)
+    low = path.lower()
+    if low.endswith(".png"):
+        if not session.ui.has_graphics:
+            raise UserError("Cannot save an image: offscreen rendering (OSMesa) is unavailable")
+        img = session.main_view.image(width, height, supersample=supersample,
+                                      transparent_background=transparent_background)
+        img.save(path)
+    elif low.endswith(".defattr"):
+        if attr_name is None:
+            raise UserError("Saving a .defattr file needs attrName")
+        from chimerax.std_commands.defattr import write_defattr
+        write_defattr(session, path, attr_name=attr_name, models=models)
+    elif low.endswith(".cxs"):
+        from chimerax.core.session import save as save_session
+        save_session(session, path)
+    else:
+        raise UserError(f"Unsupported file type for save: {path} (use .png, .defattr or .cxs)")
+
+
+def _register_open_save(session):
+    from chimerax.core.commands import (BoolArg, CmdDesc, IntArg, ModelsArg, OpenFileNameArg, SaveFileNameArg,
+                                        StringArg, register)
+
+    def open_cmd(session, path, name=None):
+        return open_path(session, path, name)
+
+    def save_cmd(session, path, width=800, height=600, supersample=3, attr_name=None, models=None,
+                 transparent_background=False):
+        save_path(session, path, width, height, supersample, attr_name, models, transparent_background)
+
+    register("open", CmdDesc(required=[("path", OpenFileNameArg)], keyword=[("name", StringArg)],
+                             synopsis="open a map, structure or session file"), open_cmd, logger=session.logger)
+    register("save", CmdDesc(required=[("path", SaveFileNameArg)],
+                             keyword=[("width", IntArg), ("height", IntArg), ("supersample", IntArg),
+                                      ("attr_name", StringArg), ("models", ModelsArg),
+                                      ("transparent_background", BoolArg)],
+                             synopsis="save an image, attribute file or session"), save_cmd, logger=session.logger)
+
+
+def run_script(session, path: str) -> None:
+    """Run a .cxc command script line by line, stopping at the first error (like --exit --script)."""
+    from chimerax.core.commands import run
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                run(session, line)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m chimerax.defmap.headless script.cxc [...]``: what ``chimerax --nogui --exit --script`` does."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv:
+        print("usage: python -m chimerax.defmap.headless SCRIPT.cxc [SCRIPT.cxc ...]", file=sys.stderr)
+        return 2
+    from chimerax.core.errors import UserError
+    session = boot()
+    try:
+        for path in argv:
+            session.logger.info(f"Executing {path}")
+            run_script(session, path)
+    except UserError as e:
+        print(f"Error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

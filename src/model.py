@@ -1,0 +1,255 @@
+"""ONNX models: metadata, discovery, choice by resolution, and inference with onnxruntime (no ChimeraX imports).
+
+Everything that shapes the input (voxel size, box, filter resolution, normalization) and the meaning of the output is
+read from the JSON stored under the ``defmap`` key of the ONNX file's metadata, so a retrained model can never be fed
+features it was not trained on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .preprocess import FeatureSpec, Grid
+
+META_KEY = "defmap"
+FORMAT_VERSION = 1
+OUTPUTS = ("log10_rmsf_angstrom",)
+MODEL_DIR_ENV = "DEFMAP_MODEL_PATH"
+PACKAGE_MODEL_DIR = Path(__file__).resolve().parent / "onnx_models"
+
+
+class ModelError(ValueError):
+    """A model file that cannot be used; the message is one sentence for the user."""
+
+
+@dataclass
+class ModelInfo:
+    path: Path
+    name: str
+    spec: FeatureSpec
+    output: str
+    fully_convolutional: bool
+    description: str = ""
+    flops_per_patch: float | None = None
+    metrics: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+
+    @property
+    def resolution(self) -> float:
+        return self.spec.filter_resolution
+
+    def summary(self) -> dict:
+        return {"name": self.name, "path": str(self.path), "resolution": self.resolution,
+                "voxel_size": self.spec.voxel_size, "box": self.spec.box, "output": self.output,
+                "fully_convolutional": self.fully_convolutional, "description": self.description,
+                "metrics": self.metrics}
+
+
+def make_metadata(name: str, spec: FeatureSpec, *, fully_convolutional: bool, description: str = "",
+                  flops_per_patch: float | None = None, metrics: dict | None = None,
+                  training: dict | None = None, output: str = "log10_rmsf_angstrom") -> dict[str, str]:
+    """The metadata_props dict to embed in an exported ONNX model (training and tests use this)."""
+    spec.validate()
+    meta = {"format_version": FORMAT_VERSION, "name": name, "features": spec.to_dict(), "output": output,
+            "fully_convolutional": bool(fully_convolutional), "description": description,
+            "flops_per_patch": flops_per_patch, "metrics": metrics or {}, "training": training or {}}
+    return {META_KEY: json.dumps(meta, sort_keys=True)}
+
+
+def parse_metadata(path: Path, props: dict[str, str]) -> ModelInfo:
+    if META_KEY not in props:
+        raise ModelError(f"Model {path.name} has no DEFMap metadata ('{META_KEY}' key); export it with defmap-train")
+    try:
+        meta = json.loads(props[META_KEY])
+        if int(meta.get("format_version", 0)) != FORMAT_VERSION:
+            raise ValueError(f"format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
+        spec = FeatureSpec.from_dict(meta["features"])
+        output = str(meta["output"])
+        if output not in OUTPUTS:
+            raise ValueError(f"output '{output}' is not one of {', '.join(OUTPUTS)}")
+        return ModelInfo(path=path, name=str(meta.get("name") or path.stem), spec=spec, output=output,
+                         fully_convolutional=bool(meta.get("fully_convolutional", False)),
+                         description=str(meta.get("description", "")),
+                         flops_per_patch=meta.get("flops_per_patch"), metrics=dict(meta.get("metrics") or {}),
+                         training=dict(meta.get("training") or {}))
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelError(f"Model {path.name} has inconsistent DEFMap metadata: {e}") from None
+
+
+def _ort():
+    import onnxruntime
+    return onnxruntime
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """Read a model's metadata without running it."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"Model file {p} does not exist")
+    try:
+        import onnx
+        m = onnx.load(str(p), load_external_data=False)
+        props = {e.key: e.value for e in m.metadata_props}
+    except Exception as e:
+        raise ModelError(f"Model file {p.name} is not a readable ONNX model ({type(e).__name__})") from None
+    return parse_metadata(p, props)
+
+
+def model_dirs() -> list[Path]:
+    dirs = [Path(d) for d in os.environ.get(MODEL_DIR_ENV, "").split(os.pathsep) if d]
+    return dirs + [PACKAGE_MODEL_DIR]
+
+
+def installed_models() -> list[ModelInfo]:
+    """Models found in $DEFMAP_MODEL_PATH and the bundle's own onnx_models folder, sharpest first."""
+    seen, found = set(), []
+    for d in model_dirs():
+        for p in sorted(d.glob("*.onnx")) if d.is_dir() else []:
+            if p.name in seen:
+                continue
+            try:
+                found.append(read_model_info(p))
+                seen.add(p.name)
+            except ModelError:
+                continue
+    return sorted(found, key=lambda m: (m.resolution, m.name))
+
+
+def choose_model(models: list[ModelInfo], map_resolution: float | None) -> ModelInfo:
+    """The sharpest model trained at or coarser than the map's resolution (the coarsest if none is)."""
+    if not models:
+        raise ModelError("No DEFMap model is installed; give one with 'model PATH' or set DEFMAP_MODEL_PATH")
+    if map_resolution is None:
+        return models[0]
+    ok = [m for m in models if m.resolution >= map_resolution - 1e-6]
+    return ok[0] if ok else models[-1]
+
+
+def resolve_model(name_or_path: str | None, map_resolution: float | None) -> ModelInfo:
+    if name_or_path is None:
+        return choose_model(installed_models(), map_resolution)
+    p = Path(os.path.expanduser(name_or_path))
+    if p.suffix == ".onnx" or p.exists():
+        return read_model_info(p)
+    models = installed_models()
+    for m in models:
+        if name_or_path in (m.name, m.path.stem, m.path.name):
+            return m
+    names = ", ".join(m.name for m in models) or "none"
+    raise ModelError(f"No installed model is named '{name_or_path}' (installed: {names})")
+
+
+class Predictor:
+    """An onnxruntime session for one model, with the provider it really runs on."""
+
+    def __init__(self, info: ModelInfo, device: str = "auto", threads: int | None = None):
+        ort = _ort()
+        if device not in ("auto", "gpu", "cpu"):
+            raise ModelError(f"device must be auto, gpu or cpu, not '{device}'")
+        available = ort.get_available_providers()
+        if device == "gpu" and "CUDAExecutionProvider" not in available:
+            raise ModelError("device gpu was asked for, but this onnxruntime has no CUDA provider")
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "gpu") and "CUDAExecutionProvider" in available:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        so = ort.SessionOptions()
+        so.log_severity_level = 4 if device == "auto" else 3  # 'auto' falls back quietly; we report what ran
+        so.intra_op_num_threads = threads or os.cpu_count() or 1
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(str(info.path), sess_options=so, providers=providers)
+        except Exception as e:
+            raise ModelError(f"onnxruntime could not load model {info.path.name}: {str(e).splitlines()[0][:200]}") from None
+        used = self.session.get_providers()
+        if device == "gpu" and "CUDAExecutionProvider" not in used:
+            raise ModelError("device gpu was asked for, but the CUDA provider failed to start (CUDA 13 and cuDNN 9 "
+                             "libraries are needed); use device auto or cpu")
+        self.provider = used[0]
+        self.info = info
+        inp = self.session.get_inputs()
+        if len(inp) != 1 or len(inp[0].shape) != 5:
+            raise ModelError(f"Model {info.path.name} must take one 5-D input (N, 1, D, H, W)")
+        self.input_name = inp[0].name
+        self.default_batch = 1024 if self.provider == "CUDAExecutionProvider" else 256
+        self.seconds = 0.0
+        self.patches = 0
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        y = self.session.run(None, {self.input_name: x})[0]
+        self.seconds += time.perf_counter() - t0
+        return y
+
+    def predict_patches(self, grid: Grid, centers: np.ndarray, batch_size: int | None = None,
+                        rotation: int = 0) -> np.ndarray:
+        """One prediction per centre voxel, streamed in batches so memory stays flat."""
+        from .preprocess import iter_patch_batches
+        bs = int(batch_size or self.default_batch)
+        out = np.empty(len(centers), dtype=np.float32)
+        s = 0
+        for batch in iter_patch_batches(grid.values, centers, self.info.spec.box, bs):
+            if rotation:
+                batch = np.ascontiguousarray(rotate_patches(batch, rotation))
+            y = self._run(batch)
+            out[s:s + len(batch)] = y.reshape(len(batch), -1)[:, 0]
+            s += len(batch)
+        self.patches += len(centers)
+        return out
+
+    def predict_dense(self, grid: Grid, centers: np.ndarray, tile: int = 32) -> np.ndarray:
+        """Fully convolutional evaluation: whole tiles in one pass, equal to per-patch evaluation at each centre."""
+        if not self.info.fully_convolutional:
+            raise ModelError(f"Model {self.info.name} is not fully convolutional, so it cannot run densely")
+        box = self.info.spec.box
+        lo = box // 2
+        starts = centers - lo  # output voxel o holds the patch that starts at o
+        out = np.empty(len(centers), dtype=np.float32)
+        tile_of = starts // tile
+        order = np.lexsort(tile_of.T[::-1])
+        keys = tile_of[order]
+        breaks = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
+        for grp in np.split(order, breaks):
+            t0 = tile_of[grp[0]] * tile
+            sub = grid.values[t0[0]:t0[0] + tile + box - 1, t0[1]:t0[1] + tile + box - 1,
+                              t0[2]:t0[2] + tile + box - 1]
+            y = self._run(np.ascontiguousarray(sub[None, None], dtype=np.float32))[0, 0]
+            rel = starts[grp] - t0
+            out[grp] = y[rel[:, 0], rel[:, 1], rel[:, 2]]
+        self.patches += len(centers)
+        return out
+
+    def close(self) -> None:
+        self.session = None
+
+
+def rotate_patches(batch: np.ndarray, k: int) -> np.ndarray:
+    """The k-th of the 24 proper rotations of a cube, applied to (B, 1, D, H, W) patches."""
+    return ROTATIONS[k % 24](batch)
+
+
+def _cube_rotations():
+    axes = (2, 3, 4)
+
+    def r90(a, ax1, ax2, n):
+        return np.rot90(a, n, axes=(ax1, ax2))
+
+    rots = []
+    # 6 orientations of the first axis x 4 rotations about it
+    faces = [lambda a: a, lambda a: r90(a, axes[0], axes[1], 1), lambda a: r90(a, axes[0], axes[1], 2),
+             lambda a: r90(a, axes[0], axes[1], 3), lambda a: r90(a, axes[0], axes[2], 1),
+             lambda a: r90(a, axes[0], axes[2], 3)]
+    for f in faces:
+        for n in range(4):
+            rots.append(lambda a, f=f, n=n: r90(f(a), axes[1], axes[2], n))
+    return rots
+
+
+ROTATIONS = _cube_rotations()

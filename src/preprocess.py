@@ -1,0 +1,262 @@
+"""Map preprocessing and patch extraction: the one implementation used by the bundle at run time and by training.
+
+Pure numpy/scipy, no ChimeraX imports.  Grids are float32 arrays indexed ``[z, y, x]`` (ChimeraX/MRC order) on an
+axis-aligned lattice with isotropic spacing ``voxel_size`` and ``origin`` = xyz of voxel (0, 0, 0).
+
+Pipeline (every constant comes from the model's :class:`FeatureSpec`, stored in the ONNX metadata):
+1. resample the input map (any voxel size, origin, axis order, skewed cell) onto the model's lattice, only over the
+   region the patches need, so memory scales with the structure and not the box;
+2. Gaussian low-pass to the model's filter resolution (accounting for the map's own resolution when known);
+3. standardize over the *support* (the voxels the patches see), then clip negatives to 0 — unlike DEFMap's
+   whole-box z-score this does not change when a map is padded with empty box;
+4. one cubic patch per unique centre voxel (heavy atoms rounded to the lattice, or voxels above a level).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import numpy as np
+from scipy import ndimage
+
+# molmap convention: Gaussian sigma = 0.225 x resolution, i.e. 1 / (pi * sqrt(2))
+SIGMA_PER_RESOLUTION = 1.0 / (np.pi * np.sqrt(2.0))
+NORMALIZATIONS = ("support_zscore_clip",)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How a model wants its input; serialized into the ONNX metadata so code never hard-codes it."""
+
+    voxel_size: float = 1.5
+    box: int = 10
+    filter_resolution: float = 5.0
+    normalization: str = "support_zscore_clip"
+
+    def validate(self) -> None:
+        if not (0.2 <= self.voxel_size <= 10.0):
+            raise ValueError(f"voxel_size {self.voxel_size} Å is outside 0.2–10 Å")
+        if not (2 <= int(self.box) <= 64) or int(self.box) != self.box:
+            raise ValueError(f"box {self.box} must be an integer from 2 to 64 voxels")
+        if not (0.5 <= self.filter_resolution <= 50.0):
+            raise ValueError(f"filter_resolution {self.filter_resolution} Å is outside 0.5–50 Å")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"unknown normalization '{self.normalization}' (known: {', '.join(NORMALIZATIONS)})")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSpec":
+        spec = cls(voxel_size=float(d["voxel_size"]), box=int(d["box"]),
+                   filter_resolution=float(d["filter_resolution"]), normalization=str(d["normalization"]))
+        spec.validate()
+        return spec
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+@dataclass
+class Grid:
+    """A preprocessed map on the model lattice."""
+
+    values: np.ndarray  # float32 [z, y, x]
+    origin: np.ndarray  # xyz of voxel (0,0,0), Å
+    voxel_size: float
+    inside: np.ndarray | None = field(default=None, repr=False)  # bool [z,y,x]: lattice point lies inside the input map
+
+    def xyz_to_zyx_index(self, xyz: np.ndarray) -> np.ndarray:
+        """Nearest lattice voxel (z, y, x) of each point."""
+        ijk = np.rint((np.asarray(xyz, dtype=np.float64) - self.origin) / self.voxel_size).astype(np.int64)
+        return ijk[:, ::-1]
+
+    def zyx_index_to_xyz(self, zyx: np.ndarray) -> np.ndarray:
+        return np.asarray(zyx, dtype=np.float64)[:, ::-1] * self.voxel_size + self.origin
+
+
+def lowpass_sigma_voxels(spec: FeatureSpec, map_resolution: float | None) -> float:
+    """Gaussian sigma (voxels) that brings a map to the model's filter resolution.
+
+    With a known map resolution R_map, blurring by sqrt(R_f^2 - R_map^2) lands near R_f for any input; unknown
+    resolution gets the full R_f blur, as DEFMap's fixed low-pass did.
+    """
+    r_f = spec.filter_resolution
+    r_eff = r_f if map_resolution is None else np.sqrt(max(r_f * r_f - float(map_resolution) ** 2, 0.0))
+    return float(SIGMA_PER_RESOLUTION * r_eff / spec.voxel_size)
+
+
+def lattice_for_points(points: np.ndarray, spec: FeatureSpec, margin_voxels: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """Origin (on the global lattice through 0,0,0) and zyx shape of a grid covering points plus a margin."""
+    vs = spec.voxel_size
+    lo = np.floor(points.min(axis=0) / vs).astype(np.int64) - margin_voxels
+    hi = np.ceil(points.max(axis=0) / vs).astype(np.int64) + margin_voxels
+    shape_xyz = hi - lo + 1
+    return lo * vs, (int(shape_xyz[2]), int(shape_xyz[1]), int(shape_xyz[0]))
+
+
+def margin_voxels(spec: FeatureSpec, sigma_vox: float) -> int:
+    """Lattice padding so that patches and the low-pass filter never see the grid edge."""
+    return int(spec.box) // 2 + 1 + int(np.ceil(3.0 * sigma_vox))
+
+
+def resample(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, origin: np.ndarray, shape_zyx: tuple[int, int, int],
+             voxel_size: float, max_voxels: int = 400_000_000) -> tuple[np.ndarray, np.ndarray]:
+    """Trilinear resampling of a map onto an axis-aligned lattice.
+
+    ``xyz_to_ijk`` (3x4) maps scene xyz to fractional input indices (i fastest, as ChimeraX's
+    ``GridData.xyz_to_ijk_transform``), which covers any voxel size, origin, axis order and skewed cell.
+    Returns (values, inside): lattice points outside the input map get 0 and inside=False.
+    """
+    nvox = int(np.prod(shape_zyx, dtype=np.int64))
+    if nvox > max_voxels:
+        raise MemoryError(f"the resampled grid would have {nvox:,} voxels ({nvox * 4 / 2**30:.1f} GiB)")
+    src = np.ascontiguousarray(values_zyx, dtype=np.float32)
+    m = np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
+    out = np.empty(shape_zyx, dtype=np.float32)
+    inside = np.empty(shape_zyx, dtype=bool)
+    nz, ny, nx = shape_zyx
+    x = origin[0] + voxel_size * np.arange(nx)
+    y = origin[1] + voxel_size * np.arange(ny)
+    src_shape = np.array(src.shape[::-1], dtype=np.float64)  # (ni, nj, nk)
+    for iz in range(nz):  # slab by slab keeps the coordinate arrays small
+        z = origin[2] + voxel_size * iz
+        yy, xx = np.meshgrid(y, x, indexing="ij")
+        xyz = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], axis=0)
+        ijk = m[:, :3] @ xyz + m[:, 3:4]
+        ok = np.all((ijk >= -1e-6) & (ijk <= (src_shape[:, None] - 1) + 1e-6), axis=0)
+        vals = ndimage.map_coordinates(src, ijk[::-1], order=1, mode="nearest", prefilter=False)
+        vals[~ok] = 0.0
+        out[iz] = vals.reshape(ny, nx)
+        inside[iz] = ok.reshape(ny, nx)
+    return out, inside
+
+
+def lowpass(values: np.ndarray, sigma_vox: float) -> np.ndarray:
+    if sigma_vox <= 0:
+        return values.astype(np.float32, copy=True)
+    return ndimage.gaussian_filter(values.astype(np.float32, copy=False), sigma_vox, mode="constant", cval=0.0,
+                                   truncate=3.0).astype(np.float32, copy=False)
+
+
+def support_mask(shape_zyx: tuple[int, int, int], centers_zyx: np.ndarray, box: int) -> np.ndarray:
+    """Voxels covered by at least one patch (each patch spans c - box//2 … c + box - box//2 - 1)."""
+    seed = np.zeros(shape_zyx, dtype=bool)
+    seed[tuple(centers_zyx.T)] = True
+    lo = box // 2
+    # maximum_filter with an asymmetric footprint matching the patch extent
+    origin = (box - 1) // 2 - lo
+    return ndimage.maximum_filter(seed, size=box, mode="constant", cval=False, origin=origin)
+
+
+def standardize(values: np.ndarray, support: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
+    """z-score over the support voxels (inside the map), negatives clipped to 0."""
+    sel = support if inside is None else (support & inside)
+    v = values[sel]
+    if v.size == 0:
+        raise ValueError("no map values lie under the patches")
+    v64 = v.astype(np.float64)
+    mean, sd = float(v64.mean()), float(v64.std())
+    if not np.isfinite(mean) or not np.isfinite(sd):
+        raise ValueError("the map has non-finite values under the patches")
+    if sd <= 1e-12 * max(1.0, abs(mean)):
+        raise ValueError("the map is constant under the patches, so it has no density features")
+    out = (values - np.float32(mean)) / np.float32(sd)
+    np.maximum(out, 0.0, out=out)
+    if inside is not None:
+        out[~inside] = 0.0
+    return out.astype(np.float32, copy=False)
+
+
+def extract_patches(values: np.ndarray, centers_zyx: np.ndarray, box: int) -> np.ndarray:
+    """(N, box, box, box) float32 patches, vectorized (one fancy-index gather, no Python loop per voxel)."""
+    lo = box // 2
+    starts = np.asarray(centers_zyx, dtype=np.int64) - lo
+    if len(starts) and (starts.min() < 0 or np.any(starts + box > np.array(values.shape))):
+        raise IndexError("a patch would cross the grid edge; grids need a margin of box//2 + 1 voxels")
+    windows = np.lib.stride_tricks.sliding_window_view(values, (box, box, box))
+    return np.ascontiguousarray(windows[starts[:, 0], starts[:, 1], starts[:, 2]], dtype=np.float32)
+
+
+def iter_patch_batches(values: np.ndarray, centers_zyx: np.ndarray, box: int, batch_size: int) -> Iterator[np.ndarray]:
+    """Patches in batches of (B, 1, box, box, box), so memory stays flat however many centres there are."""
+    for s in range(0, len(centers_zyx), batch_size):
+        yield extract_patches(values, centers_zyx[s:s + batch_size], box)[:, None]
+
+
+@dataclass
+class Prepared:
+    grid: Grid
+    centers: np.ndarray  # (M, 3) unique centre voxels, zyx
+    point_to_center: np.ndarray  # (N,) index into centers for each input point, -1 if the point is outside the map
+    sigma_vox: float
+
+
+def prepare_points(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, points_xyz: np.ndarray, spec: FeatureSpec,
+                   map_resolution: float | None = None, point_inside: np.ndarray | None = None) -> Prepared:
+    """Preprocess a map for per-point (atom) prediction; each unique lattice voxel becomes one patch.
+
+    ``point_inside`` marks points that lie inside the input map (the caller knows the map bounds best); points
+    outside get ``point_to_center == -1``.
+    """
+    spec.validate()
+    pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
+    if point_inside is None:
+        point_inside = points_inside_map(pts, xyz_to_ijk, values_zyx.shape)
+    if not point_inside.any():
+        raise ValueError("no atoms lie inside the map")
+    sigma = lowpass_sigma_voxels(spec, map_resolution)
+    origin, shape = lattice_for_points(pts[point_inside], spec, margin_voxels(spec, sigma))
+    raw, inside = resample(values_zyx, xyz_to_ijk, origin, shape, spec.voxel_size)
+    filt = lowpass(raw, sigma)
+    grid = Grid(filt, origin, spec.voxel_size, inside)
+    idx = grid.xyz_to_zyx_index(pts[point_inside])
+    centers, inverse = np.unique(idx, axis=0, return_inverse=True)
+    grid.values = standardize(filt, support_mask(shape, centers, spec.box), inside)
+    p2c = np.full(len(pts), -1, dtype=np.int64)
+    p2c[point_inside] = inverse.reshape(-1)
+    return Prepared(grid, centers, p2c, sigma)
+
+
+def prepare_voxels(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: np.ndarray, spec: FeatureSpec,
+                   level: float, map_resolution: float | None = None) -> Prepared:
+    """Preprocess a whole map for voxel mode: centres are lattice voxels whose resampled value is >= level."""
+    spec.validate()
+    corners = _box_corners_xyz(values_zyx.shape, ijk_to_xyz)
+    sigma = lowpass_sigma_voxels(spec, map_resolution)
+    origin, shape = lattice_for_points(corners, spec, margin_voxels(spec, sigma))
+    raw, inside = resample(values_zyx, xyz_to_ijk, origin, shape, spec.voxel_size)
+    centers = np.argwhere((raw >= level) & inside)
+    if len(centers) == 0:
+        raise ValueError(f"no map values are at or above the level {level:g}")
+    filt = lowpass(raw, sigma)
+    del raw
+    grid = Grid(filt, origin, spec.voxel_size, inside)
+    grid.values = standardize(filt, support_mask(shape, centers, spec.box), inside)
+    return Prepared(grid, centers, np.arange(len(centers)), sigma)
+
+
+def points_inside_map(points_xyz: np.ndarray, xyz_to_ijk: np.ndarray, shape_zyx: tuple[int, ...]) -> np.ndarray:
+    m = np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
+    ijk = points_xyz @ m[:, :3].T + m[:, 3]
+    hi = np.array(shape_zyx[::-1], dtype=np.float64) - 1
+    return np.all((ijk >= -0.5) & (ijk <= hi + 0.5), axis=1)
+
+
+def _box_corners_xyz(shape_zyx: tuple[int, ...], ijk_to_xyz: np.ndarray) -> np.ndarray:
+    m = np.asarray(ijk_to_xyz, dtype=np.float64).reshape(3, 4)
+    n = np.array(shape_zyx[::-1], dtype=np.float64) - 1
+    c = np.array([[i, j, k] for i in (0, n[0]) for j in (0, n[1]) for k in (0, n[2])])
+    return c @ m[:, :3].T + m[:, 3]
+
+
+def grid_transforms(origin_xyz, step_xyz, rotation=None) -> tuple[np.ndarray, np.ndarray]:
+    """(xyz_to_ijk, ijk_to_xyz) 3x4 matrices for a grid with this origin, step and optional 3x3 cell rotation."""
+    r = np.eye(3) if rotation is None else np.asarray(rotation, dtype=np.float64)
+    a = r * np.asarray(step_xyz, dtype=np.float64)[None, :]
+    fwd = np.hstack([a, np.asarray(origin_xyz, dtype=np.float64).reshape(3, 1)])
+    inv_a = np.linalg.inv(a)
+    inv = np.hstack([inv_a, (-inv_a @ np.asarray(origin_xyz, dtype=np.float64)).reshape(3, 1)])
+    return inv, fwd

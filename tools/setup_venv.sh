@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv once: pinned PyPI ChimeraX wheel plus the dependencies that actually install on Python 3.11 (see README).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+STAMP="$VENV/.defmap-env-v1"
+[ -f "$STAMP" ] && exit 0
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if ! dpkg -s libosmesa6 >/dev/null 2>&1; then
+  (apt-get update -qq && apt-get install -y -qq libosmesa6) >/dev/null 2>&1 || echo "note: libosmesa6 not installed; images will be skipped"
+fi
+"$PY" -m venv "$VENV"
+PIP="$VENV/bin/pip install -q --prefer-binary --disable-pip-version-check"
+$PIP --upgrade pip "setuptools<80" wheel
+$PIP --no-deps ChimeraX==0.1.71
+$PIP -r tools/requirements-venv.txt
+touch "$STAMP"
