@@ -299,12 +299,22 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
 
 
 def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, name: str):
-    """A new map on the model lattice holding predictions at scored voxels (others get the minimum)."""
+    """A new map on the model lattice holding predictions at scored voxels.
+
+    Unscored voxels take the value of the nearest scored voxel, so surfaces colored by sampling this map at the
+    contour edge show the prediction there rather than a fill value.
+    """
+    from scipy import ndimage
+
     from chimerax.map import volume_from_grid_data
     from chimerax.map_data import ArrayGridData
     g = prep.grid
-    arr = np.full(g.values.shape, float(preds.min()), dtype=np.float32)
+    scored = np.zeros(g.values.shape, dtype=bool)
+    scored[tuple(prep.centers.T)] = True
+    arr = np.zeros(g.values.shape, dtype=np.float32)
     arr[tuple(prep.centers.T)] = preds
+    nearest = ndimage.distance_transform_edt(~scored, return_distances=False, return_indices=True)
+    arr = arr[tuple(nearest)]
     grid = ArrayGridData(arr, origin=tuple(g.origin), step=(g.voxel_size,) * 3, name=name)
     v = volume_from_grid_data(grid, session, style="surface", show_dialog=False)
     v.scene_position = volume.scene_position

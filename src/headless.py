@@ -27,6 +27,7 @@ BUNDLE_COMMANDS = {
     "color_key": ["key"],
     "label": ["2dlabels"],
 }
+INIT_BUNDLES = ("surface", "map", "std_commands", "label", "defmap")
 PACKAGE_BUNDLE_NAMES = {"core": "ChimeraX-Core"}
 
 
@@ -112,6 +113,7 @@ class _BundleInfo:
         self.name = PACKAGE_BUNDLE_NAMES.get(package, "ChimeraX-" + package.replace("_", " ").title().replace(" ", ""))
         self.version = "1.0"
         self.session_versions = range(1, 100)
+        self.session_write_version = 1
 
     def get_class(self, class_name, logger=None):
         import importlib
@@ -152,9 +154,46 @@ def _known_packages():
     return [p for p in os.listdir(os.path.dirname(chimerax.__file__)) if not p.startswith("_")]
 
 
+def _app_dirs():
+    """Per-user folders ChimeraX keeps settings and file history in (set by chimerax/core/__main__.py)."""
+    import chimerax
+    if getattr(chimerax, "app_dirs", None) is not None:
+        return
+    from appdirs import AppDirs
+    chimerax.app_dirs = AppDirs("ChimeraX", appauthor="UCSF", version="1.0")
+    chimerax.app_dirs_unversioned = AppDirs("ChimeraX", appauthor="UCSF")
+    root = os.path.dirname(chimerax.__file__)
+    for attr, sub in (("app_data_dir", "share"), ("app_bin_dir", "bin"), ("app_lib_dir", "lib")):
+        if not hasattr(chimerax, attr):
+            setattr(chimerax, attr, os.path.join(root, sub))
+
+
+def _qt_offscreen():
+    """Color keys and 2D labels draw text with Qt: provide ChimeraX's ``Qt`` shim over PySide6, offscreen."""
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    try:
+        from PySide6 import QtCore, QtGui
+    except ImportError:
+        return None
+    if "Qt" not in sys.modules:
+        qt = types.ModuleType("Qt")
+        qt.QtCore, qt.QtGui = QtCore, QtGui
+        qt.qt_image_bytes = lambda qimage: bytes(qimage.constBits())
+        qt.qt_have_web_engine = lambda: False
+
+        def _deleted(obj):
+            import shiboken6
+            return not shiboken6.isValid(obj)
+        qt.qt_object_is_deleted = _deleted
+        sys.modules["Qt"], sys.modules["Qt.QtCore"], sys.modules["Qt.QtGui"] = qt, QtCore, QtGui
+    return QtGui.QGuiApplication.instance() or QtGui.QGuiApplication(["chimerax-defmap"])
+
+
 def boot(offscreen: bool = True, log_stream=None):
     """Create and initialize a ChimeraX session as ``chimerax --nogui --offscreen`` would."""
     _install_nogui_module()
+    _app_dirs()
+    _qt_offscreen()
     from chimerax.core import attributes, core_settings, undo
     from chimerax.core.session import Session, register_misc_commands
     session = Session("ChimeraX", offscreen_rendering=offscreen)
@@ -166,6 +205,9 @@ def boot(offscreen: bool = True, log_stream=None):
     from chimerax import atomic
     atomic.initialize_atomic(session)
     session.undo = undo.Undo(session, first=True)
+    import importlib
+    for package in INIT_BUNDLES:  # bundles with customInit, as toolshed.bootstrap_bundles would
+        importlib.import_module("chimerax." + package).bundle_api.initialize(session, session.toolshed._info(package))
     _register_commands(session)
     return session
 
@@ -281,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         print("usage: python -m chimerax.defmap.headless SCRIPT.cxc [SCRIPT.cxc ...]", file=sys.stderr)
         return 2
+    for stream in (sys.stdout, sys.stderr):  # Å and ± in the log must not crash an ASCII-locale batch job
+        stream.reconfigure(encoding="utf-8", errors="replace")
     from chimerax.core.errors import UserError
     session = boot()
     try:

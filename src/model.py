@@ -158,6 +158,8 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "gpu") and "CUDAExecutionProvider" in available:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        if device == "auto":
+            ort.set_default_logger_severity(4)  # a failed CUDA start is expected here; we report what runs
         so = ort.SessionOptions()
         so.log_severity_level = 4 if device == "auto" else 3  # 'auto' falls back quietly; we report what ran
         so.intra_op_num_threads = threads or os.cpu_count() or 1

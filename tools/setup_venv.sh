@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
-STAMP="$VENV/.defmap-env-v1"
+STAMP="$VENV/.defmap-env-v2"
 [ -f "$STAMP" ] && exit 0
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
@@ -12,7 +12,7 @@ if ! dpkg -s libosmesa6 >/dev/null 2>&1; then
 fi
 "$PY" -m venv "$VENV"
 PIP="$VENV/bin/pip install -q --prefer-binary --disable-pip-version-check"
-$PIP --upgrade pip "setuptools<80" wheel
+$PIP --upgrade pip "setuptools==69.5.1" "wheel==0.42.0"
 $PIP --no-deps ChimeraX==0.1.71
 $PIP -r tools/requirements-venv.txt
 touch "$STAMP"

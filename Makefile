@@ -1,0 +1,52 @@
+# ChimeraX-DEFMap: every target creates the environment it needs (once), so a fresh clone needs only `make demo` / `make test`.
+PY      := .venv/bin/python
+SITE     = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+WHEEL   := dist/ChimeraX_DEFMap-0.1.0-py3-none-any.whl
+SOURCES := $(wildcard src/*.py) bundle_info.xml $(wildcard onnx_models/*.onnx)
+export PYOPENGL_PLATFORM ?= osmesa
+export PYTHONIOENCODING ?= utf-8
+
+.PHONY: env install test test-quick demo run bench lint train-env train-smoke clean
+
+env: .venv/.defmap-env-v2
+.venv/.defmap-env-v2: tools/setup_venv.sh tools/requirements-venv.txt
+	bash tools/setup_venv.sh
+
+# Build the wheel with ChimeraX's bundle builder from bundle_info.xml and install it (as `toolshed install` would).
+$(WHEEL): .venv/.defmap-env-v2 $(SOURCES) tools/build_bundle.py
+	$(PY) tools/build_bundle.py
+
+.venv/.defmap-installed: $(WHEEL)
+	@if [ -L "$(SITE)/chimerax/defmap" ]; then \
+	  echo "note: $(SITE)/chimerax/defmap is a development symlink to src/; wheel built but not installed"; \
+	else \
+	  .venv/bin/pip install -q --no-deps --force-reinstall $(WHEEL); \
+	fi
+	touch $@
+
+install: .venv/.defmap-installed
+
+train-env: .venv/.defmap-train-env
+.venv/.defmap-train-env: .venv/.defmap-env-v2 training/requirements.txt training/pyproject.toml
+	.venv/bin/pip install -q --prefer-binary -r training/requirements.txt
+	.venv/bin/pip install -q --no-deps -e training
+	touch $@
+
+test: install train-env
+	$(PY) -m pytest -q tests training/tests
+
+demo: install
+	$(PY) -m chimerax.defmap.demo
+
+run: install
+	@test -n "$(SCRIPT)" || (echo "usage: make run SCRIPT=file.cxc" && exit 2)
+	$(PY) -m chimerax.defmap.headless $(SCRIPT)
+
+bench: install
+	$(PY) tests/benchmarks/bench.py
+
+lint: env
+	.venv/bin/ruff check src tests training tools
+
+clean:
+	rm -rf build dist src/onnx_models .venv/.defmap-installed

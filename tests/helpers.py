@@ -1,0 +1,107 @@
+"""Test helpers: simulated maps and small ONNX models trained inside the tests (numpy + onnx.helper, no torch)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+if not SHARED.exists():
+    SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_path(*parts: str) -> Path:
+    import pytest
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"needs ../shared/data/{'/'.join(parts)} (shared data is absent on this machine)")
+    return p
+
+
+def read_heavy_atoms(path: Path, chain: str | None = None) -> np.ndarray:
+    """Heavy-atom coordinates from a PDB file (first model), without ChimeraX."""
+    xyz = []
+    for line in open(path):
+        if line.startswith("ENDMDL"):
+            break
+        if line.startswith(("ATOM", "HETATM")) and line[76:78].strip() != "H" and line[16] in " A":
+            if line[17:20] == "HOH" or (chain and line[21] != chain):
+                continue
+            xyz.append((float(line[30:38]), float(line[38:46]), float(line[46:54])))
+    return np.array(xyz)
+
+
+def simulate_map(xyz: np.ndarray, rmsf: np.ndarray, resolution: float = 4.0, voxel: float = 1.0, pad: float = 12.0,
+                 n_levels: int = 8, noise: float = 0.0, seed: int = 0):
+    """Ensemble-average map: each atom a Gaussian with sigma^2 = sigma_res^2 + RMSF^2/3 (Debye-Waller).
+
+    Returns (values_zyx float32, origin_xyz).
+    """
+    origin = np.floor(xyz.min(axis=0) - pad)
+    shape_xyz = np.ceil((xyz.max(axis=0) + pad - origin) / voxel).astype(int) + 1
+    sig_res = resolution / (np.pi * np.sqrt(2.0))
+    sig = np.sqrt(sig_res ** 2 + rmsf ** 2 / 3.0)
+    edges = np.quantile(sig, np.linspace(0, 1, n_levels + 1))
+    out = np.zeros(shape_xyz[::-1], dtype=np.float32)
+    ijk = (xyz - origin) / voxel
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        sel = (sig >= lo) & (sig <= hi)
+        if not sel.any():
+            continue
+        s = float(sig[sel].mean()) / voxel
+        splat = np.zeros_like(out)
+        idx = np.rint(ijk[sel]).astype(int)
+        np.add.at(splat, (idx[:, 2], idx[:, 1], idx[:, 0]), 1.0)
+        out += ndimage.gaussian_filter(splat, s) * (sig_res / (s * voxel)) ** 3
+    if noise:
+        rng = np.random.default_rng(seed)
+        out += ndimage.gaussian_filter(rng.normal(0, 1, out.shape).astype(np.float32), 1.0) * noise * out.std()
+    return out.astype(np.float32), origin
+
+
+def smooth_rmsf_field(xyz: np.ndarray, seed: int, lo: float = 0.4, hi: float = 3.0) -> np.ndarray:
+    """Per-atom RMSF that varies smoothly in space (random Gaussian bumps), log-uniform between lo and hi Å."""
+    rng = np.random.default_rng(seed)
+    centers = xyz[rng.choice(len(xyz), 6, replace=False)]
+    f = np.zeros(len(xyz))
+    for c in centers:
+        f += rng.normal() * np.exp(-np.sum((xyz - c) ** 2, axis=1) / (2 * 12.0 ** 2))
+    f = (f - f.min()) / (np.ptp(f) + 1e-9)
+    return np.exp(np.log(lo) + f * (np.log(hi) - np.log(lo)))
+
+
+def linear_onnx_model(path: Path, weights: np.ndarray, bias: float, spec, name: str = "test-linear") -> Path:
+    """A fully convolutional ONNX model: one Conv3d with a box^3 kernel (a linear function of the patch)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from chimerax.defmap.model import make_metadata
+    box = spec.box
+    w = numpy_helper.from_array(weights.reshape(1, 1, box, box, box).astype(np.float32), "W")
+    b = numpy_helper.from_array(np.array([bias], dtype=np.float32), "B")
+    node = helper.make_node("Conv", ["density", "W", "B"], ["log10_rmsf"], kernel_shape=[box] * 3)
+    graph = helper.make_graph(
+        [node], name,
+        [helper.make_tensor_value_info("density", TensorProto.FLOAT, ["N", 1, "D", "H", "W"])],
+        [helper.make_tensor_value_info("log10_rmsf", TensorProto.FLOAT, ["N", 1, "d", "h", "w"])],
+        initializer=[w, b])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    for k, v in make_metadata(name, spec, fully_convolutional=True, description="test model",
+                              flops_per_patch=2.0 * box ** 3).items():
+        m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+def train_linear_model(patches: np.ndarray, labels: np.ndarray, ridge: float = 1.0) -> tuple[np.ndarray, float]:
+    """Ridge regression of labels on flattened patches: a small model really trained on data."""
+    X = patches.reshape(len(patches), -1).astype(np.float64)
+    mu = X.mean(axis=0)
+    ym = labels.mean()
+    Xc = X - mu
+    w = np.linalg.solve(Xc.T @ Xc + ridge * len(X) * np.eye(X.shape[1]) * 1e-3, Xc.T @ (labels - ym))
+    return w, float(ym - mu @ w)

@@ -1,0 +1,154 @@
+"""`defmap` end to end in a real headless ChimeraX session."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from chimerax.core.commands import run
+
+from chimerax.defmap import preprocess as pp
+
+from .helpers import (linear_onnx_model, read_heavy_atoms, shared_path, simulate_map, smooth_rmsf_field,
+                      train_linear_model)
+
+
+def open_emd3488(cx):
+    run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
+    run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
+    return cx.models.list(model_id=(1,))[0], cx.models.list(model_id=(2,))[0]
+
+
+def test_every_residue_inside_map_gets_a_value(cx, random_model):
+    vol, s = open_emd3488(cx)
+    res = run(cx, f"defmap #1 structure #2 model {random_model}")
+    heavy = s.atoms.filter(s.atoms.element_numbers != 1)
+    _, outside = vol.interpolated_values(heavy.scene_coords, out_of_bounds_list=True)
+    inside_res = set(heavy.residues) - set(heavy.filter(np.isin(np.arange(len(heavy)), outside)).residues)
+    assert len(inside_res) > 500
+    for r in inside_res:
+        assert r.defmap is not None and np.isfinite(r.defmap), r
+        assert r.defmap_z is not None
+    vals = np.array([r.defmap for r in inside_res])
+    assert vals.std() > 0
+    assert res.provider in ("CPUExecutionProvider", "CUDAExecutionProvider")
+    assert len(res.residues) == len(inside_res)
+
+
+def test_defattr_save_lists_every_scored_residue(cx, random_model, tmp_path):
+    open_emd3488(cx)
+    res = run(cx, f"defmap #1 structure #2 model {random_model}")
+    out = tmp_path / "dyn.defattr"
+    run(cx, f"save {out} attrName r:defmap models #2")
+    lines = [ln for ln in out.read_text().splitlines() if ln.startswith("\t")]
+    assert len(lines) == len(res.residues)
+    spec, val = lines[0].split("\t")[1:]
+    r0 = res.residues[0]
+    assert spec.endswith(f":{r0.number}") and abs(float(val) - res.residue_values[0]) < 1e-6
+
+
+def test_half_blurred_map_predicts_higher_dynamics_on_blurred_half(cx, tmp_path):
+    """A model trained here on simulated ensemble maps ranks the blurred (flexible) half above the sharp half."""
+    spec = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
+    # training data: another protein, smooth random RMSF fields, maps blurred per atom (Debye-Waller)
+    patches, labels = [], []
+    for k, name in enumerate(["1aku.pdb", "4dfr.pdb"]):
+        xyz = read_heavy_atoms(shared_path("structures", name), chain="A")
+        for seed in range(3):
+            rmsf = smooth_rmsf_field(xyz, seed=10 * k + seed)
+            m, origin = simulate_map(xyz, rmsf, resolution=4.0, noise=0.05, seed=seed)
+            xyz_to_ijk, _ = pp.grid_transforms(origin, (1.0, 1.0, 1.0))
+            prep = pp.prepare_points(m, xyz_to_ijk, xyz, spec, map_resolution=4.0)
+            lab = np.bincount(prep.point_to_center, weights=np.log10(rmsf)) / np.bincount(prep.point_to_center)
+            patches.append(pp.extract_patches(prep.grid.values, prep.centers, spec.box))
+            labels.append(lab)
+    w, b = train_linear_model(np.concatenate(patches), np.concatenate(labels))
+    model = linear_onnx_model(tmp_path / "trained.onnx", w, b, spec, "trained-linear")
+
+    # test protein (never seen in training): sharp half at x < median, blurred half at x >= median
+    pdb = shared_path("structures", "1a28.pdb")
+    xyz = read_heavy_atoms(pdb, chain="A")
+    flexible = xyz[:, 0] >= np.median(xyz[:, 0])
+    rmsf = np.where(flexible, 2.5, 0.5)
+    m, origin = simulate_map(xyz, rmsf, resolution=4.0)
+    from chimerax.map import volume_from_grid_data
+    from chimerax.map_data import ArrayGridData
+    volume_from_grid_data(ArrayGridData(m, origin=tuple(origin), step=(1.0, 1.0, 1.0)), cx)
+    run(cx, f"open {pdb}", log=False)
+    s = cx.models.list(model_id=(2,))[0]
+    res = run(cx, f"defmap #1 structure #2/A model {model} mapResolution 4")
+    x_ca = np.array([r.find_atom("CA").coord[0] if r.find_atom("CA") else r.atoms.coords[:, 0].mean()
+                     for r in res.residues])
+    flex_res = x_ca >= np.median(xyz[:, 0])
+    v = res.residue_values
+    assert v[flex_res].mean() > v[~flex_res].mean() + 0.1, (v[flex_res].mean(), v[~flex_res].mean())
+    assert s.residues[0].defmap is not None
+
+
+def test_session_save_restore_keeps_attributes_and_colors(cx, random_model, tmp_path):
+    open_emd3488(cx)
+    res = run(cx, f"defmap #1 structure #2 model {random_model}")
+    before = {(r.chain_id, r.number): (r.defmap, r.defmap_z) for r in res.residues}
+    colors = res.structure.residues.ribbon_colors.copy()
+    path = tmp_path / "s.cxs"
+    run(cx, f"save {path}")
+    run(cx, "close")
+    run(cx, f"open {path}")
+    s = [m for m in cx.models.list() if m.name == "5me2.pdb"][0]
+    after = {(r.chain_id, r.number): (r.defmap, r.defmap_z) for r in s.residues if r.defmap is not None}
+    assert after.keys() == before.keys()
+    for k, (v, z) in before.items():
+        assert after[k][0] == pytest.approx(v) and after[k][1] == pytest.approx(z)
+    assert np.array_equal(s.residues.ribbon_colors, colors)
+
+
+def test_repeated_runs_replace_attributes(cx, random_model):
+    open_emd3488(cx)
+    run(cx, f"defmap #1 structure #2 model {random_model}")
+    first = [r.defmap for r in cx.models.list(model_id=(2,))[0].residues]
+    run(cx, f"defmap #1 structure #2/A model {random_model}")
+    s = cx.models.list(model_id=(2,))[0]
+    assert all(r.defmap is None for r in s.residues if r.chain_id != "A")
+    keys = [m for m in cx.models.list() if type(m).__name__ == "ColorKeyModel"]
+    assert len(keys) <= 1
+    assert any(v is not None for v in first)
+
+
+def test_voxel_mode_creates_dynamics_volume(cx, random_model):
+    vol, _ = open_emd3488(cx)
+    run(cx, "close #2")
+    before = vol.full_matrix().copy()
+    res = run(cx, f"defmap #1 model {random_model}")
+    dyn = res.dynamics
+    assert dyn in cx.models.list()
+    assert res.voxels > 1000
+    m = dyn.full_matrix()
+    assert np.isfinite(m).all() and m.std() > 0
+    assert np.array_equal(vol.full_matrix(), before)  # the input map is never modified
+    # the dynamics map holds the per-patch prediction at a scored voxel (dense == per-patch)
+    assert dyn.data.step == (1.5, 1.5, 1.5)
+
+
+def test_make_run_executes_cxc_script(tmp_path, random_model):
+    mrc, pdb = shared_path("emdb", "emd_3488.mrc"), shared_path("emdb", "5me2.pdb")
+    script = tmp_path / "job.cxc"
+    script.write_text(f"open {mrc}\nopen {pdb}\ndefmap #1 structure #2 model {random_model}\n"
+                      f"save {tmp_path / 'out.defattr'} attrName r:defmap models #2\n")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(["make", "-s", "run", f"SCRIPT={script}"], cwd=root, capture_output=True, text=True,
+                          encoding="utf-8", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "CPUExecutionProvider" in proc.stdout or "CUDAExecutionProvider" in proc.stdout
+    assert (tmp_path / "out.defattr").read_text().count("\n\t") > 500
+
+
+def test_bad_script_line_fails_make_run(tmp_path):
+    script = tmp_path / "bad.cxc"
+    script.write_text("defmap #1\n")
+    proc = subprocess.run([sys.executable, "-m", "chimerax.defmap.headless", str(script)], capture_output=True,
+                          text=True, encoding="utf-8", timeout=300)
+    assert proc.returncode == 1
+    assert "Error:" in proc.stderr
