@@ -9,7 +9,7 @@ export PYTHONIOENCODING ?= utf-8
 .PHONY: env install test test-quick demo run bench lint train-env train-smoke clean
 
 env: .venv/.defmap-env-v2
-.venv/.defmap-env-v2: tools/setup_venv.sh tools/requirements-venv.txt
+.venv/.defmap-env-v2: tools/setup_venv.sh tools/requirements-venv.txt tools/constraints.txt
 	bash tools/setup_venv.sh
 
 # Build the wheel with ChimeraX's bundle builder from bundle_info.xml and install it (as `toolshed install` would).
@@ -28,7 +28,7 @@ install: .venv/.defmap-installed
 
 train-env: .venv/.defmap-train-env
 .venv/.defmap-train-env: .venv/.defmap-env-v2 training/requirements.txt training/pyproject.toml
-	.venv/bin/pip install -q --prefer-binary -r training/requirements.txt
+	.venv/bin/pip install -q --prefer-binary -c tools/constraints.txt -r training/requirements.txt
 	.venv/bin/pip install -q --no-deps -e training
 	touch $@
 

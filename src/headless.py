@@ -215,7 +215,9 @@ def boot(offscreen: bool = True, log_stream=None):
 def _register_commands(session):
     import importlib
     from chimerax import std_commands
+    from chimerax.atomic.selectors import register_selectors
     std_commands.register_commands(session)
+    register_selectors(session.logger)  # protein, ligand, solvent, elements, ...
     for package, names in BUNDLE_COMMANDS.items():
         api = importlib.import_module("chimerax." + package).bundle_api
         for name in names:
@@ -272,6 +274,8 @@ def save_path(session, path: str, width: int = 800, height: int = 600, supersamp
     if low.endswith(".png"):
         if not session.ui.has_graphics:
             raise UserError("Cannot save an image: offscreen rendering (OSMesa) is unavailable")
+        # overlays (color key, 2D labels) place themselves by the window's aspect: match the image's
+        session.main_view.window_size = (width, height)
         img = session.main_view.image(width, height, supersample=supersample,
                                       transparent_background=transparent_background)
         img.save(path)
