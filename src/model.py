@@ -175,6 +175,9 @@ class Predictor:
             raise ModelError("device gpu was asked for, but the CUDA provider failed to start (CUDA 13 and cuDNN 9 "
                              "libraries are needed); use device auto or cpu")
         self.provider = used[0]
+        self.note = ""
+        if device == "auto" and "CUDAExecutionProvider" in providers and self.provider != "CUDAExecutionProvider":
+            self.note = "the CUDA provider could not start (it needs CUDA 13 and cuDNN 9), so ONNX Runtime runs on the CPU"
         self.info = info
         inp = self.session.get_inputs()
         if len(inp) != 1 or len(inp[0].shape) != 5:
