@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     run(session, "graphics silhouettes true")
     run(session, "set bgColor white")
     run(session, "key pos 0.58,0.06 size 0.32,0.04 fontSize 18")
-    run(session, '2dlabels text "DEFMap: predicted log10 RMSF (Å), EMD-3488 / 5ME2" xpos 0.03 ypos 0.94 size 20 color black')
+    title = "DEFMap: predicted log10 RMSF (Å), EMD-3488 / 5ME2"
+    run(session, f'2dlabels text "{title}" xpos 0.03 ypos 0.94 size 20 color black')
     png = out / "defmap_5me2.png"
     run(session, f"save {png} width 900 height 700 supersample 3")
     run(session, f"save {out / 'defmap_5me2.defattr'} attrName r:defmap models #2")

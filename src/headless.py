@@ -214,6 +214,7 @@ def boot(offscreen: bool = True, log_stream=None):
 
 def _register_commands(session):
     import importlib
+
     from chimerax import std_commands
     from chimerax.atomic.selectors import register_selectors
     std_commands.register_commands(session)
@@ -242,12 +243,12 @@ def open_path(session, path: str, name: str | None = None):
         models, msg = open_session(session, path)
         return models
     if low.endswith((".mrc", ".map", ".ccp4")):
-        from chimerax.map_data import open_file
         from chimerax.map import volume_from_grid_data
+        from chimerax.map_data import open_file
         try:
             grids = open_file(path)
         except Exception as e:
-            raise UserError(f"Could not read map {path}: {e}")
+            raise UserError(f"Could not read map {path}: {e}") from None
         models = [volume_from_grid_data(g, session) for g in grids]
     elif low.endswith((".pdb", ".ent")):
         from chimerax.pdb import open_pdb
@@ -292,8 +293,16 @@ def save_path(session, path: str, width: int = 800, height: int = 600, supersamp
 
 
 def _register_open_save(session):
-    from chimerax.core.commands import (BoolArg, CmdDesc, IntArg, ModelsArg, OpenFileNameArg, SaveFileNameArg,
-                                        StringArg, register)
+    from chimerax.core.commands import (
+        BoolArg,
+        CmdDesc,
+        IntArg,
+        ModelsArg,
+        OpenFileNameArg,
+        SaveFileNameArg,
+        StringArg,
+        register,
+    )
 
     def open_cmd(session, path, name=None):
         return open_path(session, path, name)

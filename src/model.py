@@ -169,7 +169,8 @@ class Predictor:
         try:
             self.session = ort.InferenceSession(str(info.path), sess_options=so, providers=providers)
         except Exception as e:
-            raise ModelError(f"onnxruntime could not load model {info.path.name}: {str(e).splitlines()[0][:200]}") from None
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ModelError(f"onnxruntime could not load model {info.path.name}: {first}") from None
         used = self.session.get_providers()
         if device == "gpu" and "CUDAExecutionProvider" not in used:
             raise ModelError("device gpu was asked for, but the CUDA provider failed to start (CUDA 13 and cuDNN 9 "
@@ -177,7 +178,8 @@ class Predictor:
         self.provider = used[0]
         self.note = ""
         if device == "auto" and "CUDAExecutionProvider" in providers and self.provider != "CUDAExecutionProvider":
-            self.note = "the CUDA provider could not start (it needs CUDA 13 and cuDNN 9), so ONNX Runtime runs on the CPU"
+            self.note = ("the CUDA provider could not start (it needs CUDA 13 and cuDNN 9), "
+                         "so ONNX Runtime runs on the CPU")
         self.info = info
         inp = self.session.get_inputs()
         if len(inp) != 1 or len(inp[0].shape) != 5:

@@ -15,8 +15,8 @@ Pipeline (every constant comes from the model's :class:`FeatureSpec`, stored in 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -46,7 +46,7 @@ class FeatureSpec:
             raise ValueError(f"unknown normalization '{self.normalization}' (known: {', '.join(NORMALIZATIONS)})")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FeatureSpec":
+    def from_dict(cls, d: dict) -> FeatureSpec:
         spec = cls(voxel_size=float(d["voxel_size"]), box=int(d["box"]),
                    filter_resolution=float(d["filter_resolution"]), normalization=str(d["normalization"]))
         spec.validate()
@@ -88,7 +88,8 @@ def lowpass_sigma_voxels(spec: FeatureSpec, map_resolution: float | None) -> flo
     return float(SIGMA_PER_RESOLUTION * r_eff / spec.voxel_size)
 
 
-def lattice_for_points(points: np.ndarray, spec: FeatureSpec, margin_voxels: int) -> tuple[np.ndarray, tuple[int, int, int]]:
+def lattice_for_points(points: np.ndarray, spec: FeatureSpec,
+                       margin_voxels: int) -> tuple[np.ndarray, tuple[int, int, int]]:
     """Origin (on the global lattice through 0,0,0) and zyx shape of a grid covering points plus a margin."""
     vs = spec.voxel_size
     lo = np.floor(points.min(axis=0) / vs).astype(np.int64) - margin_voxels
