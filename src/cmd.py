@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from chimerax.core.commands import (BoolArg, CmdDesc, ColormapArg, ColormapRangeArg, EnumOf, FloatArg, IntArg,
-                                    Or, StringArg, register)
+                                    Or, SaveFileNameArg, StringArg, register)
 from chimerax.core.errors import UserError
 
 from . import model as dm_model
@@ -33,14 +33,20 @@ class StructureResult:
     seconds: float
     stages: dict = field(default_factory=dict)
     attribute: str = "defmap"
+    atom_rotation_values: np.ndarray | None = None  # (atoms, rotations) when test-time augmentation ran
+    residue_sd: np.ndarray | None = None  # SD over rotations of each residue mean (uncertainty true)
+    files: dict = field(default_factory=dict)  # outputs written: kind -> path
 
     def as_dict(self) -> dict:
         res = self.residues
-        return {"structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
+        sd = self.residue_sd
+        return {"files": self.files,
+                "structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
                 "attribute": self.attribute, "atoms_scored": int(len(self.atoms)), "atoms_outside": self.outside_atoms,
                 "patches": self.patches, "seconds": round(self.seconds, 3), "stages": self.stages,
                 "residues": [{"chain": r.chain_id, "number": int(r.number), "insertion": r.insertion_code,
-                              "name": r.name, "value": float(v)} for r, v in zip(res, self.residue_values)]}
+                              "name": r.name, "value": float(v), **({} if sd is None else {"sd": float(sd[i])})}
+                             for i, (r, v) in enumerate(zip(res, self.residue_values))]}
 
 
 @dataclass
@@ -139,10 +145,9 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     stages["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictor.seconds = 0.0
-    preds = np.zeros(len(prep.centers), dtype=np.float64)
-    for k in range(rotations):
-        preds += predictor.predict_patches(prep.grid, prep.centers, batch_size, rotation=k)
-    preds /= rotations
+    per_rotation = np.stack([predictor.predict_patches(prep.grid, prep.centers, batch_size, rotation=k)
+                             for k in range(rotations)], axis=1).astype(np.float64)
+    preds = per_rotation.mean(axis=1)
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
     t0 = time.perf_counter()
@@ -154,7 +159,8 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     return StructureResult(structure=structures[0], model=info, provider=predictor.provider, atoms=scored_atoms,
                            atom_values=atom_vals, residues=res_list, residue_values=res_vals,
                            outside_atoms=int((~scored).sum()), patches=len(prep.centers),
-                           seconds=time.perf_counter() - t_start, stages=stages, attribute=attribute)
+                           seconds=time.perf_counter() - t_start, stages=stages, attribute=attribute,
+                           atom_rotation_values=per_rotation[prep.point_to_center[scored]] if rotations > 1 else None)
 
 
 def _residue_means(atoms, values):
@@ -324,8 +330,12 @@ def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, 
 
 def defmap(session, map, structure=None, model=None, map_resolution=None, device="auto", color=True,
            palette=None, range=None, key=True, attribute="defmap", batch_size=None, level=None, dense=None,
-           return_json=False):
+           return_json=False, uncertainty=False, profile=None, save_csv=None, save_structure=None,
+           bfactor="value"):
     """Predict residue dynamics (log10 RMSF, Å) of a fitted model from a cryo-EM map, or per voxel without one."""
+    outputs = {"uncertainty": uncertainty, "profile": profile, "saveCsv": save_csv, "saveStructure": save_structure}
+    if structure is None and any(outputs.values()):
+        raise UserError(f"{', '.join(k for k, v in outputs.items() if v)} need a structure ('structure ATOMS')")
     if batch_size is not None and not (1 <= batch_size <= 1_000_000):
         raise UserError(f"batchSize must be between 1 and 1,000,000, not {batch_size}")
     if not attribute.isidentifier():
@@ -337,15 +347,22 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
     if structure is not None:
         if len(structure) == 0:
             raise UserError("The structure specification matches no atoms")
-        result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute)
+        from . import export
+        from . import profile as dm_profile
+        result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute,
+                                   rotations=len(dm_model.ROTATIONS) if uncertainty else 1)
         t0 = time.perf_counter()
         store_attributes(session, result)
+        if uncertainty:
+            dm_profile.store_uncertainty(session, result)
         result.stages["mapping"] += time.perf_counter() - t0
         if color:
             t0 = time.perf_counter()
             color_structure(session, result, palette, range, key)
             result.stages["coloring"] = time.perf_counter() - t0
         log_structure_summary(session, result)
+        export.write_outputs(session, result, profile=profile, save_csv=save_csv, save_structure=save_structure,
+                             bfactor=bfactor)
         return _returned(result, return_json)
     t_start = time.perf_counter()
     preds, prep, predictor, stages, level = predict_voxels(session, volume, model, map_resolution, device,
@@ -382,10 +399,16 @@ def defmap_desc():
         keyword=[("structure", AtomsArg), ("model", StringArg), ("map_resolution", FloatArg),
                  ("device", EnumOf(("auto", "gpu", "cpu"))), ("color", BoolArg), ("palette", ColormapArg),
                  ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg), ("batch_size", IntArg),
-                 ("level", FloatArg), ("dense", BoolArg), ("return_json", BoolArg)],
+                 ("level", FloatArg), ("dense", BoolArg), ("return_json", BoolArg), ("uncertainty", BoolArg),
+                 ("profile", SaveFileNameArg), ("save_csv", SaveFileNameArg), ("save_structure", SaveFileNameArg),
+                 ("bfactor", EnumOf(("value", "z")))],
         synopsis="predict protein dynamics (log10 RMSF) from a cryo-EM map")
 
 
 def register_defmap_commands(logger) -> None:
     register("defmap", defmap_desc(), defmap, logger=logger)
+    from . import compare, fragments, models_cmd
+    register("defmap models", models_cmd.defmap_models_desc(), models_cmd.defmap_models, logger=logger)
+    register("defmap compare", compare.defmap_compare_desc(), compare.defmap_compare, logger=logger)
+    register("defmap fragments", fragments.defmap_fragments_desc(), fragments.defmap_fragments, logger=logger)
     _ = Or  # keep import for subcommands that accept several types

@@ -1,0 +1,94 @@
+"""Exports of a structure prediction: per-residue CSV, PDB/mmCIF with the prediction in the B-factor column, profile.
+
+``save x.defattr attrName r:defmap`` needs nothing from here: the attributes are registered, so ChimeraX's own
+defattr writer handles them.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+from chimerax.core.errors import UserError
+
+
+def residue_z(values: np.ndarray) -> np.ndarray:
+    """Per-structure z-score, DEFMap's "normalize" step (zeros when values do not vary)."""
+    v = np.asarray(values, dtype=np.float64)
+    sd = v.std() if len(v) > 1 else 0.0
+    return (v - v.mean()) / sd if sd > 0 else np.zeros_like(v)
+
+
+def write_residue_csv(path: str | Path, result) -> int:
+    """One row per scored residue: log10 RMSF, RMSF in Å, z-score and, with uncertainty, the SD over rotations."""
+    rv = result.residue_values
+    z = residue_z(rv)
+    sd = result.residue_sd
+    header = ["structure", "chain", "number", "insertion", "name", "log10_rmsf", "rmsf_angstrom", "z"]
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header + (["sd"] if sd is not None else []))
+        for i, r in enumerate(result.residues):
+            row = [result.structure.atomspec, r.chain_id, r.number, r.insertion_code, r.name, f"{rv[i]:.5f}",
+                   f"{10 ** rv[i]:.4f}", f"{z[i]:.4f}"]
+            w.writerow(row + ([f"{sd[i]:.5f}"] if sd is not None else []))
+    return len(rv)
+
+
+def bfactor_values(result, bfactor: str = "value") -> np.ndarray:
+    """Per-atom B-factor column for the whole structure: each atom gets its residue's value, unscored atoms 0."""
+    s = result.structure
+    vals = result.residue_values if bfactor == "value" else residue_z(result.residue_values)
+    idx = result.residues.indices(s.atoms.residues)
+    out = np.zeros(s.num_atoms, dtype=np.float64)
+    ok = idx >= 0
+    out[ok] = vals[idx[ok]]
+    return out
+
+
+def save_structure_file(session, result, path: str | Path, bfactor: str = "value") -> None:
+    """PDB or mmCIF (by suffix) with the prediction in the B-factor column; the model's own B-factors are restored."""
+    path = str(Path(path).expanduser())
+    low = path.lower()
+    if not low.endswith((".pdb", ".ent", ".cif", ".mmcif")):
+        raise UserError(f"saveStructure needs a .pdb or .cif file name, not {Path(path).name}")
+    s = result.structure
+    atoms = s.atoms
+    original = atoms.bfactors.copy()
+    try:
+        atoms.bfactors = bfactor_values(result, bfactor).astype(np.float32)
+        if low.endswith((".pdb", ".ent")):
+            from chimerax.pdb import save_pdb
+            save_pdb(session, path, models=[s])
+        else:
+            from chimerax.mmcif import mmcif_write
+            mmcif_write.write_mmcif(session, path, models=[s])
+    except OSError as e:
+        raise UserError(f"Could not write {path}: {e}") from None
+    finally:
+        atoms.bfactors = original
+
+
+def write_outputs(session, result, profile=None, save_csv=None, save_structure=None, bfactor="value") -> None:
+    """The optional files of one ``defmap`` run, recorded in ``result.files`` (and so in returnJson)."""
+    log = session.logger
+    if save_csv:
+        try:
+            n = write_residue_csv(Path(save_csv).expanduser(), result)
+        except OSError as e:
+            raise UserError(f"Could not write {save_csv}: {e}") from None
+        result.files["csv"] = str(save_csv)
+        log.info(f"DEFMap: wrote {n} residues to {save_csv}")
+    if save_structure:
+        save_structure_file(session, result, save_structure, bfactor)
+        result.files["structure"] = str(save_structure)
+        what = "log10 RMSF" if bfactor == "value" else "z-normalized log10 RMSF"
+        log.info(f"DEFMap: wrote {result.structure} with {what} in the B-factor column to {save_structure}")
+    if profile:
+        from . import profile as dm_profile
+        try:
+            dm_profile.write_profile(session, result, Path(profile).expanduser())
+        except OSError as e:
+            raise UserError(f"Could not write {profile}: {e}") from None
+        result.files["profile"] = str(profile)

@@ -1,0 +1,47 @@
+"""``defmap models``: the installed models with their metadata, and which one a map resolution would pick."""
+
+from __future__ import annotations
+
+from html import escape
+
+from chimerax.core.commands import BoolArg, CmdDesc, FloatArg
+from chimerax.core.errors import UserError
+
+from . import model as dm_model
+
+
+def defmap_models(session, map_resolution: float | None = None, return_json: bool = False):
+    """List models in $DEFMAP_MODEL_PATH and the bundle; mark the one ``mapResolution`` would choose."""
+    if map_resolution is not None and not (0 < map_resolution < 100):
+        raise UserError(f"mapResolution must be between 0 and 100 Å, not {map_resolution:g}")
+    models = dm_model.installed_models()
+    chosen = dm_model.choose_model(models, map_resolution) if models and map_resolution is not None else None
+    rows = []
+    for m in models:
+        metrics = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
+                            for k, v in m.metrics.items())
+        mark = " ◀" if chosen is not None and m.path == chosen.path else ""
+        rows.append(f"<tr><td>{escape(m.name)}{mark}</td><td>{m.resolution:g} Å</td><td>{m.spec.voxel_size:g} Å, "
+                    f"{m.spec.box}³</td><td>{'yes' if m.fully_convolutional else 'no'}</td>"
+                    f"<td>{escape(metrics) or '—'}</td><td>{escape(m.description) or '—'}</td>"
+                    f"<td>{escape(str(m.path))}</td></tr>")
+    if models:
+        pick = (f"; ◀ is the model chosen for a {map_resolution:g} Å map" if chosen is not None else "")
+        html = ("<table border=1 cellpadding=4 style='border-collapse:collapse'>"
+                f"<caption>DEFMap models ({len(models)}){pick}</caption>"
+                "<tr><th>name</th><th>trained at</th><th>voxel, box</th><th>dense</th><th>metrics</th>"
+                "<th>description</th><th>file</th></tr>" + "".join(rows) + "</table>")
+        session.logger.info(html, is_html=True)
+    else:
+        session.logger.info("No DEFMap model is installed; set DEFMAP_MODEL_PATH or give 'model PATH'")
+    if not return_json:
+        return models
+    from chimerax.core.commands import ArrayJSONEncoder, JSONResult
+    data = {"models": [m.summary() for m in models], "chosen": None if chosen is None else chosen.name,
+            "search_path": [str(d) for d in dm_model.model_dirs()]}
+    return JSONResult(ArrayJSONEncoder().encode(data), models)
+
+
+def defmap_models_desc() -> CmdDesc:
+    return CmdDesc(keyword=[("map_resolution", FloatArg), ("return_json", BoolArg)],
+                   synopsis="list installed DEFMap models and which one a map resolution picks")
