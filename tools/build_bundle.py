@@ -1,12 +1,11 @@
 """Build the bundle wheel from bundle_info.xml with ChimeraX's own bundle builder (proves the XML is valid)."""
 
+import collections
+import collections.abc
 import glob
 import os
 import shutil
 import sys
-
-import collections
-import collections.abc
 
 # grako (imported with chimerax) still uses the pre-3.10 aliases
 for _n in ("Mapping", "MutableMapping", "Sequence", "MutableSequence", "Set", "MutableSet", "Callable", "Iterable"):
