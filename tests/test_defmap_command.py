@@ -12,8 +12,14 @@ from chimerax.core.commands import run
 
 from chimerax.defmap import preprocess as pp
 
-from .helpers import (linear_onnx_model, read_heavy_atoms, shared_path, simulate_map, smooth_rmsf_field,
-                      train_linear_model)
+from .helpers import (
+    linear_onnx_model,
+    read_heavy_atoms,
+    shared_path,
+    simulate_map,
+    smooth_rmsf_field,
+    train_linear_model,
+)
 
 
 def open_emd3488(cx):
@@ -152,3 +158,16 @@ def test_bad_script_line_fails_make_run(tmp_path):
                           text=True, encoding="utf-8", timeout=300)
     assert proc.returncode == 1
     assert "Error:" in proc.stderr
+
+
+def test_no_model_installed_is_one_sentence(cx, monkeypatch, tmp_path):
+    from chimerax.core.errors import UserError
+
+    from chimerax.defmap import model as dm_model
+    open_emd3488(cx)
+    monkeypatch.setattr(dm_model, "PACKAGE_MODEL_DIR", tmp_path)
+    monkeypatch.setenv(dm_model.MODEL_DIR_ENV, "")
+    colors = cx.models.list(model_id=(2,))[0].atoms.colors.copy()
+    with pytest.raises(UserError, match=r"^No DEFMap model is installed; .*\.?$"):
+        run(cx, "defmap #1 structure #2")
+    assert np.array_equal(cx.models.list(model_id=(2,))[0].atoms.colors, colors)
