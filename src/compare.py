@@ -19,6 +19,7 @@ from chimerax.core.commands import BoolArg, CmdDesc, ColormapArg, ColormapRangeA
 from chimerax.core.errors import UserError
 
 from . import cmd as dm_cmd
+from .export import output_path
 
 DIFF_PALETTE = "blue-white-red"  # diverging: blue = more rigid in the second state, red = more flexible
 THREE_TO_ONE = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
@@ -258,12 +259,12 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
         _color(session, res, structures, palette, range, key)
     _log(session, res, maps)
     if save_csv:
-        _write_csv(Path(save_csv).expanduser(), res)
+        _write_csv(output_path(save_csv), res)
         res.files["csv"] = str(save_csv)
     if profile:
         from . import profile as dm_profile
         data = dm_profile.profile_data(res.residues1, res.diff)
-        png = dm_profile.plot_profile(data, Path(profile).expanduser(), title=f"DEFMap difference (second − first), "
+        png = dm_profile.plot_profile(data, output_path(profile), title=f"DEFMap difference (second − first), "
                                       f"{r2.structure} vs {r1.structure}", ylabel="Δ predicted log10 RMSF",
                                       zero_line=True)
         dm_profile.log_image(session, png, f"DEFMap difference profile {Path(profile).name}")

@@ -31,7 +31,7 @@ def write_residue_csv(path: str | Path, result) -> int:
         w.writerow(header + (["sd"] if sd is not None else []))
         for i, r in enumerate(result.residues):
             row = [result.structure.atomspec, r.chain_id, r.number, r.insertion_code, r.name, f"{rv[i]:.5f}",
-                   f"{10 ** rv[i]:.4f}", f"{z[i]:.4f}"]
+                   f"{10 ** rv[i]:.5g}", f"{z[i]:.4f}"]
             w.writerow(row + ([f"{sd[i]:.5f}"] if sd is not None else []))
     return len(rv)
 
@@ -70,25 +70,35 @@ def save_structure_file(session, result, path: str | Path, bfactor: str = "value
         atoms.bfactors = original
 
 
+def output_path(path: str | Path) -> Path:
+    """Expand ~ and create missing parent folders, so batch scripts can write into a fresh output folder."""
+    p = Path(path).expanduser()
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"Cannot create folder {p.parent}: {e.strerror or e}") from None
+    return p
+
+
 def write_outputs(session, result, profile=None, save_csv=None, save_structure=None, bfactor="value") -> None:
     """The optional files of one ``defmap`` run, recorded in ``result.files`` (and so in returnJson)."""
     log = session.logger
     if save_csv:
         try:
-            n = write_residue_csv(Path(save_csv).expanduser(), result)
+            n = write_residue_csv(output_path(save_csv), result)
         except OSError as e:
             raise UserError(f"Could not write {save_csv}: {e}") from None
         result.files["csv"] = str(save_csv)
         log.info(f"DEFMap: wrote {n} residues to {save_csv}")
     if save_structure:
-        save_structure_file(session, result, save_structure, bfactor)
+        save_structure_file(session, result, output_path(save_structure), bfactor)
         result.files["structure"] = str(save_structure)
         what = "log10 RMSF" if bfactor == "value" else "z-normalized log10 RMSF"
         log.info(f"DEFMap: wrote {result.structure} with {what} in the B-factor column to {save_structure}")
     if profile:
         from . import profile as dm_profile
         try:
-            dm_profile.write_profile(session, result, Path(profile).expanduser())
+            dm_profile.write_profile(session, result, output_path(profile))
         except OSError as e:
             raise UserError(f"Could not write {profile}: {e}") from None
         result.files["profile"] = str(profile)

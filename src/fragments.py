@@ -169,7 +169,8 @@ def defmap_fragments(session, file, structure=None, attribute: str = "defmap", s
     frags = read_fragments(file)
     fragment_means(frags, values)
     r, p, rho, n = correlate(frags)
-    out = Path(save_csv).expanduser() if save_csv else Path(file).expanduser().with_suffix(".defmap.csv")
+    from .export import output_path
+    out = output_path(save_csv) if save_csv else Path(file).expanduser().with_suffix(".defmap.csv")
     res = FragmentResult(frags, attribute, r, p, rho, n, None, structures)
     try:
         write_fragment_csv(out, frags)
