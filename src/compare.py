@@ -243,8 +243,8 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
         names = ", ".join(sorted(set(ligand.residues.names)))
         site_atoms, source = ligand, f"within {distance:g} Å of {names}"
     elif partner is not None:
-        chains = ", ".join(sorted(set(partner.residues.chain_ids)))
-        site_atoms, source = partner, f"within {distance:g} Å of partner chain {chains}"
+        partner_chains = ", ".join(sorted(set(partner.residues.chain_ids)))
+        site_atoms, source = partner, f"within {distance:g} Å of partner chain {partner_chains}"
     else:
         site_atoms = _auto_site(structures)
         names = sorted(set(site_atoms.residues.names)) if site_atoms is not None and len(site_atoms) else []

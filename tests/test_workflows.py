@@ -107,8 +107,9 @@ def test_compare_sharper_map_around_ligand_gives_negative_difference(cx, trained
     assert float(rows[0]["diff"]) == pytest.approx(res.diff[0], abs=1e-5)
     assert sum(int(r["site"]) for r in rows) == st["n_site"]
     j = json.loads(run(cx, f"defmap compare #1,2 structure #3/A model {trained_model} mapResolution 4 color false "
-                           "returnJson true", return_json=True).json_value)
-    assert j["stats"]["site_mean_diff"] == pytest.approx(st["site_mean_diff"])
+                           "ligand #3/A:STR returnJson true", return_json=True).json_value)
+    assert j["stats"]["site_mean_diff"] == pytest.approx(st["site_mean_diff"])  # explicit ligand = auto-detected
+    assert [x["site"] for x in j["residues"]] == res.site.tolist()
     assert len(j["residues"]) == st["n_matched"]
 
 
@@ -140,6 +141,37 @@ def test_compare_matches_renumbered_model_by_sequence_alignment(cx, random_model
     # same map and coordinates: the predictions agree (only the normalization support differs slightly)
     assert np.abs(res.diff).max() < 0.05
     assert res.chains[0].identity == 1.0
+
+
+def test_compare_partner_site_and_difference_profile(cx, random_model, tmp_path):
+    """partner #3/B: the site is chain A residues within 4 Å of chain B (the dimer interface), by direct distances."""
+    pdb = shared_path("structures", "1a28.pdb")
+    xyz = read_heavy_atoms(pdb, chain="A")
+    m1, origin = simulate_map(xyz, smooth_rmsf_field(xyz, seed=7), resolution=4.0)
+    m2, _ = simulate_map(xyz, smooth_rmsf_field(xyz, seed=8), resolution=4.0)
+    add_map(cx, m1, origin, "first")
+    add_map(cx, m2, origin, "second")
+    run(cx, f"open {pdb}", log=False)
+    s = cx.models.list(model_id=(3,))[0]
+    png = tmp_path / "diff.png"
+    res = run(cx, f"defmap compare #2,1 structure #3/A partner #3/B distance 4 model {random_model} profile {png}")
+    assert res.first_map == "#2" and res.second_map == "#1"  # maps in the order written
+    b = s.atoms.filter((s.atoms.chain_ids == "B") & (s.atoms.element_numbers != 1))
+    for r, flag in zip(res.residues1, res.site):
+        a = r.atoms.filter(r.atoms.element_numbers != 1)
+        dmin = np.min(np.linalg.norm(a.scene_coords[:, None] - b.scene_coords[None], axis=2))
+        assert (dmin <= 4.0) == flag, (r, dmin)
+    assert 5 <= res.stats["n_site"] < len(res.site) / 2
+    # a direct run on each map gives the same per-residue difference
+    r_first = run(cx, f"defmap #2 structure #3/A model {random_model} color false")
+    r_second = run(cx, f"defmap #1 structure #3/A model {random_model} color false")
+    direct = {r: v for r, v in zip(r_second.residues, r_second.residue_values)}
+    for r, v in zip(r_first.residues, r_first.residue_values):
+        direct[r] = direct[r] - v
+    assert res.diff == pytest.approx([direct[r] for r in res.residues1], abs=1e-6)
+    from PIL import Image
+    with Image.open(png) as im:
+        assert im.format == "PNG"
 
 
 def test_sequence_alignment_handles_offsets_and_gaps():
