@@ -96,7 +96,15 @@ def _resolve(model, map_resolution) -> dm_model.ModelInfo:
 
 def _map_arrays(volume):
     """The map's full-resolution values and its xyz<->ijk transforms in the map's own coordinates."""
-    m = volume.full_matrix()
+    d = volume.data
+    try:
+        pp.check_memory(int(np.prod(d.size, dtype=np.int64)) * (np.dtype(d.value_type).itemsize + 1),
+                        f"reading map {volume.name} ({d.size[0]}×{d.size[1]}×{d.size[2]} voxels)")
+        m = volume.full_matrix()
+    except MemoryError as e:
+        raise UserError(f"Map {volume.name} is too large to process: {e}") from None
+    except Exception as e:  # file moved, truncated or unreadable since it was opened
+        raise UserError(f"Could not read the values of map {volume.name}: {_first_line(e)}") from None
     if m is None or m.size == 0:
         raise UserError(f"Map {volume.name} has no data")
     if m.ndim != 3:
@@ -105,8 +113,13 @@ def _map_arrays(volume):
         raise UserError(f"Map {volume.name} is {m.shape[2]}×{m.shape[1]}×{m.shape[0]} voxels; DEFMap needs a 3-D map")
     if not np.issubdtype(m.dtype, np.number) or np.iscomplexobj(m):
         raise UserError(f"Map {volume.name} has non-numeric values ({m.dtype})")
-    d = volume.data
     return m, np.array(d.xyz_to_ijk_transform.matrix), np.array(d.ijk_to_xyz_transform.matrix)
+
+
+def _first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (ChimeraX errors can span paragraphs)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def _check_finite(volume, values):
@@ -170,6 +183,15 @@ def _residue_means(atoms, values):
     sums = np.bincount(idx, weights=values, minlength=len(residues))
     counts = np.bincount(idx, minlength=len(residues))
     return residues, sums / np.maximum(counts, 1)
+
+
+def _check_attribute_name(attribute: str) -> None:
+    """Refuse names of built-in atom/residue attributes (``coord``, ``name``, ...): writing them would change data."""
+    from chimerax.atomic import Atom, Residue
+    for name in (attribute, attribute + "_z", attribute + "_sd"):
+        if name.startswith("_") or any(hasattr(cls, name) for cls in (Atom, Residue)):
+            raise UserError(f"attribute name '{attribute}' clashes with the built-in atom or residue attribute "
+                            f"'{name}'; choose another name")
 
 
 def register_attributes(session, attribute: str) -> None:
@@ -278,7 +300,12 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     _check_finite(volume, values)
     if level is None:
         level = volume.minimum_surface_level
-        if level is None:
+        if level is None:  # never shown as a surface: ChimeraX's own initial threshold (1% of voxels above it)
+            try:
+                level = float(min(volume.initial_surface_levels()[0]))
+            except Exception:
+                level = None
+        if level is None or not np.isfinite(level):
             raise UserError(f"Map {volume.name} shows no surface level; show it as a surface or give 'level'")
     predictor = get_predictor(info, device)
     stages = {}
@@ -340,6 +367,7 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
         raise UserError(f"batchSize must be between 1 and 1,000,000, not {batch_size}")
     if not attribute.isidentifier():
         raise UserError(f"attribute name '{attribute}' must be a Python identifier (letters, digits, _)")
+    _check_attribute_name(attribute)
     vols = list(map) if isinstance(map, (list, tuple)) else [map]
     if len(vols) != 1:
         raise UserError(f"defmap needs exactly one map, got {len(vols)}")
@@ -368,7 +396,10 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
     preds, prep, predictor, stages, level = predict_voxels(session, volume, model, map_resolution, device,
                                                            batch_size, level, dense)
     dyn = make_dynamics_volume(session, volume, prep, preds, f"{volume.name} DEFMap dynamics")
-    if color:
+    if color and not volume.surfaces:
+        session.logger.warning(f"Map {volume.name} has no surface to color; show it as a surface and run "
+                               f"'color sample #{volume.id_string} map #{dyn.id_string}'")
+    elif color:
         t0 = time.perf_counter()
         from chimerax.surface.colorvol import color_sample
         color_sample(session, volume.surfaces, dyn, palette=palette or _default_palette(session),
@@ -391,13 +422,27 @@ def _returned(result, return_json):
     return JSONResult(ArrayJSONEncoder().encode(result.as_dict()), result)
 
 
+class PaletteArg(ColormapArg):
+    """ChimeraX's palette argument with a one-line error for unknown palettes."""
+
+    @staticmethod
+    def parse(text, session):
+        try:
+            return ColormapArg.parse(text, session)
+        except (UserError, ValueError):
+            from chimerax.core.commands import AnnotationError, next_token
+            token = next_token(text)[0] if text.strip() else text
+            raise AnnotationError(f"'{token}' is not a known palette or color list; give a palette name such as "
+                                  f"{DEFAULT_PALETTE} or colors like blue:white:red") from None
+
+
 def defmap_desc():
     from chimerax.atomic import AtomsArg
     from chimerax.map import MapsArg
     return CmdDesc(
         required=[("map", MapsArg)],
         keyword=[("structure", AtomsArg), ("model", StringArg), ("map_resolution", FloatArg),
-                 ("device", EnumOf(("auto", "gpu", "cpu"))), ("color", BoolArg), ("palette", ColormapArg),
+                 ("device", EnumOf(("auto", "gpu", "cpu"))), ("color", BoolArg), ("palette", PaletteArg),
                  ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg), ("batch_size", IntArg),
                  ("level", FloatArg), ("dense", BoolArg), ("return_json", BoolArg), ("uncertainty", BoolArg),
                  ("profile", SaveFileNameArg), ("save_csv", SaveFileNameArg), ("save_structure", SaveFileNameArg),

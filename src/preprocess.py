@@ -114,25 +114,59 @@ def resample(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, origin: np.ndarray,
     nvox = int(np.prod(shape_zyx, dtype=np.int64))
     if nvox > max_voxels:
         raise MemoryError(f"the resampled grid would have {nvox:,} voxels ({nvox * 4 / 2**30:.1f} GiB)")
-    src = np.ascontiguousarray(values_zyx, dtype=np.float32)
-    m = np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
+    check_memory(nvox * RESAMPLE_BYTES_PER_VOXEL, "the resampled grid")
+    m = np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4).copy()
+    # only the part of the input the lattice covers is converted to float32 (a small region of a big map stays small)
+    corners = _box_corners_xyz(shape_zyx, np.hstack([np.eye(3) * voxel_size, np.reshape(origin, (3, 1))]))
+    cijk = corners @ m[:, :3].T + m[:, 3]
+    full = np.array(values_zyx.shape[::-1], dtype=np.int64)
+    lo = np.clip(np.floor(cijk.min(axis=0)).astype(np.int64) - 1, 0, full - 1)
+    hi = np.clip(np.ceil(cijk.max(axis=0)).astype(np.int64) + 2, lo + 1, full)
+    src = np.ascontiguousarray(values_zyx[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], dtype=np.float32)
+    m[:, 3] -= lo  # indices into the cropped source
+    src_offset = lo.astype(np.float64)
     out = np.empty(shape_zyx, dtype=np.float32)
     inside = np.empty(shape_zyx, dtype=bool)
     nz, ny, nx = shape_zyx
     x = origin[0] + voxel_size * np.arange(nx)
     y = origin[1] + voxel_size * np.arange(ny)
-    src_shape = np.array(src.shape[::-1], dtype=np.float64)  # (ni, nj, nk)
     for iz in range(nz):  # slab by slab keeps the coordinate arrays small
         z = origin[2] + voxel_size * iz
         yy, xx = np.meshgrid(y, x, indexing="ij")
         xyz = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], axis=0)
         ijk = m[:, :3] @ xyz + m[:, 3:4]
-        ok = np.all((ijk >= -1e-6) & (ijk <= (src_shape[:, None] - 1) + 1e-6), axis=0)
+        full_ijk = ijk + src_offset[:, None]
+        ok = np.all((full_ijk >= -1e-6) & (full_ijk <= (full[:, None] - 1) + 1e-6), axis=0)
         vals = ndimage.map_coordinates(src, ijk[::-1], order=1, mode="nearest", prefilter=False)
         vals[~ok] = 0.0
         out[iz] = vals.reshape(ny, nx)
         inside[iz] = ok.reshape(ny, nx)
     return out, inside
+
+
+RESAMPLE_BYTES_PER_VOXEL = 16  # raw + filtered + standardized float32, inside and support masks
+VOXEL_MODE_BYTES_PER_VOXEL = 48  # plus centre indices and the nearest-voxel fill of the dynamics map
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to this process now (None when it cannot be told)."""
+    try:
+        import psutil
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        try:
+            import os
+            return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def check_memory(nbytes: int, what: str, fraction: float = 0.8) -> None:
+    """MemoryError naming the size needed when ``nbytes`` exceeds ``fraction`` of the available memory."""
+    avail = available_memory()
+    if avail is not None and nbytes > fraction * avail:
+        raise MemoryError(f"{what} would need about {nbytes / 2**30:.1f} GiB of memory, but only "
+                          f"{avail / 2**30:.1f} GiB is available")
 
 
 def lowpass(values: np.ndarray, sigma_vox: float) -> np.ndarray:
@@ -150,6 +184,14 @@ def support_mask(shape_zyx: tuple[int, int, int], centers_zyx: np.ndarray, box: 
     # maximum_filter with an asymmetric footprint matching the patch extent
     origin = (box - 1) // 2 - lo
     return ndimage.maximum_filter(seed, size=box, mode="constant", cval=False, origin=origin)
+
+
+def require_features(raw: np.ndarray, sel: np.ndarray) -> None:
+    """ValueError when the input map is constant where the patches look (edge effects of the low-pass would
+    otherwise give a constant map 'features')."""
+    v = raw[sel]
+    if v.size and float(v.max()) - float(v.min()) <= 1e-6 * max(abs(float(v.max())), abs(float(v.min())), 1e-30):
+        raise ValueError("the map is constant under the patches, so it has no density features")
 
 
 def standardize(values: np.ndarray, support: np.ndarray, inside: np.ndarray | None = None) -> np.ndarray:
@@ -211,11 +253,14 @@ def prepare_points(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, points_xyz: n
     sigma = lowpass_sigma_voxels(spec, map_resolution)
     origin, shape = lattice_for_points(pts[point_inside], spec, margin_voxels(spec, sigma))
     raw, inside = resample(values_zyx, xyz_to_ijk, origin, shape, spec.voxel_size)
-    filt = lowpass(raw, sigma)
-    grid = Grid(filt, origin, spec.voxel_size, inside)
+    grid = Grid(raw, origin, spec.voxel_size, inside)
     idx = grid.xyz_to_zyx_index(pts[point_inside])
     centers, inverse = np.unique(idx, axis=0, return_inverse=True)
-    grid.values = standardize(filt, support_mask(shape, centers, spec.box), inside)
+    support = support_mask(shape, centers, spec.box)
+    require_features(raw, support & inside)
+    filt = lowpass(raw, sigma)
+    del raw
+    grid.values = standardize(filt, support, inside)
     p2c = np.full(len(pts), -1, dtype=np.int64)
     p2c[point_inside] = inverse.reshape(-1)
     return Prepared(grid, centers, p2c, sigma)
@@ -228,14 +273,18 @@ def prepare_voxels(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: n
     corners = _box_corners_xyz(values_zyx.shape, ijk_to_xyz)
     sigma = lowpass_sigma_voxels(spec, map_resolution)
     origin, shape = lattice_for_points(corners, spec, margin_voxels(spec, sigma))
+    check_memory(int(np.prod(shape, dtype=np.int64)) * VOXEL_MODE_BYTES_PER_VOXEL,
+                 f"voxel mode on a {shape[2]}×{shape[1]}×{shape[0]} lattice")
     raw, inside = resample(values_zyx, xyz_to_ijk, origin, shape, spec.voxel_size)
     centers = np.argwhere((raw >= level) & inside)
     if len(centers) == 0:
         raise ValueError(f"no map values are at or above the level {level:g}")
+    support = support_mask(shape, centers, spec.box)
+    require_features(raw, support & inside)
     filt = lowpass(raw, sigma)
     del raw
     grid = Grid(filt, origin, spec.voxel_size, inside)
-    grid.values = standardize(filt, support_mask(shape, centers, spec.box), inside)
+    grid.values = standardize(filt, support, inside)
     return Prepared(grid, centers, np.arange(len(centers)), sigma)
 
 

@@ -35,3 +35,25 @@ def random_model(tmp_path_factory):
     spec = FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
     w = np.random.default_rng(1).normal(0, 0.01, spec.box ** 3)
     return linear_onnx_model(tmp_path_factory.mktemp("models") / "random5.onnx", w, -0.1, spec, "random-5A")
+
+
+# ---- robustness suite: counts of hostile inputs tried (tests/test_fuzz.py), printed at the end of every run
+_FUZZ = pytest.StashKey[dict]()
+
+
+@pytest.fixture(scope="session")
+def fuzz_stats(request):
+    from collections import Counter
+    stats = request.config.stash.setdefault(_FUZZ, Counter())
+    stats.setdefault("failed_ids", [])
+    return stats
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    stats = config.stash.get(_FUZZ, None)
+    if stats and stats["tried"]:
+        terminalreporter.write_line(
+            f"fuzz: {stats['tried']} inputs tried, {stats['usererror']} UserErrors, {stats['result']} results "
+            f"({stats['warned']} with warnings), {stats['failure']} failures")
+        if stats["failed_ids"]:
+            terminalreporter.write_line("fuzz failures: " + ", ".join(stats["failed_ids"]))
