@@ -421,3 +421,21 @@ def test_batch_python_script_writes_json_per_map(random_model, tmp_path):
     v0 = np.array([x["value"] for x in results[0]["residues"]])
     v1 = np.array([x["value"] for x in results[1]["residues"]])
     assert np.abs(v0 - v1).max() > 1e-3
+
+
+def test_subcommands_work_after_lazy_registration_of_defmap_alone(cx, tmp_path, monkeypatch):
+    """Real ChimeraX registers bundle commands lazily from bundle_info.xml, which declares only `defmap`: the first
+    `defmap models` must trigger registration of the subcommands and then run, as must `defmap MAP`."""
+    from chimerax.core.commands import cli
+
+    from chimerax.defmap import cmd as dm_cmd
+    monkeypatch.setattr(dm_model, "PACKAGE_MODEL_DIR", tmp_path / "none")
+    monkeypatch.setenv(dm_model.MODEL_DIR_ENV, str(tmp_path / "none"))
+    cli.deregister("defmap")
+    try:
+        cli.delay_registration("defmap", lambda: dm_cmd.register_defmap_commands(cx.logger), logger=cx.logger)
+        assert run(cx, "defmap models") == []
+        usage = cli.usage(cx, "defmap")
+        assert "defmap compare" in usage and "defmap fragments" in usage and "defmap models" in usage
+    finally:
+        dm_cmd.register_defmap_commands(cx.logger)
