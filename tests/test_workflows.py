@@ -365,14 +365,17 @@ def test_models_lists_metadata_and_map_resolution_picks_sharpest_adequate_model(
 def test_batch_cxc_example_runs_with_make_run(tmp_path, cx):
     """examples/batch.cxc over EMD-3488 with two fitted models and a simulated 6 Å map; CSVs match an in-process run.
 
-    The test model is trained at 3.2 Å, so ``mapResolution 3.2`` picks it over any shipped (5–7 Å) model.
+    Test models at 3.2 Å and 6 Å (named to sort before shipped models of equal resolution) keep the run fast and
+    independent of which models are shipped.
     """
     shared_path("emdb", "emd_3488.mrc")
     mdir = tmp_path / "models"
     mdir.mkdir()
     spec = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=3.2)
     random_model = linear_onnx_model(mdir / "random3.onnx", np.random.default_rng(2).normal(0, 0.01, 1000), -0.1,
-                                     spec, "random-3.2A")
+                                     spec, "a-random-3.2A")
+    linear_onnx_model(mdir / "random6.onnx", np.random.default_rng(3).normal(0, 0.01, 1000), -0.1,
+                      pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=6.0), "a-random-6A")
     out = ROOT / "batch_output"
     import os
     import shutil
@@ -381,6 +384,7 @@ def test_batch_cxc_example_runs_with_make_run(tmp_path, cx):
     proc = subprocess.run(["make", "-s", "run", "SCRIPT=examples/batch.cxc"], cwd=ROOT, capture_output=True,
                           text=True, encoding="utf-8", timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stdout.count("a-random-3.2A (3.2 Å)") == 2 and proc.stdout.count("a-random-6A (6 Å)") == 1
     try:
         rows = {name: list(csv.DictReader(open(out / name))) for name in
                 ("emd3488_5me2.csv", "emd3488_5ni1.csv", "molmap6_5me2.csv")}
