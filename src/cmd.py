@@ -322,7 +322,9 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     use_dense = info.fully_convolutional if dense is None else dense
     if use_dense and not info.fully_convolutional:
         raise UserError(f"Model {info.name} is not fully convolutional; use dense false")
-    if use_dense:
+    if dense is None:  # fastest exact method: shared features, or dense tiles when the centres fill the lattice
+        preds = predictor.predict_centers(prep.grid, prep.centers, batch_size, allow_dense=info.fully_convolutional)
+    elif use_dense:
         preds = predictor.predict_dense(prep.grid, prep.centers)
     else:
         preds = predictor.predict_patches(prep.grid, prep.centers, batch_size)
@@ -376,7 +378,7 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
         if len(structure) == 0:
             raise UserError("The structure specification matches no atoms")
         from . import export
-        from . import profile as dm_profile
+        from . import profile_plot as dm_profile
         result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute,
                                    rotations=len(dm_model.ROTATIONS) if uncertainty else 1)
         t0 = time.perf_counter()
@@ -395,7 +397,9 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
     t_start = time.perf_counter()
     preds, prep, predictor, stages, level = predict_voxels(session, volume, model, map_resolution, device,
                                                            batch_size, level, dense)
+    t0 = time.perf_counter()
     dyn = make_dynamics_volume(session, volume, prep, preds, f"{volume.name} DEFMap dynamics")
+    stages["mapping"] = time.perf_counter() - t0
     if color and not volume.surfaces:
         session.logger.warning(f"Map {volume.name} has no surface to color; show it as a surface and run "
                                f"'color sample #{volume.id_string} map #{dyn.id_string}'")

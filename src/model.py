@@ -145,6 +145,10 @@ def resolve_model(name_or_path: str | None, map_resolution: float | None) -> Mod
     raise ModelError(f"No installed model is named '{name_or_path}' (installed: {names})")
 
 
+DENSE_TILE = 32  # dense tiles of 32³ outputs: 16-64 ran at the same GFLOP/s; a 32 tile needs ~50 MB of activations
+DENSE_SPEEDUP = 1.7  # dense valid convolutions run ~1.7x the GFLOP/s of shared-feature gathers (tests/benchmarks)
+
+
 class Predictor:
     """An onnxruntime session for one model, with the provider it really runs on."""
 
@@ -166,6 +170,9 @@ class Predictor:
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # spinning worker threads lose badly when the cores are shared with other work (measured, tests/benchmarks)
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.threads = so.intra_op_num_threads
         try:
             self.session = ort.InferenceSession(str(info.path), sess_options=so, providers=providers)
         except Exception as e:
@@ -185,14 +192,78 @@ class Predictor:
         if len(inp) != 1 or len(inp[0].shape) != 5:
             raise ModelError(f"Model {info.path.name} must take one 5-D input (N, 1, D, H, W)")
         self.input_name = inp[0].name
+        box = info.spec.box
+        try:  # one empty patch: the network must give exactly one value for the box its metadata promises
+            probe = np.asarray(self.session.run(None, {self.input_name: np.zeros((1, 1, box, box, box), np.float32)})[0])
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+            raise ModelError(f"Model {info.path.name} cannot run on a {box}³ patch, the box in its metadata: "
+                             f"{first}") from None
+        if probe.size != 1:
+            raise ModelError(f"Model {info.path.name} gives {probe.size} values per {box}³ patch instead of one, so "
+                             "its network does not match the box in its metadata")
         self.default_batch = 1024 if self.provider == "CUDAExecutionProvider" else 256
         self.seconds = 0.0
         self.patches = 0
+        self.flops = 0.0  # network FLOPs executed (2 x multiply-adds), for GFLOP/s reports
+        self.method = ""  # how the last prediction ran: patches, dense or shared
+        self._chain = None  # layers of a conv-chain model (chimerax.defmap.sparse), read on first use
+
+    def conv_layers(self):
+        """The model as a chain of valid 3-D convolutions (sparse.ConvLayer list), or None if it is not one."""
+        if self._chain is None:
+            from . import sparse
+            self._chain = sparse.conv_chain(self.info.path) or []
+        return self._chain or None
+
+    def _flops_per_patch(self) -> float:
+        layers = self.conv_layers()
+        if layers:
+            from .sparse import chain_flops
+            return chain_flops(layers, (self.info.spec.box,) * 3)
+        return float(self.info.flops_per_patch or 0.0)
+
+    def predict_centers(self, grid: Grid, centers: np.ndarray, batch_size: int | None = None,
+                        rotation: int = 0, allow_dense: bool = False) -> np.ndarray:
+        """One prediction per centre voxel by the fastest exact method: shared-feature evaluation on the CPU when
+        the model is a plain conv chain (chimerax.defmap.sparse), otherwise batched per-patch evaluation.  With
+        ``allow_dense``, dense tiles (:meth:`predict_dense`) are used instead when they need fewer FLOPs after
+        weighting by their measured speed advantage (``DENSE_SPEEDUP``): when centres fill most of the lattice."""
+        layers = self.conv_layers() if self.provider == "CPUExecutionProvider" else None
+        if not layers or len(centers) == 0:
+            if allow_dense and self.info.fully_convolutional and len(centers):
+                return self.predict_dense(grid, centers)
+            return self.predict_patches(grid, centers, batch_size, rotation)
+        from .sparse import SparseConvNet
+        if getattr(self, "_sparse", None) is None:
+            self._sparse = SparseConvNet(layers, threads=self.threads)
+        if allow_dense and rotation == 0:
+            starts = np.asarray(centers) - self.info.spec.box // 2
+            shared = self._sparse.estimate_flops(grid.values.shape, starts)
+            if self.dense_flops(grid, centers) < DENSE_SPEEDUP * shared:
+                return self.predict_dense(grid, centers)
+        net = self._sparse.rotated(rotation)
+        t0 = time.perf_counter()
+        f0 = net.flops
+        out = net.predict(grid.values, np.asarray(centers) - self.info.spec.box // 2)
+        self.seconds += time.perf_counter() - t0
+        self.flops += net.flops - f0
+        self.patches += len(centers)
+        self.method = "shared"
+        return out
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         t0 = time.perf_counter()
-        y = self.session.run(None, {self.input_name: x})[0]
+        try:
+            y = np.asarray(self.session.run(None, {self.input_name: x})[0])
+        except Exception as e:  # shapes or types that contradict the metadata
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ModelError(f"Model {self.info.path.name} failed on {'×'.join(map(str, x.shape[2:]))} input: "
+                             f"{first}") from None
         self.seconds += time.perf_counter() - t0
+        if y.ndim == 0 or y.shape[0] != x.shape[0] or not np.issubdtype(y.dtype, np.floating):
+            raise ModelError(f"Model {self.info.path.name} returned output of shape {y.shape} and type {y.dtype} "
+                             f"for {x.shape[0]} inputs; expected one float per input")
         return y
 
     def predict_patches(self, grid: Grid, centers: np.ndarray, batch_size: int | None = None,
@@ -205,16 +276,36 @@ class Predictor:
         for batch in iter_patch_batches(grid.values, centers, self.info.spec.box, bs):
             if rotation:
                 batch = np.ascontiguousarray(rotate_patches(batch, rotation))
-            y = self._run(batch)
-            out[s:s + len(batch)] = y.reshape(len(batch), -1)[:, 0]
+            y = self._run(batch).reshape(len(batch), -1)
+            if y.shape[1] != 1:
+                raise ModelError(f"Model {self.info.path.name} gives {y.shape[1]} values per {self.info.spec.box}³ "
+                                 "patch instead of one, so its network does not match the box in its metadata")
+            out[s:s + len(batch)] = y[:, 0]
             s += len(batch)
         self.patches += len(centers)
+        self.flops += len(centers) * self._flops_per_patch()
+        self.method = "patches"
         return out
 
-    def predict_dense(self, grid: Grid, centers: np.ndarray, tile: int = 32) -> np.ndarray:
+    def dense_flops(self, grid: Grid, centers: np.ndarray, tile: int = DENSE_TILE) -> float:
+        """FLOPs :meth:`predict_dense` executes for these centres (tiles that hold at least one centre)."""
+        from .sparse import chain_flops
+        layers = self.conv_layers()
+        if not layers:
+            return float("inf")
+        box = self.info.spec.box
+        starts = np.asarray(centers) - box // 2
+        t0 = np.unique(starts // tile, axis=0) * tile
+        ext = np.minimum(t0 + tile + box - 1, np.array(grid.values.shape)) - t0
+        shapes, counts = np.unique(ext, axis=0, return_counts=True)
+        return float(sum(c * chain_flops(layers, tuple(sh)) for sh, c in zip(shapes, counts)))
+
+    def predict_dense(self, grid: Grid, centers: np.ndarray, tile: int = DENSE_TILE) -> np.ndarray:
         """Fully convolutional evaluation: whole tiles in one pass, equal to per-patch evaluation at each centre."""
         if not self.info.fully_convolutional:
             raise ModelError(f"Model {self.info.name} is not fully convolutional, so it cannot run densely")
+        from .sparse import chain_flops
+        layers = self.conv_layers()
         box = self.info.spec.box
         lo = box // 2
         starts = centers - lo  # output voxel o holds the patch that starts at o
@@ -230,7 +321,10 @@ class Predictor:
             y = self._run(np.ascontiguousarray(sub[None, None], dtype=np.float32))[0, 0]
             rel = starts[grp] - t0
             out[grp] = y[rel[:, 0], rel[:, 1], rel[:, 2]]
+            if layers:
+                self.flops += chain_flops(layers, sub.shape)
         self.patches += len(centers)
+        self.method = "dense"
         return out
 
     def close(self) -> None:

@@ -105,3 +105,61 @@ def train_linear_model(patches: np.ndarray, labels: np.ndarray, ridge: float = 1
     Xc = X - mu
     w = np.linalg.solve(Xc.T @ Xc + ridge * len(X) * np.eye(X.shape[1]) * 1e-3, Xc.T @ (labels - ym))
     return w, float(ym - mu @ w)
+
+
+# The shipped DEFMap network: a fully convolutional, valid-padding 3D CNN (training/defmap_train exports the same graph).
+FCN_LAYERS = ((1, 16, 3), (16, 32, 3), (32, 64, 3), (64, 128, 4), (128, 64, 1), (64, 1, 1))
+LEAKY_ALPHA = 0.01
+
+
+def fcn_flops_per_output(layers=FCN_LAYERS) -> float:
+    """FLOPs (2 x multiply-adds) per output voxel when the network runs densely (every layer shares its work)."""
+    return float(sum(2 * cin * cout * k ** 3 for cin, cout, k in layers))
+
+
+def fcn_flops_per_patch(box: int = 10, layers=FCN_LAYERS) -> float:
+    """FLOPs of one patch evaluated alone (each layer over its whole valid output)."""
+    total, n = 0.0, box
+    for cin, cout, k in layers:
+        n = n - k + 1
+        total += 2.0 * cin * cout * k ** 3 * n ** 3
+    return total
+
+
+def fcn_onnx_model(path: Path, spec, seed: int = 0, name: str = "standin-fcn-5A", layers=FCN_LAYERS) -> Path:
+    """A stand-in with the shipped architecture and random (He-scaled) weights, until training's models land.
+
+    Input ``density`` (N,1,D,H,W), output ``log10_rmsf`` (N,1,D-9,H-9,W-9) for the default layers; LeakyReLU between
+    convolutions, no activation after the last one.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from chimerax.defmap.model import make_metadata
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "density"
+    for i, (cin, cout, k) in enumerate(layers):
+        gain = 0.25 if i == len(layers) - 1 else 1.0  # outputs spread like log10 RMSF (SD ~0.3), not ~1
+        w = rng.normal(0, gain * np.sqrt(2.0 / (cin * k ** 3)), (cout, cin, k, k, k)).astype(np.float32)
+        b = rng.normal(0, 0.05, cout).astype(np.float32)
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
+        last = i == len(layers) - 1
+        y = "log10_rmsf" if last else f"c{i}"
+        nodes.append(helper.make_node("Conv", [x, f"W{i}", f"B{i}"], [y], kernel_shape=[k] * 3))
+        if not last:
+            nodes.append(helper.make_node("LeakyRelu", [y], [f"a{i}"], alpha=LEAKY_ALPHA))
+            y = f"a{i}"
+        x = y
+    graph = helper.make_graph(
+        nodes, name,
+        [helper.make_tensor_value_info("density", TensorProto.FLOAT, ["N", 1, "D", "H", "W"])],
+        [helper.make_tensor_value_info("log10_rmsf", TensorProto.FLOAT, ["N", 1, "d", "h", "w"])],
+        initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    for k, v in make_metadata(name, spec, fully_convolutional=True, description="stand-in: shipped architecture, "
+                              "random weights", flops_per_patch=fcn_flops_per_patch(spec.box, layers)).items():
+        m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path

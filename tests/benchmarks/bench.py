@@ -1,0 +1,382 @@
+"""`make bench`: DEFMap speed, memory and FLOP efficiency in a real headless ChimeraX session.
+
+    .venv/bin/python tests/benchmarks/bench.py             # full: cases 6ez8, emd3488, voxel200; median of 3 repeats
+    .venv/bin/python tests/benchmarks/bench.py --quick     # small cases, 1 repeat (< 60 s; run by make test)
+
+Every case runs in a fresh subprocess (so its peak RSS is its own): boot ChimeraX headless, open the data, run the
+``defmap`` command once to warm up (onnxruntime sessions are created then) and ``--repeats`` more times, then the
+reference-style pipeline once.  Per case it reports the median time of each stage (preprocess, patches, inference,
+mapping, coloring) and of the whole command (wall clock around ``run(session, "defmap ...")``), patches/s (centre
+voxels predicted per second of inference), peak RSS (``ru_maxrss``, read before the reference pipeline runs), the
+network's achieved GFLOP/s (FLOPs it executed / inference seconds) and that as a fraction of an sgemm peak measured
+in the same subprocess just before the case (the best of numpy/OpenBLAS and onnxruntime/MLAS on 2048³ matrices).
+
+The reference-style pipeline mirrors the original DEFMap scripts (clinfo/DEFMap prep_dataset.py, 3dcnn_main.py,
+rmsf_map2model_for_defmap.py) on the same preprocessed grid and the same ONNX model and onnxruntime session:
+a Python loop over every lattice voxel that cuts one patch per atom at that voxel (no de-duplication), Keras-style
+``predict`` in batches of 32, and a Python loop over atoms for the residue means.  ``reference_ratio`` = its time /
+our end-to-end time (ours also includes setting attributes, coloring and logging, which the reference does not do).
+For voxel mode the reference loops over every lattice voxel above the level and predicts per patch; when that would
+take more than a minute, it is timed on a random subset of patches and scaled (``reference_extrapolated``).
+
+The last line of output is one JSON array holding one object per case, with keys
+case, seconds, peak_rss_mb, patches_per_s, gflops, flop_efficiency, reference_ratio (and more detail).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+SHIPPED_MODEL = ROOT / "onnx_models" / "defmap_5A.onnx"
+KEYS = ("case", "seconds", "peak_rss_mb", "patches_per_s", "gflops", "flop_efficiency", "reference_ratio")
+CASES = ("6ez8", "emd3488", "voxel200")
+QUICK_CASES = ("emd3488", "voxel100")
+REF_BATCH = 32  # Keras Model.predict's default batch size, as DEFMap's 3dcnn_main.py used it
+
+
+# ----------------------------------------------------------------------------------------------------------------- model
+def bench_model(tmpdir: Path) -> tuple[Path, str]:
+    """The shipped 5 Å model when it is there, else a stand-in of the same architecture with random weights."""
+    if SHIPPED_MODEL.is_file():
+        return SHIPPED_MODEL, f"shipped model {SHIPPED_MODEL.relative_to(ROOT)}"
+    sys.path.insert(0, str(ROOT))
+    from tests.helpers import fcn_onnx_model
+
+    from chimerax.defmap.preprocess import FeatureSpec
+    path = fcn_onnx_model(tmpdir / "standin_5A.onnx", FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0),
+                          seed=0)
+    return path, ("stand-in model (shipped architecture, random weights; "
+                  f"{SHIPPED_MODEL.relative_to(ROOT)} is not there yet)")
+
+
+# ----------------------------------------------------------------------------------------------------------- sgemm peak
+def sgemm_peak_gflops(n: int = 2048, repeats: int = 5) -> dict:
+    """Best sustained single-precision GEMM rate on this machine now: numpy (OpenBLAS) and onnxruntime (MLAS)."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    flops = 2.0 * n ** 3
+
+    def best(f):
+        f()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return flops / min(ts) / 1e9
+
+    out = {"numpy": best(lambda: a @ b)}
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+        g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "sgemm",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n, n])],
+                              initializer=[numpy_helper.from_array(b, "W")])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = os.cpu_count() or 1
+        s = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        out["onnxruntime"] = best(lambda: s.run(None, {"x": a}))
+    except Exception as e:  # pragma: no cover - onnxruntime is a hard dependency
+        out["onnxruntime_error"] = str(e)
+    out["peak"] = max(v for k, v in out.items() if isinstance(v, float))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------- cases
+def open_case(session, case: str, quick: bool):
+    """Open the case's data; returns (defmap command arguments, description)."""
+    from chimerax.core.commands import run
+
+    def o(path):
+        if not path.exists():
+            raise SystemExit(f"bench: needs {path} (../shared/data)")
+        return run(session, f"open {path}", log=False)
+
+    if case == "6ez8":
+        o(SHARED / "structures" / "6ez8.pdb")
+        run(session, "molmap #1 5 gridSpacing 1.5", log=False)  # a 5 Å molmap-style map on a 1.5 Å grid -> #2
+        s = session.models.list(model_id=(1,))[0]
+        v = session.models.list(model_id=(2,))[0]
+        return f"#2 structure #1", f"6EZ8 ({s.num_atoms:,} atoms), molmap 5 Å at 1.5 Å, {_dims(v)}"
+    if case == "emd3488":
+        o(SHARED / "emdb" / "emd_3488.mrc")
+        o(SHARED / "emdb" / "5me2.pdb")
+        s = session.models.list(model_id=(2,))[0]
+        v = session.models.list(model_id=(1,))[0]
+        return "#1 structure #2", f"EMD-3488 ({_dims(v)}, 1.05 Å) + 5ME2 ({s.num_atoms:,} atoms)"
+    if case in ("voxel200", "voxel100"):
+        o(SHARED / "emdb" / "emd_3488.mrc")
+        v = session.models.list(model_id=(1,))[0]
+        level = v.minimum_surface_level
+        if case == "voxel200":  # EMD-3488 trilinearly resampled to 200³ (0.522 Å) -> #2, as 'volume resample' would
+            from scipy import ndimage
+
+            from chimerax.map import volume_from_grid_data
+            from chimerax.map_data import ArrayGridData
+            m = v.full_matrix().astype(np.float32)
+            fine = ndimage.zoom(m, 200 / m.shape[0], order=1)  # corner-aligned: 200 samples span the same box
+            step = tuple(s * (n - 1) / (f - 1) for s, n, f in zip(v.data.step, m.shape[::-1], fine.shape[::-1]))
+            g = ArrayGridData(fine, origin=v.data.origin, step=step, name="emd_3488 200^3")
+            v2 = volume_from_grid_data(g, session, style="surface", show_dialog=False)
+            v2.set_parameters(surface_levels=[level])
+            v2.update_drawings()  # compute the contour surface now (no GUI redraw loop headless)
+            run(session, "close #1", log=False)
+            v = v2
+        return (f"#{v.id_string} level {level:.6g}",
+                f"voxel mode on EMD-3488 {'resampled to ' if case == 'voxel200' else ''}{_dims(v)} "
+                f"({v.data.step[0]:.3g} Å), level {level:.3g}")
+    raise SystemExit(f"bench: unknown case {case}")
+
+
+def _dims(v) -> str:
+    return "×".join(str(int(n)) for n in v.data.size)
+
+
+def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
+    """One case in this (fresh) process."""
+    from chimerax.core.commands import run
+
+    from chimerax.defmap import cmd as dm_cmd
+    from chimerax.defmap import headless
+    peak = sgemm_peak_gflops()
+    session = headless.boot()
+    args, desc = open_case(session, case, quick)
+    command = f"defmap {args} model {model}"
+    runs = []
+    for i in range(repeats + 1):  # the first run is a warm-up (onnxruntime sessions are created in it)
+        t0 = time.perf_counter()
+        res = run(session, command, log=False)
+        wall = time.perf_counter() - t0
+        pred = next(iter(dm_cmd._PREDICTORS.values()))
+        runs.append({"wall": wall, "stages": dict(res.stages), "flops": pred.flops, "method": pred.method,
+                     "patches": int(getattr(res, "patches", 0) or getattr(res, "voxels", 0))})
+        pred.flops = 0.0
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    measured = runs[1:]
+    wall = float(np.median([r["wall"] for r in measured]))
+    stage_names = ("preprocess", "patches", "inference", "mapping", "coloring")
+    stages = {k: float(np.median([r["stages"].get(k, 0.0) for r in measured])) for k in stage_names}
+    inf = [r["stages"]["inference"] for r in measured]
+    gflops = float(np.median([r["flops"] / r["stages"]["inference"] / 1e9 for r in measured]))
+    patches = measured[-1]["patches"]
+    out = {"case": case, "seconds": round(wall, 3), "peak_rss_mb": round(peak_rss_mb, 1),
+           "patches_per_s": round(patches / float(np.median(inf)), 1), "gflops": round(gflops, 2),
+           "flop_efficiency": round(gflops / peak["peak"], 4), "reference_ratio": None,
+           "stages": {k: round(v, 3) for k, v in stages.items()}, "first_run_seconds": round(runs[0]["wall"], 3),
+           "repeats": repeats, "patches": patches, "method": measured[-1]["method"],
+           "sgemm_peak_gflops": round(peak["peak"], 2), "description": desc, "command": command}
+    predictor = next(iter(dm_cmd._PREDICTORS.values()))
+    ref = reference_pipeline(session, case, res, predictor, args)
+    out["reference_seconds"] = round(ref["seconds"], 3)
+    out["reference_ratio"] = round(ref["seconds"] / wall, 2)
+    out["reference"] = {k: (round(v, 3) if isinstance(v, float) and not k.startswith("max_abs") else v)
+                        for k, v in ref.items()}
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
+# --------------------------------------------------------------------------------------------- reference-style pipeline
+def reference_pipeline(session, case: str, res, predictor, args: str) -> dict:
+    """The original scripts' way, on the same grid, model and onnxruntime session (see the module docstring)."""
+    from chimerax.defmap import preprocess as pp
+    spec = predictor.info.spec
+    hr = spec.box // 2
+    sess, name = predictor.session, predictor.input_name
+    t = {}
+    t0 = time.perf_counter()
+    if case in ("6ez8", "emd3488"):
+        structure, volume = res.structure, _volume_of(session, args)
+        atoms = structure.atoms
+        heavy = atoms.filter(atoms.element_numbers != 1)
+        values, xyz_to_ijk = volume.full_matrix(), np.array(volume.data.xyz_to_ijk_transform.matrix)
+        xyz = volume.scene_position.inverse().transform_points(heavy.scene_coords)
+        inside = pp.points_inside_map(xyz, xyz_to_ijk, values.shape)
+        prep = pp.prepare_points(values, xyz_to_ijk, xyz, spec, None, inside)
+        grid = prep.grid.values
+        t["preprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # DEFMap create_dataset: a label per voxel from the atoms, then a Python loop over every lattice voxel
+        ijk = prep.grid.xyz_to_zyx_index(xyz[inside]).tolist()
+        atom_ids = np.flatnonzero(inside).tolist()
+        at_voxel: dict[tuple, list] = {}
+        for a, (z, y, x) in zip(atom_ids, ijk):
+            at_voxel.setdefault((z, y, x), []).append(a)
+        nz, ny, nx = grid.shape
+        data, owners = [], []
+        for z in range(hr, nz - hr + 1):
+            for y in range(hr, ny - hr + 1):
+                for x in range(hr, nx - hr + 1):
+                    here = at_voxel.get((z, y, x))
+                    if here is None:
+                        continue
+                    for a in here:  # one patch per atom: no de-duplication
+                        data.append(grid[z - hr:z + hr, y - hr:y + hr, x - hr:x + hr])
+                        owners.append(a)
+        data = np.array(data, dtype=np.float32)[:, None]
+        t["patches"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        preds = np.concatenate([sess.run(None, {name: data[s:s + REF_BATCH]})[0].reshape(-1)
+                                for s in range(0, len(data), REF_BATCH)])
+        t["inference"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        res_index = heavy.unique_residues.indices(heavy.residues).tolist()
+        sums, counts = {}, {}
+        for a, v in zip(owners, preds.tolist()):
+            r = res_index[a]
+            sums[r] = sums.get(r, 0.0) + v
+            counts[r] = counts.get(r, 0) + 1
+        ref_res = {r: sums[r] / counts[r] for r in sums}
+        t["mapping"] = time.perf_counter() - t0
+        # agreement with the command's residue values (same network, same grid)
+        ours = dict(zip(heavy.unique_residues.indices(res.residues).tolist(), res.residue_values.tolist()))
+        diff = max(abs(ref_res[r] - ours[r]) for r in ref_res)
+        return {"seconds": sum(t.values()), **t, "n_patches": len(data), "max_abs_diff_vs_defmap": float(diff)}
+    # voxel mode: every lattice voxel at or above the level, one patch each, Python loop over the whole lattice
+    volume = _volume_of(session, args)
+    level = float(args.split("level")[1])
+    values = volume.full_matrix()
+    d = volume.data
+    prep = pp.prepare_voxels(values, np.array(d.xyz_to_ijk_transform.matrix), np.array(d.ijk_to_xyz_transform.matrix),
+                             spec, level, None)
+    grid = prep.grid.values
+    above = np.zeros(grid.shape, dtype=bool)
+    above[tuple(prep.centers.T)] = True
+    t["preprocess"] = time.perf_counter() - t0
+    n_all = len(prep.centers)
+    budget = 60.0
+    per_patch = _per_patch_rate(sess, name, grid, prep.centers, hr)  # seconds per patch at batch 32
+    frac = min(1.0, budget / max(per_patch * n_all, 1e-9))
+    rng = np.random.default_rng(0)
+    keep = np.zeros(grid.shape, dtype=bool)
+    if frac < 1.0:
+        sel = prep.centers[rng.random(n_all) < frac]
+        keep[tuple(sel.T)] = True
+    else:
+        keep = above
+    t0 = time.perf_counter()
+    nz, ny, nx = grid.shape
+    data = []
+    for z in range(hr, nz - hr + 1):
+        for y in range(hr, ny - hr + 1):
+            for x in range(hr, nx - hr + 1):
+                if not above[z, y, x]:
+                    continue
+                if keep[z, y, x]:
+                    data.append(grid[z - hr:z + hr, y - hr:y + hr, x - hr:x + hr])
+    data = np.array(data, dtype=np.float32)[:, None]
+    t["patches"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for s in range(0, len(data), REF_BATCH):
+        sess.run(None, {name: data[s:s + REF_BATCH]})
+    inf = time.perf_counter() - t0
+    scale = n_all / max(len(data), 1)
+    t["inference"] = inf * scale
+    return {"seconds": sum(t.values()), **t, "n_patches": n_all, "n_patches_run": len(data),
+            "reference_extrapolated": bool(scale > 1.0)}
+
+
+def _per_patch_rate(sess, name, grid, centers, hr) -> float:
+    from chimerax.defmap.preprocess import extract_patches
+    sample = extract_patches(grid, centers[:4 * REF_BATCH], 2 * hr)[:, None]
+    t0 = time.perf_counter()
+    for s in range(0, len(sample), REF_BATCH):
+        sess.run(None, {name: sample[s:s + REF_BATCH]})
+    return (time.perf_counter() - t0) / max(len(sample), 1)
+
+
+def _volume_of(session, args: str):
+    spec = args.split()[0]
+    from chimerax.map import Volume
+    return [m for m in session.models.list() if isinstance(m, Volume) and "#" + m.id_string == spec][0]
+
+
+# -------------------------------------------------------------------------------------------------------------- driver
+def machine() -> str:
+    cpu = platform.processor() or ""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+            f"numpy {np.__version__}, onnxruntime {onnxruntime.__version__}")
+
+
+def fmt_table(results: list[dict]) -> str:
+    head = ("case", "end-to-end s", "preprocess", "patches", "inference", "mapping", "coloring", "patches/s",
+            "peak RSS MB", "GFLOP/s", "sgemm peak", "FLOP eff.", "reference s", "ratio", "method")
+    rows = [head]
+    for r in results:
+        st = r["stages"]
+        rows.append((r["case"], f"{r['seconds']:.2f}", *(f"{st[k]:.3f}" for k in
+                     ("preprocess", "patches", "inference", "mapping", "coloring")),
+                     f"{r['patches_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['gflops']:.1f}",
+                     f"{r['sgemm_peak_gflops']:.1f}", f"{r['flop_efficiency']:.2f}",
+                     f"{r['reference_seconds']:.1f}" + ("*" if r["reference"].get("reference_extrapolated") else ""),
+                     f"{r['reference_ratio']:.1f}", r["method"]))
+    w = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
+    return "\n".join("| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small cases, 1 repeat (what make test runs)")
+    ap.add_argument("--repeats", type=int, default=None, help="measured repeats per case (default 3; quick 1)")
+    ap.add_argument("--cases", default=None, help="comma-separated subset of " + ", ".join(CASES + QUICK_CASES))
+    ap.add_argument("--model", default=None, help="ONNX model (default: shipped 5 Å model, else a stand-in)")
+    ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
+    a = ap.parse_args(argv)
+    repeats = a.repeats or (1 if a.quick else 3)
+    if a.case:
+        print("BENCH-RESULT " + json.dumps(run_case(a.case, Path(a.model), repeats, a.quick)), flush=True)
+        return 0
+    cases = a.cases.split(",") if a.cases else list(QUICK_CASES if a.quick else CASES)
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.model:
+            model, which = Path(a.model).resolve(), f"model {a.model}"
+        else:
+            model, which = bench_model(Path(tmp))
+        print(f"bench: {which}", flush=True)
+        print(f"bench: machine {machine()}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
+        results = []
+        for case in cases:
+            t0 = time.perf_counter()
+            proc = subprocess.run([sys.executable, __file__, "--case", case, "--model", str(model),
+                                   "--repeats", str(repeats)] + (["--quick"] if a.quick else []),
+                                  capture_output=True, text=True, encoding="utf-8", cwd=ROOT)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
+            if proc.returncode != 0 or not line:
+                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+                print(f"bench: case {case} failed (exit {proc.returncode})", flush=True)
+                return 1
+            r = json.loads(line[-1].split(" ", 1)[1])
+            results.append(r)
+            print(f"bench: {case}: {r['description']}; {r['patches']:,} patches by '{r['method']}'; "
+                  f"{r['seconds']:.2f} s end to end (first run {r['first_run_seconds']:.2f} s); "
+                  f"reference {r['reference_seconds']:.1f} s; case took {time.perf_counter() - t0:.0f} s", flush=True)
+        print(fmt_table(results))
+        print(json.dumps(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Dense, shared-feature and per-patch evaluation give the same predictions (|Δ| ≤ 1e-5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from chimerax.core.commands import run
+
+from chimerax.defmap import model as dm_model
+from chimerax.defmap import preprocess as pp
+from chimerax.defmap import sparse
+
+from .helpers import FCN_LAYERS, fcn_flops_per_patch, fcn_onnx_model, read_heavy_atoms, shared_path, simulate_map
+
+TOL = 1e-5
+SPEC = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
+
+
+@pytest.fixture(scope="module")
+def fcn_model(tmp_path_factory):
+    """The shipped architecture with fixed random weights."""
+    return fcn_onnx_model(tmp_path_factory.mktemp("fcn") / "fcn5.onnx", SPEC, seed=3)
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    xyz = read_heavy_atoms(shared_path("structures", "1aku.pdb"))
+    m, origin = simulate_map(xyz, np.full(len(xyz), 1.0), resolution=5.0, voxel=1.2)
+    xyz_to_ijk, ijk_to_xyz = pp.grid_transforms(origin, (1.2, 1.2, 1.2))
+    atoms = pp.prepare_points(m, xyz_to_ijk, xyz, SPEC)
+    voxels = pp.prepare_voxels(m, xyz_to_ijk, ijk_to_xyz, SPEC, level=float(np.quantile(m, 0.9)))
+    return atoms, voxels
+
+
+def test_stand_in_model_has_the_shipped_shape(fcn_model):
+    import onnxruntime as ort
+    s = ort.InferenceSession(str(fcn_model), providers=["CPUExecutionProvider"])
+    y = s.run(None, {"density": np.zeros((2, 1, 13, 12, 10), np.float32)})[0]
+    assert y.shape == (2, 1, 4, 3, 1)
+    layers = sparse.conv_chain(fcn_model)
+    assert [(ly.cin, ly.cout, ly.k) for ly in layers] == list(FCN_LAYERS)
+    info = dm_model.read_model_info(fcn_model)
+    assert info.fully_convolutional and info.flops_per_patch == pytest.approx(fcn_flops_per_patch())
+    assert sparse.chain_flops(layers, (10, 10, 10)) == pytest.approx(fcn_flops_per_patch())
+
+
+@pytest.mark.parametrize("which", ["atoms", "voxels"])
+def test_dense_and_shared_equal_per_patch(fcn_model, prepared, which):
+    prep = prepared[0] if which == "atoms" else prepared[1]
+    pred = dm_model.Predictor(dm_model.read_model_info(fcn_model), "cpu")
+    per_patch = pred.predict_patches(prep.grid, prep.centers)
+    dense = pred.predict_dense(prep.grid, prep.centers)
+    shared = pred.predict_centers(prep.grid, prep.centers)
+    assert pred.method == "shared"
+    assert len(prep.centers) > 500 and per_patch.std() > 0.05
+    assert np.abs(dense - per_patch).max() <= TOL
+    assert np.abs(shared - per_patch).max() <= TOL
+
+
+def test_shared_rotations_equal_rotated_patches(fcn_model, prepared):
+    prep = prepared[0]
+    c = prep.centers[:300]
+    pred = dm_model.Predictor(dm_model.read_model_info(fcn_model), "cpu")
+    for k in (1, 7, 18, 23):
+        assert np.abs(pred.predict_centers(prep.grid, c, rotation=k) - pred.predict_patches(prep.grid, c, rotation=k)
+                      ).max() <= TOL
+
+
+def test_shared_blocks_and_chunks_do_not_change_results(fcn_model, prepared):
+    prep = prepared[1]
+    layers = sparse.conv_chain(fcn_model)
+    starts = prep.centers - SPEC.box // 2
+    ref = sparse.SparseConvNet(layers, block=64).predict(prep.grid.values, starts)
+    small = sparse.SparseConvNet(layers, block=7, chunk_bytes=1 << 14)
+    assert np.abs(small.predict(prep.grid.values, starts) - ref).max() <= TOL
+    assert small.flops > 0
+
+
+def test_non_chain_models_fall_back_to_onnxruntime(tmp_path):
+    """Graphs outside the conv-chain pattern (here one Conv + Sigmoid) are left to onnxruntime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    w = numpy_helper.from_array(np.ones((1, 1, 10, 10, 10), np.float32) * 1e-3, "W")
+    g = helper.make_graph([helper.make_node("Conv", ["density", "W"], ["c"]),
+                           helper.make_node("Sigmoid", ["c"], ["y"])], "g",
+                          [helper.make_tensor_value_info("density", TensorProto.FLOAT, ["N", 1, "D", "H", "W"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1, "d", "h", "w"])],
+                          initializer=[w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    for k, v in dm_model.make_metadata("sig", SPEC, fully_convolutional=True).items():
+        m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.save(m, str(tmp_path / "sig.onnx"))
+    assert sparse.conv_chain(tmp_path / "sig.onnx") is None
+    pred = dm_model.Predictor(dm_model.read_model_info(tmp_path / "sig.onnx"), "cpu")
+    grid = pp.Grid(np.random.default_rng(0).random((20, 20, 20), dtype=np.float32), np.zeros(3), 1.5)
+    c = np.array([[8, 9, 10], [10, 10, 10]])
+    assert np.allclose(pred.predict_centers(grid, c), pred.predict_patches(grid, c))
+    assert pred.method == "patches"
+
+
+def test_voxel_mode_dense_equals_per_patch_in_chimerax(cx, fcn_model):
+    """`defmap MAP dense true`, `dense false` (per patch) and the default (fastest exact method) agree within 1e-5."""
+    run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
+    vol = cx.models.list(model_id=(1,))[0]
+    out = {}
+    for opt in ("dense true", "dense false", ""):
+        res = run(cx, f"defmap #1 model {fcn_model} {opt}")
+        out[opt] = res.dynamics.full_matrix().copy()
+        run(cx, f"close #{res.dynamics.id_string}", log=False)
+    assert res.voxels > 1000
+    assert np.abs(out["dense true"] - out["dense false"]).max() <= TOL
+    assert np.abs(out[""] - out["dense false"]).max() <= TOL
+    assert vol.deleted is False
