@@ -123,11 +123,33 @@ def _first_line(e: BaseException) -> str:
 
 
 def _check_finite(volume, values):
-    bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+    bad = 0
+    for z in range(0, values.shape[0], 16):  # slabs: no map-sized mask
+        bad += int(np.size(values[z:z + 16]) - np.count_nonzero(np.isfinite(values[z:z + 16])))
     if bad:
         raise UserError(f"Map {volume.name} has {bad:,} NaN or infinite values; fix or mask them before running defmap")
 
 
+def _model_faults_as_user_errors(func):
+    """A model that fails while running (shapes contradicting its metadata, non-finite output) is a UserError."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args, **kw):
+        try:
+            out = func(*args, **kw)
+        except dm_model.ModelError as e:
+            raise UserError(str(e)) from None
+        values = out.atom_values if isinstance(out, StructureResult) else out[0]
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            name = (out.model if isinstance(out, StructureResult) else out[2].info).name
+            raise UserError(f"Model {name} gave {bad:,} NaN or infinite predictions; the model file is faulty")
+        return out
+    return wrapper
+
+
+@_model_faults_as_user_errors
 def predict_structure(session, volume, atoms, model=None, map_resolution=None, device="auto", batch_size=None,
                       attribute="defmap", rotations: int = 1) -> StructureResult:
     """Predict per-atom values for heavy atoms of one structure; sets no attributes (see :func:`store_attributes`)."""
@@ -292,6 +314,7 @@ def log_structure_summary(session, result: StructureResult) -> None:
                                "no DEFMap value")
 
 
+@_model_faults_as_user_errors
 def predict_voxels(session, volume, model=None, map_resolution=None, device="auto", batch_size=None,
                    level=None, dense=None) -> tuple[np.ndarray, pp.Prepared, dm_model.Predictor, dict, float]:
     """Voxel-mode prediction at lattice voxels above the map's surface level."""

@@ -67,6 +67,8 @@ def parse_metadata(path: Path, props: dict[str, str]) -> ModelInfo:
         raise ModelError(f"Model {path.name} has no DEFMap metadata ('{META_KEY}' key); export it with defmap-train")
     try:
         meta = json.loads(props[META_KEY])
+        if not isinstance(meta, dict):
+            raise ValueError(f"it is a JSON {type(meta).__name__}, not an object")
         if int(meta.get("format_version", 0)) != FORMAT_VERSION:
             raise ValueError(f"format_version {meta.get('format_version')} is not {FORMAT_VERSION}")
         spec = FeatureSpec.from_dict(meta["features"])

@@ -47,6 +47,8 @@ class FeatureSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureSpec:
+        if float(d["box"]) != int(float(d["box"])):
+            raise ValueError(f"box {d['box']} must be an integer from 2 to 64 voxels")
         spec = cls(voxel_size=float(d["voxel_size"]), box=int(d["box"]),
                    filter_resolution=float(d["filter_resolution"]), normalization=str(d["normalization"]))
         spec.validate()
