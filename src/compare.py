@@ -262,7 +262,7 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
         _write_csv(output_path(save_csv), res)
         res.files["csv"] = str(save_csv)
     if profile:
-        from . import profile as dm_profile
+        from . import profile_plot as dm_profile
         data = dm_profile.profile_data(res.residues1, res.diff)
         png = dm_profile.plot_profile(data, output_path(profile), title=f"DEFMap difference (second − first), "
                                       f"{r2.structure} vs {r1.structure}", ylabel="Δ predicted log10 RMSF",

@@ -96,7 +96,7 @@ def write_outputs(session, result, profile=None, save_csv=None, save_structure=N
         what = "log10 RMSF" if bfactor == "value" else "z-normalized log10 RMSF"
         log.info(f"DEFMap: wrote {result.structure} with {what} in the B-factor column to {save_structure}")
     if profile:
-        from . import profile as dm_profile
+        from . import profile_plot as dm_profile
         try:
             dm_profile.write_profile(session, result, output_path(profile))
         except OSError as e:

@@ -273,7 +273,7 @@ def test_uncertainty_is_sd_over_24_rotations_and_profile_shows_it(cx, tmp_path):
     stored = np.array([r.defmap_sd for r in res.residues])
     assert stored == pytest.approx(expected_sd, rel=1e-4, abs=1e-6)
     # the plotted band is mean ± this SD, per chain, in residue order
-    from chimerax.defmap.profile import profile_data
+    from chimerax.defmap.profile_plot import profile_data
     data = profile_data(res.residues, res.residue_values, res.residue_sd)
     assert list(data) == ["A"]
     order = np.argsort([r.number for r in res.residues if r.polymer_type != 0])
