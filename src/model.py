@@ -160,7 +160,8 @@ class Predictor:
             raise ModelError(f"device must be auto, gpu or cpu, not '{device}'")
         available = ort.get_available_providers()
         if device == "gpu" and "CUDAExecutionProvider" not in available:
-            raise ModelError("device gpu was asked for, but this onnxruntime has no CUDA provider")
+            raise ModelError("device gpu was asked for, but this onnxruntime has no CUDA provider (install "
+                             "onnxruntime-gpu); use device auto or cpu")
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "gpu") and "CUDAExecutionProvider" in available:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
