@@ -366,6 +366,10 @@ def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, 
 
     from chimerax.map import volume_from_grid_data
     from chimerax.map_data import ArrayGridData
+    from chimerax.map import Volume
+    earlier = [m for m in session.models.list(type=Volume) if m.name == name and m is not volume]
+    if earlier:  # a repeated run replaces its dynamics map instead of piling up copies
+        session.models.close(earlier)
     g = prep.grid
     scored = np.zeros(g.values.shape, dtype=bool)
     scored[tuple(prep.centers.T)] = True

@@ -171,3 +171,50 @@ def test_no_model_installed_is_one_sentence(cx, monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"^No DEFMap model is installed; .*\.?$"):
         run(cx, "defmap #1 structure #2")
     assert np.array_equal(cx.models.list(model_id=(2,))[0].atoms.colors, colors)
+
+
+def _small_scene(cx, tmp_path):
+    """#1 a synthetic map with density at #2, a 20-residue helix (fast, no shared data needed)."""
+    from .hostile import MapSpec, build_map, heavy_xyz_from_pdb, helix_pdb
+    pdb = helix_pdb(20)
+    build_map(cx, MapSpec(), heavy_xyz_from_pdb(pdb))
+    (tmp_path / "h.pdb").write_text(pdb)
+    run(cx, f"open {tmp_path / 'h.pdb'}", log=False)
+    return cx.models.list(model_id=(2,))[0]
+
+
+def _color_keys(session):
+    return [m for m in session.models.list() if type(m).__name__ == "ColorKeyModel"]
+
+
+def test_session_restore_keeps_atom_values_all_colors_and_key(cx, random_model, tmp_path):
+    s = _small_scene(cx, tmp_path)
+    run(cx, f"defmap #1 structure #2 model {random_model}", log=False)
+    atoms = {(a.residue.number, a.name): a.defmap for a in s.atoms}
+    colors = (s.atoms.colors.copy(), s.residues.ribbon_colors.copy(), s.residues.ring_colors.copy())
+    path = tmp_path / "state.cxs"
+    run(cx, f"save {path}", log=False)
+    run(cx, "close", log=False)
+    run(cx, f"open {path}", log=False)
+    s2 = [m for m in cx.models.list() if m.name == "h.pdb"][0]
+    assert {(a.residue.number, a.name): a.defmap for a in s2.atoms} == pytest.approx(atoms)
+    for before, after in zip(colors, (s2.atoms.colors, s2.residues.ribbon_colors, s2.residues.ring_colors)):
+        assert np.array_equal(before, after)
+    assert len(_color_keys(cx)) == 1
+
+
+def test_repeated_runs_replace_attributes_keys_and_dynamics_maps(cx, random_model, tmp_path):
+    from chimerax.atomic import Atom, Residue
+    s = _small_scene(cx, tmp_path)
+    for _ in range(3):
+        res = run(cx, f"defmap #1 structure #2 model {random_model}", log=False)
+    for _ in range(2):
+        vox = run(cx, f"defmap #1 model {random_model} level 0.05", log=False)
+    for cls, names in ((Atom, ["defmap"]), (Residue, ["defmap", "defmap_z"])):
+        registered = list(cls._attr_registration.reg_attr_info)
+        for n in names:
+            assert registered.count(n) == 1, (cls.__name__, registered)
+    assert len(_color_keys(cx)) == 1
+    dyn = [m for m in cx.models.list() if m.name.endswith("DEFMap dynamics")]
+    assert dyn == [vox.dynamics]
+    assert [r.defmap for r in s.residues] == pytest.approx(list(res.residue_values))
