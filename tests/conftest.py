@@ -53,7 +53,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     stats = config.stash.get(_FUZZ, None)
     if stats and stats["tried"]:
         terminalreporter.write_line(
-            f"fuzz: {stats['tried']} inputs tried, {stats['usererror']} UserErrors, {stats['result']} results "
-            f"({stats['warned']} with warnings), {stats['failure']} failures")
+            f"fuzz: {stats['tried']} inputs tried, {stats['usererror']} UserErrors, {stats['result']} results, "
+            f"{stats['failure']} failures ({stats['warned']} results with counted warnings)")
         if stats["failed_ids"]:
             terminalreporter.write_line("fuzz failures: " + ", ".join(stats["failed_ids"]))
