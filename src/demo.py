@@ -8,7 +8,6 @@ simulates a 4 Å map from a structure it can find, so the demo always runs.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import sys
 from pathlib import Path
@@ -21,16 +20,6 @@ def find_shared() -> Path | None:
     here = Path.cwd()
     cands += [here.parent / "shared" / "data", here / "shared" / "data"]
     return next((c for c in cands if (c / "emdb").is_dir()), None)
-
-
-def write_csv(path: Path, result) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["chain", "number", "insertion", "name", "log10_rmsf", "rmsf_angstrom", "z"])
-        rv = result.residue_values
-        z = (rv - rv.mean()) / (rv.std() or 1.0)
-        for r, v, zv in zip(result.residues, rv, z):
-            w.writerow([r.chain_id, r.number, r.insertion_code, r.name, f"{v:.4f}", f"{10 ** v:.3f}", f"{zv:.3f}"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from chimerax.core.errors import UserError
 
     from . import headless
+    from .export import write_residue_csv
     session = headless.boot()
     shared = find_shared()
     if shared is not None:
@@ -85,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     png = out / "defmap_5me2.png"
     run(session, f"save {png} width 900 height 700 supersample 3")
     run(session, f"save {out / 'defmap_5me2.defattr'} attrName r:defmap models #2")
-    write_csv(out / "defmap_5me2.csv", result)
+    write_residue_csv(out / "defmap_5me2.csv", result)
     print(f"demo: {len(result.residues)} residues scored with {result.model.name} on {result.provider} "
           f"in {result.seconds:.2f} s; wrote {png}, {out / 'defmap_5me2.defattr'}, {out / 'defmap_5me2.csv'}")
     return 0
