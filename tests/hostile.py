@@ -229,6 +229,8 @@ def snapshot(session, copy_limit: int = 20_000_000) -> Snapshot:
                 except Exception:  # the file went away since it was opened: compare what can be compared
                     mat = None
             maps[m] = {"values": None if mat is None else mat.copy(), "origin": tuple(d.origin),
+                       "surface_colors": [(np.array(sf.color), None if sf.vertex_colors is None
+                                           else sf.vertex_colors.copy()) for sf in m.surfaces],
                        "step": tuple(d.step), "angles": tuple(d.cell_angles), "rotation": np.array(d.rotation),
                        "position": m.scene_position.matrix.copy()}
         elif isinstance(m, Structure):
@@ -241,7 +243,8 @@ def snapshot(session, copy_limit: int = 20_000_000) -> Snapshot:
 
 
 def compare(before: Snapshot, session, recolored: set) -> list[str]:
-    """What changed that must not have: input values, cells, coordinates, and colors of models not recolored."""
+    """What changed that must not have: input values, cells, coordinates, and colors of models not recolored
+    (structures, or maps whose surfaces voxel mode colors)."""
     problems = []
     for v, b in before.maps.items():
         if v.deleted:
@@ -254,6 +257,13 @@ def compare(before: Snapshot, session, recolored: set) -> list[str]:
             problems.append(f"grid of map {v.name} changed")
         if not np.array_equal(v.scene_position.matrix, b["position"]):
             problems.append(f"map {v.name} moved")
+        if v not in recolored:
+            now = [(np.array(sf.color), sf.vertex_colors) for sf in v.surfaces]
+            if len(now) != len(b["surface_colors"]) or any(
+                    not np.array_equal(c0, c1) or (vc0 is None) != (vc1 is None)
+                    or (vc0 is not None and not np.array_equal(vc0, vc1))
+                    for (c0, vc0), (c1, vc1) in zip(b["surface_colors"], now)):
+                problems.append(f"surface colors of map {v.name} changed though coloring was not asked for")
     for s, b in before.structures.items():
         if s.deleted:
             problems.append(f"structure {s} was closed")

@@ -323,6 +323,9 @@ OPTIONS = {
     "palette-unknown": "palette nosuchpalette", "range-reversed": "range 5,1", "range-empty": "range 0,0",
     "key-false": "key false", "color-false": "color false", "json": "returnJson true",
     "dense-true": "dense true", "model-missing": None, "model-directory": None, "model-name-unknown": None,
+    "uncertainty": "uncertainty true", "csv-under-a-file": "saveCsv /etc/hostname/out.csv",
+    "profile-under-a-file": "profile /etc/hostname/p.png", "save-structure-under-a-file":
+    "saveStructure /etc/hostname/s.pdb", "csv-is-directory": "saveCsv /tmp", "bfactor-z": "bfactor z",
 }
 for _oid, _opt in OPTIONS.items():
     for _mode in ("structure", "voxel"):
@@ -453,7 +456,11 @@ def test_hostile_input(c: Case, cx, random_model, tmp_path, fuzz_stats):
             fuzz_stats["warned"] += int(bool(warned or counter.warnings))
         finally:
             cx.logger.remove_log(counter)
-        recolored = set() if "color false" in command else set(ctx.targets)
+        coloring = "color false" not in command
+        if " structure " in command:
+            recolored = set(ctx.targets) if coloring else set()
+        else:  # voxel mode colors the input map's surfaces
+            recolored = set(before.maps) if coloring else set()
         problems = compare(before, cx, recolored)
         if problems:
             outcome = "failure"
