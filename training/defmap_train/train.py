@@ -1,0 +1,206 @@
+"""One training loop for both networks, early stopping on protein-disjoint validation proteins.
+
+The FCN trains densely: random crops of the preprocessed lattice go in, every labelled output voxel (= patch) in the
+crop contributes to the loss.  Rotating a crop and its start-indexed label grid by the same cube rotation is exactly
+DEFMap's per-patch rotation augmentation.  The reference network trains on single patches.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chimerax.defmap.model import ROTATIONS
+
+from .dataset import Item
+from .model import build
+
+BOX = 10
+LO = BOX // 2
+
+
+def label_grid(item: Item) -> np.ndarray:
+    """Start-indexed labels: value at o = label of the patch whose first voxel is o (NaN elsewhere)."""
+    shape = tuple(s - BOX + 1 for s in item.grid.shape)
+    g = np.full(shape, np.nan, dtype=np.float32)
+    ok = np.isfinite(item.labels)
+    s = item.centers[ok] - LO
+    g[s[:, 0], s[:, 1], s[:, 2]] = item.labels[ok]
+    return g
+
+
+class CropSampler:
+    """Random (crop, labels) pairs, each crop centred near a labelled voxel, rotated by one of the 24 rotations."""
+
+    def __init__(self, items: list[Item], out: int, rng: np.random.Generator):
+        self.out, self.rng, self.data = out, rng, []
+        for it in items:
+            lab = label_grid(it)
+            pad = [(0, max(0, out - s)) for s in lab.shape]
+            lab = np.pad(lab, pad, constant_values=np.nan)
+            grid = np.pad(it.grid, pad, constant_values=0.0)
+            starts = np.argwhere(np.isfinite(lab))
+            self.data.append((grid, lab, starts))
+        self.weights = np.array([len(d[2]) for d in self.data], dtype=np.float64)
+        self.weights /= self.weights.sum()
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        o = self.out
+        for k in self.rng.choice(len(self.data), n, p=self.weights):
+            grid, lab, starts = self.data[k]
+            s = starts[self.rng.integers(len(starts))] - self.rng.integers(0, o, 3)
+            s = np.clip(s, 0, np.array(lab.shape) - o)
+            x = grid[s[0]:s[0] + o + BOX - 1, s[1]:s[1] + o + BOX - 1, s[2]:s[2] + o + BOX - 1][None, None]
+            y = lab[s[0]:s[0] + o, s[1]:s[1] + o, s[2]:s[2] + o][None, None]
+            r = int(self.rng.integers(24))
+            xs.append(np.ascontiguousarray(ROTATIONS[r](x)))
+            ys.append(np.ascontiguousarray(ROTATIONS[r](y)))
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+class PatchSampler:
+    """Random single patches (reference network), one random cube rotation per patch group."""
+
+    def __init__(self, items: list[Item], rng: np.random.Generator):
+        self.items = [(it.grid, it.centers[np.isfinite(it.labels)], it.labels[np.isfinite(it.labels)]) for it in items]
+        self.rng = rng
+        self.weights = np.array([len(c) for _, c, _ in self.items], dtype=np.float64)
+        self.weights /= self.weights.sum()
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from chimerax.defmap.preprocess import extract_patches
+        xs, ys = [], []
+        counts = np.bincount(self.rng.choice(len(self.items), n, p=self.weights), minlength=len(self.items))
+        for (grid, centers, labels), c in zip(self.items, counts):
+            if c == 0:
+                continue
+            sel = self.rng.integers(len(centers), size=c)
+            p = extract_patches(grid, centers[sel], BOX)[:, None]
+            xs.append(np.ascontiguousarray(ROTATIONS[int(self.rng.integers(24))](p)))
+            ys.append(labels[sel])
+        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys).astype(np.float32)[:, None])
+
+
+@torch.no_grad()
+def predict_item(model: torch.nn.Module, item: Item, rotation: int = 0, tile: int = 24) -> np.ndarray:
+    """Prediction per centre voxel: the FCN runs densely on only the tiles that hold centres, the reference net on
+    patch batches.  ``rotation`` rotates the whole lattice (FCN) or each patch (reference) by a cube rotation."""
+    model.eval()
+    if not getattr(model, "fully_convolutional", False):
+        from chimerax.defmap.preprocess import iter_patch_batches
+        outs = []
+        for b in iter_patch_batches(item.grid, item.centers, BOX, 512):
+            b = np.ascontiguousarray(ROTATIONS[rotation](b)) if rotation else b
+            outs.append(model(torch.from_numpy(b)).numpy().reshape(-1))
+        return np.concatenate(outs)
+    out_shape = tuple(s - BOX + 1 for s in item.grid.shape)
+    starts = item.centers - LO
+    grid = item.grid
+    if rotation:  # rotate the lattice and find where each centre's patch start went
+        idx = np.full(out_shape, -1, dtype=np.int64)
+        idx[starts[:, 0], starts[:, 1], starts[:, 2]] = np.arange(len(starts))
+        ridx = ROTATIONS[rotation](idx[None, None])[0, 0]
+        grid = np.ascontiguousarray(ROTATIONS[rotation](grid[None, None])[0, 0])
+        pos = np.argwhere(ridx >= 0)
+        order = ridx[pos[:, 0], pos[:, 1], pos[:, 2]]
+        starts = np.empty_like(starts)
+        starts[order] = pos
+    out = np.empty(len(starts), dtype=np.float32)
+    tile_of = starts // tile
+    keys, inv = np.unique(tile_of, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    for t, key in enumerate(keys):
+        t0 = key * tile
+        sub = grid[t0[0]:t0[0] + tile + BOX - 1, t0[1]:t0[1] + tile + BOX - 1, t0[2]:t0[2] + tile + BOX - 1]
+        y = model(torch.from_numpy(np.ascontiguousarray(sub[None, None]))).numpy()[0, 0]
+        sel = np.flatnonzero(inv == t)
+        rel = starts[sel] - t0
+        out[sel] = y[rel[:, 0], rel[:, 1], rel[:, 2]]
+    return out
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def atom_predictions(item: Item, center_pred: np.ndarray) -> np.ndarray:
+    out = np.full(len(item.p2c), np.nan, dtype=np.float32)
+    ok = item.p2c >= 0
+    out[ok] = center_pred[item.p2c[ok]]
+    return out
+
+
+def validate(model: torch.nn.Module, items: list[Item]) -> float:
+    """Mean over proteins of the atom-level Pearson r (what early stopping watches)."""
+    per: dict[str, list[float]] = {}
+    for it in items:
+        per.setdefault(it.protein, []).append(pearson(atom_predictions(it, predict_item(model, it)), it.log_rmsf))
+    return float(np.nanmean([np.nanmean(v) for v in per.values()]))
+
+
+def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", minutes: float = 5.0,
+          max_steps: int = 100_000, batch: int = 8, crop: int = 16, lr: float = 1e-3, seed: int = 0,
+          eval_every: int = 100, patience: int = 8, init: dict | None = None, log: Path | None = None,
+          threads: int | None = None) -> tuple[torch.nn.Module, dict]:
+    """Adam on MSE of log10 RMSF until the time budget, max_steps or `patience` evaluations without improvement."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = build(arch)
+    if init is not None:
+        model.load_state_dict(init)
+    if arch == "fcn":
+        sampler = CropSampler(train_items, crop, rng)
+    else:
+        sampler, batch = PatchSampler(train_items, rng), batch if batch > 16 else 128
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    t0, best, best_state, bad, hist = time.time(), -np.inf, copy.deepcopy(model.state_dict()), 0, []
+    logf = open(log, "a") if log else None
+    step, seen = 0, 0
+    budget = minutes * 60.0
+    for step in range(1, max_steps + 1):
+        frac = min(1.0, (time.time() - t0) / budget)
+        for g in opt.param_groups:  # cosine decay over the time budget
+            g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
+        model.train()
+        x, y = sampler.batch(batch)
+        pred = model(x)
+        m = torch.isfinite(y)
+        loss = ((pred[m] - y[m]) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen += int(m.sum())
+        done = time.time() - t0 >= budget or step == max_steps
+        if step % eval_every == 0 or done:
+            r = validate(model, val_items) if val_items else float(-loss.item())
+            rec = {"step": step, "seconds": round(time.time() - t0, 1), "loss": float(loss.item()), "val_r": r,
+                   "labelled_patches_seen": seen}
+            hist.append(rec)
+            if logf:
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+            if r > best:
+                best, best_state, bad = r, copy.deepcopy(model.state_dict()), 0
+            else:
+                bad += 1
+            if bad >= patience:
+                break
+        if done:
+            break
+    if logf:
+        logf.close()
+    model.load_state_dict(best_state)
+    model.eval()
+    return model, {"arch": arch, "steps": step, "seconds": round(time.time() - t0, 1), "best_val_r": best,
+                   "labelled_patches_seen": seen, "history": hist}

@@ -1,0 +1,91 @@
+"""Training subproject tests: the smoke run end to end, and the pieces whose correctness the shipped numbers rest on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs torch (make train-env)")
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+needs_shared = pytest.mark.skipif(not (SHARED / "structures").is_dir(),
+                                  reason="../shared/data/structures is not beside the repository")
+
+
+def test_fcn_dense_equals_per_patch_and_rotations():
+    """The FCN's output voxel o is the patch starting at o; rotated lattices give the rotated patches' values."""
+    from chimerax.defmap.model import ROTATIONS
+    from chimerax.defmap.preprocess import extract_patches
+    from defmap_train.dataset import Item
+    from defmap_train.model import build
+    from defmap_train.train import predict_item
+    torch.manual_seed(0)
+    m = build("fcn").eval()
+    rng = np.random.default_rng(0)
+    grid = np.abs(rng.normal(size=(30, 27, 33))).astype(np.float32)
+    centers = np.stack([rng.integers(5, s - 5, 40) for s in grid.shape], axis=1)
+    it = Item("x", grid, centers, np.zeros(40, np.float32), np.zeros(1, int), np.zeros(1, np.float32),
+              np.zeros(1, int), {}, "")
+    p = extract_patches(grid, centers, 10)[:, None]
+    for r in (0, 7, 19):
+        with torch.no_grad():
+            ref = m(torch.from_numpy(np.ascontiguousarray(ROTATIONS[r](p)))).numpy().reshape(-1)
+        assert np.allclose(predict_item(m, it, rotation=r, tile=8), ref, atol=1e-5)
+
+
+def test_export_parity_and_metadata(tmp_path):
+    from chimerax.defmap.model import read_model_info
+    from defmap_train.export import export_onnx
+    from defmap_train.model import build
+    for arch in ("fcn", "reference"):
+        m = build(arch).eval()
+        path = tmp_path / f"{arch}.onnx"
+        dev = export_onnx(m, path, f"t-{arch}", 6.0)
+        assert dev <= 1e-5
+        info = read_model_info(path)
+        assert info.fully_convolutional == (arch == "fcn")
+        assert info.spec.filter_resolution == 6.0 and info.spec.box == 10 and info.spec.voxel_size == 1.5
+        import onnx
+        assert onnx.load(str(path)).opset_import[0].version >= 17
+
+
+def test_debye_waller_equals_frame_average():
+    """Closed-form Debye–Waller blurring and the explicit ensemble average agree (same physics, two paths)."""
+    from defmap_train.maps import CLEAN, Randomization, simulate_map
+    rng = np.random.default_rng(1)
+    n = 60
+    xyz = rng.uniform(0, 20, (n, 3))
+    rmsf = np.full(n, 1.2)
+    frames = rng.normal(0, 1.2 / np.sqrt(3), (4000, n, 3))
+    rec = {"xyz": xyz, "element": np.array(["C"] * n), "atom_name": np.array(["CA"] * n),
+           "res_index": np.arange(n), "res_name": np.array(["ALA"] * n), "rmsf": rmsf}
+    rnd = Randomization(**{**CLEAN.to_dict(), "voxel_size": (1.0, 1.0), "padding": (8.0, 8.0), "n_frames": 4000})
+    a = simulate_map({**rec, "frames": frames}, np.random.default_rng(2), rnd, resolution=5.0)
+    b = simulate_map(rec, np.random.default_rng(2), rnd, resolution=5.0)
+    assert a.values.shape == b.values.shape
+    assert np.corrcoef(a.values.ravel(), b.values.ravel())[0, 1] > 0.995
+
+
+@needs_shared
+def test_anm_record_frames_match_rmsf():
+    from defmap_train.ensembles import anm_record
+    from defmap_train.structure import load_structure
+    st = load_structure(SHARED / "structures" / "5pti.cif")
+    rec = anm_record(st, np.random.default_rng(0), mean_ca_rmsf=1.0, n_frames=100)
+    assert rec["frames"].shape == (100, len(st.xyz), 3) and rec["frames"].dtype == np.float16
+    emp = np.sqrt((rec["frames"].astype(float) ** 2).sum(2).mean(0))
+    assert np.corrcoef(emp, rec["rmsf"])[0, 1] > 0.95
+    assert abs(rec["rmsf"][st.ca_index()].mean() - 1.0) < 0.35  # side chains add a little on top of the CA scale
+
+
+@needs_shared
+def test_smoke(tmp_path):
+    """`defmap-train smoke`: tiny data, a short training run, export, parity, the bundle's predictor, a few MD steps."""
+    from defmap_train.smoke import smoke
+    rep = smoke(tmp_path / "smoke")
+    assert rep["parity_fcn"] <= 1e-5 and rep["parity_reference"] <= 1e-5
+    assert rep["bundle_vs_torch"] <= 1e-5
+    if isinstance(rep.get("md"), dict):
+        assert rep["md"]["frames"] >= 2
