@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 ACTIVATIONS = ("LeakyRelu", "Relu", "Identity")
+PIPELINE = False  # overlap the next gather with onnxruntime's product: measured no gain on 2 shared cores
 _NO_SPIN = True  # spinning intra-op threads lose badly when the cores are shared (measured)
 
 
@@ -122,6 +123,14 @@ class SparseConvNet:
             else:
                 self.stages[-1].append(ly)
         self._sessions = [_stage_session(st, threads) for st in self.stages]
+        self.pipeline = PIPELINE
+        self._executor = None
+
+    def _pool(self):
+        if self._executor is None:
+            from concurrent.futures import ThreadPoolExecutor
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="defmap-sparse")
+        return self._executor
 
     def rotated(self, k: int) -> "SparseConvNet":
         """The network that gives, on unrotated input, what this one gives on patches rotated by ROTATIONS[k]."""
@@ -187,17 +196,30 @@ class SparseConvNet:
             kdim = k ** 3 * first.cin
             rows = max(1, self.chunk_bytes // (4 * kdim))
             y = np.empty((len(pos), stage[-1].cout), dtype=np.float32)
+            pending = None
             for s in range(0, len(pos), rows):
                 idx = pos[s:s + rows, None] + offs[None, :]
                 if lookup is not None:
                     idx = lookup[idx]
-                cols = h[idx].reshape(len(idx), kdim)  # (n, k³·cin) in (dz, dy, dx, cin) order
-                y[s:s + rows] = sess.run(None, {"x": cols})[0]
+                # (n, k³·cin) in (dz, dy, dx, cin) order; np.take is ~4x faster than h[idx] here (measured)
+                cols = np.take(h, idx, axis=0).reshape(len(idx), kdim)
+                if self.pipeline:  # onnxruntime drops the GIL: the next gather overlaps this product
+                    if pending is not None:
+                        pending.result()
+                    pending = self._pool().submit(_run_into, sess, cols, y, s)
+                else:
+                    _run_into(sess, cols, y, s)
+            if pending is not None:
+                pending.result()
             self.flops += 2.0 * len(pos) * sum(ly.k ** 3 * ly.cin * ly.cout for ly in stage)
             h = y
             lookup = np.full(region.size, -1, dtype=np.int64)
             lookup[pos] = np.arange(len(pos))
         return h[lookup[rel @ strides], 0]
+
+
+def _run_into(sess, cols: np.ndarray, y: np.ndarray, s: int) -> None:
+    y[s:s + len(cols)] = sess.run(None, {"x": cols})[0]
 
 
 def _stage_session(stage: list[ConvLayer], threads: int | None):

@@ -306,6 +306,120 @@ def _volume_of(session, args: str):
     return [m for m in session.models.list() if isinstance(m, Volume) and "#" + m.id_string == spec][0]
 
 
+# -------------------------------------------------------------------------------------------------------------- levers
+def run_levers(model: Path, subset: int = 2048) -> dict:
+    """Each speed lever measured alone on case 6ez8's grid and centres (same process, same model)."""
+    import onnxruntime as ort
+    from chimerax.core.commands import run
+
+    from chimerax.defmap import headless
+    from chimerax.defmap import model as dm_model
+    from chimerax.defmap import preprocess as pp
+    from chimerax.defmap import sparse
+    session = headless.boot()
+    open_case(session, "6ez8", False)
+    s = session.models.list(model_id=(1,))[0]
+    v = session.models.list(model_id=(2,))[0]
+    heavy = s.atoms.filter(s.atoms.element_numbers != 1)
+    info = dm_model.read_model_info(model)
+    spec, hr = info.spec, info.spec.box // 2
+    values, x2i = v.full_matrix(), np.array(v.data.xyz_to_ijk_transform.matrix)
+    xyz = v.scene_position.inverse().transform_points(heavy.scene_coords)
+    prep = pp.prepare_points(values, x2i, xyz, spec)
+    grid, centers = prep.grid.values, prep.centers
+    atom_vox = prep.grid.xyz_to_zyx_index(xyz)
+    out = {"atoms": len(heavy), "unique_centres": len(centers), "grid": list(grid.shape),
+           "sgemm": sgemm_peak_gflops()}
+
+    def timed(f, n=3):
+        f()
+        ts = []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    # patch extraction: Python loop per atom (un-deduplicated) vs one vectorized gather of the unique centres
+    def loop():
+        return np.array([grid[z - hr:z + hr, y - hr:y + hr, x - hr:x + hr] for z, y, x in atom_vox.tolist()],
+                        dtype=np.float32)
+    out["extract_python_loop_per_atom_s"] = timed(loop)
+    out["extract_vectorized_unique_s"] = timed(lambda: pp.extract_patches(grid, centers, spec.box))
+    # per-patch onnxruntime: batch size x threads x spinning x I/O binding, on a subset (rates are per patch)
+    sub = pp.extract_patches(grid, centers[:subset], spec.box)[:, None]
+    fpp = sparse.chain_flops(sparse.conv_chain(model), (spec.box,) * 3)
+    rows = []
+    for threads, spin in ((1, "1"), (2, "1"), (2, "0")):
+        if True:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+            sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+            name = sess.get_inputs()[0].name
+            for bs in (32, 256, 1024):
+                def go(bs=bs, sess=sess, name=name):
+                    for i in range(0, len(sub), bs):
+                        sess.run(None, {name: sub[i:i + bs]})
+                dt = timed(go, 2)
+                rows.append({"threads": threads, "spinning": spin == "1", "batch": bs, "io_binding": False,
+                             "patches_per_s": len(sub) / dt, "gflops": len(sub) * fpp / dt / 1e9})
+            bs = 256
+            binding = sess.io_binding()
+            outbuf = np.empty((bs, 1, 1, 1, 1), np.float32)
+
+            def go_bound(sess=sess, name=name):
+                for i in range(0, len(sub) - bs + 1, bs):
+                    binding.bind_cpu_input(name, sub[i:i + bs])
+                    binding.bind_output(sess.get_outputs()[0].name, "cpu", 0, np.float32, outbuf.shape,
+                                        outbuf.ctypes.data)
+                    sess.run_with_iobinding(binding)
+            n_bound = (len(sub) // bs) * bs
+            dt = timed(go_bound, 2)
+            rows.append({"threads": threads, "spinning": spin == "1", "batch": bs, "io_binding": True,
+                         "patches_per_s": n_bound / dt, "gflops": n_bound * fpp / dt / 1e9})
+    out["per_patch_onnxruntime"] = rows
+    # whole-set methods on all unique centres: per-patch (best settings above, extrapolated), dense tiles, shared
+    pred = dm_model.Predictor(info, "cpu")
+    pred.flops = 0.0
+    t_dense = timed(lambda: pred.predict_dense(prep.grid, centers), 1)
+    out["dense_tiles"] = {"seconds": t_dense, "gflop": pred.dense_flops(prep.grid, centers) / 1e9,
+                          "centres_per_s": len(centers) / t_dense}
+    for threads in (1, 2):
+        net = sparse.SparseConvNet(sparse.conv_chain(model), threads=threads)
+        t_sh = timed(lambda: net.predict(grid, centers - hr), 2)
+        gflop = net.estimate_flops(grid.shape, centers - hr) / 1e9
+        out[f"shared_threads{threads}"] = {"seconds": t_sh, "gflop": gflop, "centres_per_s": len(centers) / t_sh,
+                                           "gflops": gflop / t_sh}
+    best = max(rows, key=lambda r: r["patches_per_s"])
+    out["per_patch_best_extrapolated"] = {"seconds": len(centers) / best["patches_per_s"],
+                                          "gflop": len(centers) * fpp / 1e9, **best}
+    out["load_average"] = list(os.getloadavg())
+    return out
+
+
+def fmt_levers(lv: dict) -> str:
+    lines = [f"6ez8: {lv['atoms']:,} heavy atoms -> {lv['unique_centres']:,} unique centre voxels "
+             f"(one patch per unique voxel: {lv['atoms'] / lv['unique_centres']:.2f}x fewer patches); "
+             f"grid {'x'.join(map(str, lv['grid']))}; sgemm peak {lv['sgemm']['peak']:.1f} GFLOP/s",
+             f"patch extraction: Python loop per atom {lv['extract_python_loop_per_atom_s']:.3f} s; vectorized "
+             f"unique {lv['extract_vectorized_unique_s']:.3f} s",
+             "per-patch onnxruntime (2,048-patch subset):",
+             "| threads | spinning | batch | I/O binding | patches/s | GFLOP/s |"]
+    for r in lv["per_patch_onnxruntime"]:
+        lines.append(f"| {r['threads']} | {r['spinning']} | {r['batch']} | {r['io_binding']} | "
+                     f"{r['patches_per_s']:,.0f} | {r['gflops']:.1f} |")
+    b, d = lv["per_patch_best_extrapolated"], lv["dense_tiles"]
+    lines.append(f"all {lv['unique_centres']:,} centres: per-patch (best) {b['seconds']:.2f} s ({b['gflop']:.0f} GFLOP);"
+                 f" dense 32³ tiles {d['seconds']:.2f} s ({d['gflop']:.0f} GFLOP)")
+    for t in (1, 2):
+        sh = lv[f"shared_threads{t}"]
+        lines.append(f"  shared features, {t} thread(s): {sh['seconds']:.2f} s ({sh['gflop']:.0f} GFLOP, "
+                     f"{sh['gflops']:.1f} GFLOP/s)")
+    return "\n".join(lines)
+
+
 # -------------------------------------------------------------------------------------------------------------- driver
 def machine() -> str:
     cpu = platform.processor() or ""
@@ -343,9 +457,13 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=None, help="measured repeats per case (default 3; quick 1)")
     ap.add_argument("--cases", default=None, help="comma-separated subset of " + ", ".join(CASES + QUICK_CASES))
     ap.add_argument("--model", default=None, help="ONNX model (default: shipped 5 Å model, else a stand-in)")
+    ap.add_argument("--levers", action="store_true", help="also measure each speed lever alone on case 6ez8")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     a = ap.parse_args(argv)
     repeats = a.repeats or (1 if a.quick else 3)
+    if a.case == "levers":
+        print("BENCH-RESULT " + json.dumps(run_levers(Path(a.model))), flush=True)
+        return 0
     if a.case:
         print("BENCH-RESULT " + json.dumps(run_case(a.case, Path(a.model), repeats, a.quick)), flush=True)
         return 0
@@ -373,6 +491,15 @@ def main(argv=None) -> int:
             print(f"bench: {case}: {r['description']}; {r['patches']:,} patches by '{r['method']}'; "
                   f"{r['seconds']:.2f} s end to end (first run {r['first_run_seconds']:.2f} s); "
                   f"reference {r['reference_seconds']:.1f} s; case took {time.perf_counter() - t0:.0f} s", flush=True)
+        if a.levers:
+            proc = subprocess.run([sys.executable, __file__, "--case", "levers", "--model", str(model)],
+                                  capture_output=True, text=True, encoding="utf-8", cwd=ROOT)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
+            if proc.returncode != 0 or not line:
+                sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+                print("bench: levers failed", flush=True)
+                return 1
+            print(fmt_levers(json.loads(line[-1].split(" ", 1)[1])), flush=True)
         print(fmt_table(results))
         print(json.dumps(results))
     return 0
