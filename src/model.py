@@ -105,7 +105,9 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
 
 def model_dirs() -> list[Path]:
     dirs = [Path(d) for d in os.environ.get(MODEL_DIR_ENV, "").split(os.pathsep) if d]
-    return dirs + [PACKAGE_MODEL_DIR]
+    # a source checkout (src/ linked into the venv) keeps its models in the repository's onnx_models/
+    checkout = PACKAGE_MODEL_DIR.parent.parent / "onnx_models"
+    return dirs + [PACKAGE_MODEL_DIR] + ([checkout] if (checkout.parent / "bundle_info.xml").is_file() else [])
 
 
 def installed_models() -> list[ModelInfo]:
