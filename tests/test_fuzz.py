@@ -98,6 +98,12 @@ VALUE_SPECS: dict[str, MapSpec] = {
     "uint16": MapSpec(dtype="uint16"),
     "float64": MapSpec(dtype="float64"),
     "float16": MapSpec(dtype="float16"),
+    "int32": MapSpec(dtype="int32"),
+    "uint32": MapSpec(dtype="uint32"),
+    "int64": MapSpec(dtype="int64"),
+    "longdouble": MapSpec(dtype="longdouble"),
+    "complex64": MapSpec(dtype="complex64"),
+    "bool_mask": MapSpec(dtype="bool"),
 }
 MODES = {"structure": "defmap #1 structure #2 model {model}",
          "structure_nocolor": "defmap #1 structure #2 model {model} color false",
