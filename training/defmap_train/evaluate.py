@@ -205,8 +205,10 @@ def shipped_model_for(models_dir: Path, resolution: float) -> Path | None:
 
 
 def emd3488(models_dir: Path) -> dict | None:
-    """EMD-3488 (3.2 Å) with 5ME2: predictions vs the model's B-factors and vs its ANM fluctuations."""
+    """EMD-3488 (3.2 Å): predictions vs each fitted model's B-factors and ANM fluctuations (5ME2, and 5NI1 whose
+    re-refined B-factors vary; 5ME2's are one constant, so a correlation with them is undefined)."""
     from .cli import SHARED
+    from .dataset import map_baselines
     from .ensembles import anm_record
     from .maps import read_mrc
     from .structure import load_structure
@@ -214,23 +216,31 @@ def emd3488(models_dir: Path) -> dict | None:
     mp = shipped_model_for(models_dir, 3.2)
     if mp is None or not (emdb / "emd_3488.mrc").exists():
         return None
-    st = load_structure(emdb / "5me2.pdb")
-    values, x2i, _ = read_mrc(emdb / "emd_3488.mrc")
-    pred = predict_with_onnx(mp, values, x2i, st.xyz, 3.2)
-    anm = anm_record(st, np.random.default_rng(0), mean_ca_rmsf=1.0, n_frames=0)
-    from .dataset import map_baselines
-    vs = float(np.mean(np.abs(np.linalg.inv(np.asarray(x2i)[:, :3]).diagonal())))
-    raw = map_baselines(values, x2i, st.xyz, vs)["raw_intensity"]
-    pr = residue_mean(pred, st.res_index)
-    b = residue_mean(st.bfactor, st.res_index)
-    an = residue_mean(np.log10(anm["rmsf"]), st.res_index)
-    rw = residue_mean(raw, st.res_index)
-    ok = np.isfinite(pr)
-    return {"model": mp.name, "residues": int(ok.sum()),
-            "pred_vs_bfactor": {"pearson": pearson(pr, b), "spearman": float(stats.spearmanr(pr[ok], b[ok]).statistic)},
-            "pred_vs_anm": {"pearson": pearson(pr, an), "spearman": float(stats.spearmanr(pr[ok], an[ok]).statistic)},
-            "raw_intensity_vs_bfactor": pearson(rw, b), "raw_intensity_vs_anm": pearson(rw, an),
-            "anm_vs_bfactor": pearson(an, b), "_profile": (pr, b, an, st.res_label)}
+    values, x2i, vs = read_mrc(emdb / "emd_3488.mrc")
+    out: dict = {"model": mp.name}
+    for fname in ("5me2.pdb", "5ni1_updated.cif"):
+        if not (emdb / fname).exists():
+            continue
+        st = load_structure(emdb / fname)
+        pred = predict_with_onnx(mp, values, x2i, st.xyz, 3.2)
+        anm = anm_record(st, np.random.default_rng(0), mean_ca_rmsf=1.0, n_frames=0)
+        raw = map_baselines(values, x2i, st.xyz, vs)["raw_intensity"]
+        pr, b = residue_mean(pred, st.res_index), residue_mean(st.bfactor, st.res_index)
+        an, rw = residue_mean(np.log10(anm["rmsf"]), st.res_index), residue_mean(raw, st.res_index)
+        ok = np.isfinite(pr)
+        const_b = bool(np.nanstd(b) < 1e-6)
+
+        def sp(x, y, ok=ok):
+            return float(stats.spearmanr(x[ok], y[ok]).statistic)
+        out[st.name] = {"residues": int(ok.sum()), "bfactor_constant": const_b,
+                        "bfactor_value": float(np.nanmean(b)) if const_b else None,
+                        "pred_vs_bfactor": None if const_b else {"pearson": pearson(pr, b), "spearman": sp(pr, b)},
+                        "pred_vs_anm": {"pearson": pearson(pr, an), "spearman": sp(pr, an)},
+                        "raw_intensity_vs_bfactor": None if const_b else pearson(rw, b),
+                        "raw_intensity_vs_anm": pearson(rw, an),
+                        "anm_vs_bfactor": None if const_b else pearson(an, b),
+                        "_profile": (pr, b, an, st.res_label)}
+    return out
 
 
 def atlas_chains(md_dir: Path, models_dir: Path, res_list: list[float]) -> dict:
@@ -278,12 +288,19 @@ def evaluate(a) -> None:
     (reports / "metrics.json").write_text(json.dumps(metrics, indent=1, sort_keys=True))
     full = {"cv": {k: {kk: vv for kk, vv in v.items()} for k, v in cv["cv"].items()},
             "tta": {k: v for k, v in cv["tta"].items() if not k.startswith("_")}, "folds": cv["folds"],
-            "reference_comparison": ref, "emd3488": {k: v for k, v in (emd or {}).items() if not k.startswith("_")},
+            "reference_comparison": ref, "emd3488": _strip(emd),
             "atlas": atlas, "seconds": round(time.time() - t0)}
     (reports / "results.json").write_text(json.dumps(full, indent=1, sort_keys=True, default=float))
     _plots(reports, cv, emd, res_list)
     (reports / "README.md").write_text(_markdown(a, cv, ref, emd, atlas, res_list))
     print(f"report written to {reports}")
+
+
+def _strip(d):
+    """JSON-able copy without the private '_' entries."""
+    if isinstance(d, dict):
+        return {k: _strip(v) for k, v in d.items() if not str(k).startswith("_")}
+    return d
 
 
 def _model_metrics(s: dict) -> dict:
@@ -360,18 +377,24 @@ def _markdown(a, cv, ref, emd, atlas, res_list) -> str:
                      f"{_fmt(s, 'atom_r')} |")
     else:
         L.append("(not run: no shipped models or no md_reference samples)")
-    L += ["", "## EMD-3488 (real map, 3.2 Å) with 5ME2", ""]
+    L += ["", "## EMD-3488 (real map, 3.2 Å) with 5ME2 and 5NI1", ""]
     if emd:
-        L += [f"Model {emd['model']} (chosen for 3.2 Å), {emd['residues']} residues. No MD exists for this map here; "
-              "the comparisons are with the deposited B-factors and with ANM fluctuations of 5ME2, reported as they "
-              "are.", "", "| comparison (per residue) | Pearson | Spearman |", "|---|---|---|",
-              f"| prediction vs 5ME2 B-factor | {emd['pred_vs_bfactor']['pearson']:.3f} | "
-              f"{emd['pred_vs_bfactor']['spearman']:.3f} |",
-              f"| prediction vs ANM log RMSF of 5ME2 | {emd['pred_vs_anm']['pearson']:.3f} | "
-              f"{emd['pred_vs_anm']['spearman']:.3f} |",
-              f"| raw intensity vs B-factor | {emd['raw_intensity_vs_bfactor']:.3f} | |",
-              f"| raw intensity vs ANM | {emd['raw_intensity_vs_anm']:.3f} | |",
-              f"| ANM vs B-factor | {emd['anm_vs_bfactor']:.3f} | |", "", "![EMD-3488](emd3488.png)", ""]
+        L += [f"Model {emd['model']} (the one the bundle chooses for 3.2 Å), through the bundle's preprocessing and "
+              "Predictor. No MD exists for this map here; the comparisons are with the deposited B-factors and with "
+              "ANM fluctuations (log10 RMSF) of each fitted model, reported as they are. Per-residue Pearson "
+              "(Spearman).", "",
+              "| fitted model | residues | prediction vs B-factor | prediction vs ANM | raw intensity vs B-factor | "
+              "raw intensity vs ANM | ANM vs B-factor |", "|---|---|---|---|---|---|---|"]
+        for k, v in emd.items():
+            if not isinstance(v, dict):
+                continue
+            pb = "undefined: all B-factors are " + f"{v['bfactor_value']:.2f}" if v["bfactor_constant"] else \
+                f"{v['pred_vs_bfactor']['pearson']:.3f} ({v['pred_vs_bfactor']['spearman']:.3f})"
+            rb = "–" if v["bfactor_constant"] else f"{v['raw_intensity_vs_bfactor']:.3f}"
+            ab = "–" if v["bfactor_constant"] else f"{v['anm_vs_bfactor']:.3f}"
+            L.append(f"| {k.upper()} | {v['residues']} | {pb} | {v['pred_vs_anm']['pearson']:.3f} "
+                     f"({v['pred_vs_anm']['spearman']:.3f}) | {rb} | {v['raw_intensity_vs_anm']:.3f} | {ab} |")
+        L += ["", "![EMD-3488](emd3488.png)", ""]
     else:
         L.append("(not run: no shipped model or ../shared/data/emdb missing)")
     L += ["## Folds", ""] + [f"- fold {i}: {', '.join(f)}" for i, f in enumerate(cv["folds"])]
@@ -408,8 +431,9 @@ def _plots(reports: Path, cv, emd, res_list) -> None:
         fig.tight_layout()
         fig.savefig(reports / "tta_uncertainty.png", dpi=110)
         plt.close(fig)
-    if emd:
-        pr, b, an, _ = emd["_profile"]
+    prof = [v["_profile"] for v in (emd or {}).values() if isinstance(v, dict) and not v["bfactor_constant"]]
+    if prof:
+        pr, b, an, _ = prof[0]
         z = [(v - np.nanmean(v)) / np.nanstd(v) for v in (pr, np.asarray(b), an)]
         fig, ax = plt.subplots(figsize=(12, 3.5))
         for v, lab in zip(z, ("prediction", "5ME2 B-factor", "ANM log RMSF")):
@@ -417,7 +441,7 @@ def _plots(reports: Path, cv, emd, res_list) -> None:
         ax.set_xlabel("residue (file order, 4 chains)")
         ax.set_ylabel("z-score")
         ax.legend()
-        ax.set_title("EMD-3488 / 5ME2 per-residue profiles")
+        ax.set_title("EMD-3488 / 5NI1 per-residue profiles (z-scores)")
         fig.tight_layout()
         fig.savefig(reports / "emd3488.png", dpi=110)
         plt.close(fig)

@@ -165,7 +165,9 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
         sampler, batch = PatchSampler(train_items, rng), batch if batch > 16 else 128
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0, best, best_state, bad, hist = time.time(), -np.inf, copy.deepcopy(model.state_dict()), 0, []
-    logf = open(log, "a") if log else None
+    if log:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+    logf = open(log, "a") if log else None  # noqa: SIM115
     step, seen = 0, 0
     budget = minutes * 60.0
     for step in range(1, max_steps + 1):
