@@ -116,6 +116,41 @@ def _map_arrays(volume):
     return m, np.array(d.xyz_to_ijk_transform.matrix), np.array(d.ijk_to_xyz_transform.matrix)
 
 
+def _map_region(volume, xyz: np.ndarray, spec: pp.FeatureSpec, map_resolution: float | None):
+    """Only the part of the map that structure mode resamples (the atoms' box plus the patch and filter margin), read
+    from the file as a subregion, so a tomogram-sized map never has to fit in memory.
+
+    Returns (values, xyz_to_ijk of the subregion, which atoms lie inside the whole map)."""
+    d = volume.data
+    size = np.array(d.size, dtype=np.int64)  # (i, j, k)
+    if min(size) < 2:
+        raise UserError(f"Map {volume.name} is {size[0]}×{size[1]}×{size[2]} voxels; DEFMap needs a 3-D map")
+    dtype = np.dtype(d.value_type)
+    if not np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.complexfloating):
+        raise UserError(f"Map {volume.name} has non-numeric values ({dtype})")
+    m = np.array(d.xyz_to_ijk_transform.matrix, dtype=np.float64)
+    inside = pp.points_inside_map(xyz, m, tuple(size[::-1]))
+    if not inside.any():
+        return None, m, inside
+    sigma = pp.lowpass_sigma_voxels(spec, map_resolution)
+    origin, shape = pp.lattice_for_points(xyz[inside], spec, pp.margin_voxels(spec, sigma))
+    lattice = np.hstack([np.eye(3) * spec.voxel_size, np.reshape(origin, (3, 1))])
+    cijk = pp._box_corners_xyz(shape, lattice) @ m[:, :3].T + m[:, 3]
+    lo = np.clip(np.floor(cijk.min(axis=0)).astype(np.int64) - 1, 0, size - 1)
+    hi = np.clip(np.ceil(cijk.max(axis=0)).astype(np.int64) + 2, lo + 1, size)
+    n = hi - lo
+    try:
+        pp.check_memory(int(np.prod(n)) * (dtype.itemsize + 1),
+                        f"reading {n[0]}×{n[1]}×{n[2]} voxels of map {volume.name}")
+        values = d.matrix(ijk_origin=tuple(int(v) for v in lo), ijk_size=tuple(int(v) for v in n))
+    except MemoryError as e:
+        raise UserError(f"Map {volume.name} is too large to process: {e}") from None
+    except Exception as e:  # file moved, truncated or unreadable since it was opened
+        raise UserError(f"Could not read the values of map {volume.name}: {_first_line(e)}") from None
+    m[:, 3] -= lo  # indices into the subregion
+    return values, m, inside
+
+
 def _first_line(e: BaseException) -> str:
     """The first non-empty line of an exception's message (ChimeraX errors can span paragraphs)."""
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -162,15 +197,14 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     if len(heavy) == 0:
         raise UserError("The structure has no heavy (non-hydrogen) atoms to score")
     info = _resolve(model, map_resolution)
-    values, xyz_to_ijk, _ = _map_arrays(volume)
+    # atoms in the map's own coordinate frame
+    xyz = volume.scene_position.inverse().transform_points(heavy.scene_coords)
+    values, xyz_to_ijk, inside = _map_region(volume, xyz, info.spec, map_resolution)
+    if not inside.any():
+        raise UserError(f"No atoms of {structures[0]} lie inside map {volume.name}; is the model fitted to this map?")
     _check_finite(volume, values)
     predictor = get_predictor(info, device)
     t0 = time.perf_counter()
-    # atoms in the map's own coordinate frame
-    xyz = volume.scene_position.inverse().transform_points(heavy.scene_coords)
-    inside = pp.points_inside_map(xyz, xyz_to_ijk, values.shape)
-    if not inside.any():
-        raise UserError(f"No atoms of {structures[0]} lie inside map {volume.name}; is the model fitted to this map?")
     try:
         prep = pp.prepare_points(values, xyz_to_ijk, xyz, info.spec, map_resolution, inside)
     except MemoryError as e:

@@ -8,7 +8,9 @@ each layer as gathered rows times a weight matrix (sgemm).  The result equals pe
 summation order (|Δ| ~ 1e-6), and costs about 2.4 MFLOP per centre on a protein.
 
 Work proceeds block by block (``block``³ centre voxels plus the receptive-field halo), so memory is bounded by the
-block size and the row chunk, whatever the size of the map.
+block size and the row chunk, whatever the size of the map: at most ~100 MB of feature rows for a 64³ block filled
+with centres.  Measured on 6EZ8 (2 shared cores): 64³ blocks recompute ~3 % of the features at block faces (40³:
+~10 %), and 2 MB row chunks (cache-sized) ran ~25 % faster than 16 MB ones.
 """
 
 from __future__ import annotations
@@ -106,7 +108,7 @@ def conv_chain(path: str | Path) -> list[ConvLayer] | None:
 class SparseConvNet:
     """A conv chain evaluated only where requested outputs need it (see the module docstring)."""
 
-    def __init__(self, layers: list[ConvLayer], block: int = 40, chunk_bytes: int = 16 << 20,
+    def __init__(self, layers: list[ConvLayer], block: int = 64, chunk_bytes: int = 2 << 20,
                  threads: int | None = None):
         self.layers = layers
         self.extent = 1 + sum(ly.k - 1 for ly in layers)  # input patch edge that gives one output voxel
