@@ -130,3 +130,20 @@ def test_map_opened_twice_gives_the_same_answer(scene, fcn_model, tmp_path):
     run(scene, f"open {tmp_path / 'm.mrc'}", log=False)  # #3: the same file again
     res = run(scene, f"defmap #3 structure #2 model {fcn_model} color false", log=False)
     np.testing.assert_allclose(res.atom_values, first, rtol=0, atol=TOL)
+
+
+def test_padding_the_map_does_not_change_results(cx, fcn_model, tmp_path):
+    """The same density inside a bigger box (more empty voxels around it) gives the same per-atom values."""
+    from chimerax.map import volume_from_grid_data
+    from chimerax.map_data import ArrayGridData
+    xyz = heavy_xyz_from_pdb(HELIX)
+    v = build_map(cx, MapSpec(shape_zyx=(50, 46, 54), step=(1.2, 1.2, 1.2)), xyz, seed=4)
+    pad = np.zeros((50 + 30, 46 + 20, 54 + 40), np.float32)
+    pad[10:60, 5:51, 25:79] = v.full_matrix()
+    o = np.array(v.data.origin) - np.array([25, 5, 10]) * 1.2
+    volume_from_grid_data(ArrayGridData(pad, origin=tuple(o), step=(1.2, 1.2, 1.2)), cx, show_dialog=False)
+    (tmp_path / "h.pdb").write_text(HELIX)
+    run(cx, f"open {tmp_path / 'h.pdb'}", log=False)  # #3
+    a = run(cx, f"defmap #1 structure #3 model {fcn_model} color false", log=False)
+    b = run(cx, f"defmap #2 structure #3 model {fcn_model} color false", log=False)
+    np.testing.assert_allclose(b.atom_values, a.atom_values, rtol=0, atol=TOL)

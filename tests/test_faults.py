@@ -267,13 +267,28 @@ def test_reading_a_huge_map_is_refused(scene, random_model, monkeypatch):
 
     def tight(nbytes, what, fraction=0.8):
         calls.append(what)
-        if what.startswith("reading map"):
+        if what.startswith("reading"):
             raise MemoryError(f"{what} would need about {nbytes / 2**30:.1f} GiB of memory, but only 0.0 GiB is "
                               "available")
         return real(nbytes, what, fraction)
     monkeypatch.setattr(pp, "check_memory", tight)
-    refused(scene, f"defmap #1 structure #2 model {random_model}", "reading map", "40×40×40")
-    assert calls and calls[0].startswith("reading map")
+    refused(scene, f"defmap #1 structure #2 model {random_model}", "reading", "voxels of map hostile")
+    refused(scene, f"defmap #1 model {random_model} level 0.05", "reading map hostile", "40×40×40")
+    assert calls and calls[0].startswith("reading")
+
+
+def test_nan_far_from_the_atoms_does_not_matter(cx, random_model, tmp_path):
+    """Structure mode reads only the atoms' neighbourhood: NaN padding elsewhere (tomograms) is not an error."""
+    xyz = heavy_xyz_from_pdb(HELIX)
+    v = build_map(cx, MapSpec(shape_zyx=(40, 40, 120), origin=tuple(xyz.mean(0) - 20)), xyz)
+    v.full_matrix()[:, :, 80:] = np.nan  # the far end of the box, > 40 Å from every atom
+    v.data.values_changed()
+    (tmp_path / "h.pdb").write_text(HELIX)
+    run(cx, f"open {tmp_path / 'h.pdb'}", log=False)
+    res = run(cx, f"defmap #1 structure #2 model {random_model} color false", log=False)
+    assert np.isfinite(res.atom_values).all() and res.outside_atoms == 0
+    with pytest.raises(UserError, match="NaN"):
+        run(cx, f"defmap #1 model {random_model} level 0.05", log=False)
 
 
 def test_structure_mode_on_big_map_resamples_only_the_region(cx, random_model, tmp_path):
