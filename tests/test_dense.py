@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from chimerax.core.commands import run
@@ -16,9 +18,16 @@ TOL = 1e-5
 SPEC = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
 
 
-@pytest.fixture(scope="module")
-def fcn_model(tmp_path_factory):
-    """The shipped architecture with fixed random weights."""
+SHIPPED = Path(__file__).resolve().parents[1] / "onnx_models" / "defmap_5A.onnx"
+
+
+@pytest.fixture(scope="module", params=["stand-in", "shipped"])
+def fcn_model(request, tmp_path_factory):
+    """The issue's architecture with fixed random weights, and the shipped 5 Å model when it is there."""
+    if request.param == "shipped":
+        if not SHIPPED.is_file():
+            pytest.skip("onnx_models/defmap_5A.onnx is not there")
+        return SHIPPED
     return fcn_onnx_model(tmp_path_factory.mktemp("fcn") / "fcn5.onnx", SPEC, seed=3)
 
 
@@ -32,7 +41,8 @@ def prepared():
     return atoms, voxels
 
 
-def test_stand_in_model_has_the_shipped_shape(fcn_model):
+def test_stand_in_model_has_the_issue_shape(tmp_path):
+    fcn_model = fcn_onnx_model(tmp_path / "fcn5.onnx", SPEC, seed=3)
     import onnxruntime as ort
     s = ort.InferenceSession(str(fcn_model), providers=["CPUExecutionProvider"])
     y = s.run(None, {"density": np.zeros((2, 1, 13, 12, 10), np.float32)})[0]
@@ -52,7 +62,7 @@ def test_dense_and_shared_equal_per_patch(fcn_model, prepared, which):
     dense = pred.predict_dense(prep.grid, prep.centers)
     shared = pred.predict_centers(prep.grid, prep.centers)
     assert pred.method == "shared"
-    assert len(prep.centers) > 500 and per_patch.std() > 0.05
+    assert len(prep.centers) > 500 and per_patch.std() > 0.01
     assert np.abs(dense - per_patch).max() <= TOL
     assert np.abs(shared - per_patch).max() <= TOL
 
