@@ -305,3 +305,10 @@ def test_structure_mode_on_big_map_resamples_only_the_region(cx, random_model, t
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 300**3 // 4, f"peak {peak / 2**20:.0f} MiB: the whole map was copied"
+
+
+def test_dense_with_a_patch_only_model_is_refused(scene, tmp_path):
+    p = _conv_model(tmp_path / "patch_only.onnx", 10, ["N", 1, "D", "H", "W"], fully_conv=False)
+    refused(scene, f"defmap #1 model {p} level 0.05 dense true", "not fully convolutional", "dense false")
+    res = run(scene, f"defmap #1 model {p} level 0.05 color false", log=False)
+    assert res.voxels > 0
