@@ -347,6 +347,14 @@ for _oid, _opt in OPTIONS.items():
         case(f"option-{_oid}-{_mode}")(_o)
 
 
+for _vid in ("density", "noise", "some_nan", "int8"):
+    for _mode, _cmd in (("structure", "defmap #1 structure #2"), ("voxel", "defmap #1 level 0.05")):
+        def _dm(ctx, spec=VALUE_SPECS[_vid], cmd=_cmd):  # the installed (shipped) model, chosen by default
+            _map_and_helix(ctx, spec)
+            return cmd + " mapResolution 4.5"
+        case(f"default-model-{_vid}-{_mode}")(_dm)
+
+
 @case("option-two-maps")
 def _two_maps(ctx):
     _map_and_helix(ctx, MapSpec())
