@@ -14,7 +14,7 @@ from . import model as dm_model
 from . import preprocess as pp
 
 DEFAULT_PALETTE = "blue-white-red"  # rigid blue, flexible red
-_PREDICTORS: dict[tuple[str, str], dm_model.Predictor] = {}
+_PREDICTORS: dict[tuple, dm_model.Predictor] = {}
 
 
 @dataclass
@@ -72,9 +72,9 @@ def release_predictors() -> None:
     _PREDICTORS.clear()
 
 
-def get_predictor(info: dm_model.ModelInfo, device: str) -> dm_model.Predictor:
+def get_predictor(info: dm_model.ModelInfo, device: str, logger=None) -> dm_model.Predictor:
     """Cache one onnxruntime session per model file and device (session creation costs more than small runs)."""
-    key = (str(info.path), device)
+    key = (str(info.path), info.path.stat().st_mtime_ns, device)
     p = _PREDICTORS.get(key)
     if p is None or p.session is None:
         try:
@@ -82,6 +82,8 @@ def get_predictor(info: dm_model.ModelInfo, device: str) -> dm_model.Predictor:
         except dm_model.ModelError as e:
             raise UserError(str(e)) from None
         _PREDICTORS[key] = p
+        if p.note and logger is not None:
+            logger.info(f"DEFMap: {p.note}.")  # once per model and device, when the session is created
     return p
 
 
@@ -203,7 +205,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     if not inside.any():
         raise UserError(f"No atoms of {structures[0]} lie inside map {volume.name}; is the model fitted to this map?")
     _check_finite(volume, values)
-    predictor = get_predictor(info, device)
+    predictor = get_predictor(info, device, session.logger)
     t0 = time.perf_counter()
     try:
         prep = pp.prepare_points(values, xyz_to_ijk, xyz, info.spec, map_resolution, inside)
@@ -214,7 +216,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     stages["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictor.seconds = 0.0
-    per_rotation = np.stack([predictor.predict_patches(prep.grid, prep.centers, batch_size, rotation=k)
+    per_rotation = np.stack([predictor.predict_centers(prep.grid, prep.centers, batch_size, rotation=k)
                              for k in range(rotations)], axis=1).astype(np.float64)
     preds = per_rotation.mean(axis=1)
     stages["inference"] = predictor.seconds
@@ -364,7 +366,7 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
                 level = None
         if level is None or not np.isfinite(level):
             raise UserError(f"Map {volume.name} shows no surface level; show it as a surface or give 'level'")
-    predictor = get_predictor(info, device)
+    predictor = get_predictor(info, device, session.logger)
     stages = {}
     t0 = time.perf_counter()
     try:
