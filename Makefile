@@ -29,6 +29,8 @@ install: .venv/.defmap-installed
 train-env: .venv/.defmap-train-env
 .venv/.defmap-train-env: .venv/.defmap-env-v2 training/requirements.txt training/pyproject.toml
 	.venv/bin/pip install -q --prefer-binary -c tools/constraints.txt -r training/requirements.txt
+	@# torch pulls a newer setuptools; the bundle builder needs 69.x (pkg_resources, wheel names)
+	.venv/bin/pip install -q setuptools==69.5.1 wheel==0.42.0
 	.venv/bin/pip install -q --no-deps -e training
 	touch $@
 

@@ -12,7 +12,9 @@ if ! dpkg -s libosmesa6 >/dev/null 2>&1; then
 fi
 "$PY" -m venv "$VENV"
 PIP="$VENV/bin/pip install -q --prefer-binary --disable-pip-version-check -c tools/constraints.txt"
-$PIP --upgrade pip setuptools wheel
+$PIP --upgrade pip
+# ChimeraX's bundle builder imports pkg_resources and names wheels as setuptools 69 / wheel 0.42 do
+$PIP setuptools==69.5.1 wheel==0.42.0
 $PIP --no-deps ChimeraX==0.1.71 2>&1 | grep -v -e "^WARNING: Location" -e "yanked" || true
 $PIP -r tools/requirements-venv.txt 2>&1 | grep -v -e "^WARNING: Location" -e "requires .*, which is not installed" -e "^chimerax 0.1.71 requires" || true
 "$VENV/bin/python" -c "import chimerax, onnxruntime, numpy, scipy" || { echo "environment check failed"; exit 1; }
