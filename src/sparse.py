@@ -116,7 +116,7 @@ class SparseConvNet:
         self.chunk_bytes = int(chunk_bytes)
         self.threads = threads
         self.flops = 0.0  # multiply-adds x 2 actually executed, summed over calls
-        self._rotated: dict[int, "SparseConvNet"] = {}
+        self._rotated: dict[int, SparseConvNet] = {}
         # stages: a gathering convolution followed by the pointwise (1³) layers that run on the same positions
         self.stages: list[list[ConvLayer]] = []
         for i, ly in enumerate(layers):
@@ -134,7 +134,7 @@ class SparseConvNet:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="defmap-sparse")
         return self._executor
 
-    def rotated(self, k: int) -> "SparseConvNet":
+    def rotated(self, k: int) -> SparseConvNet:
         """The network that gives, on unrotated input, what this one gives on patches rotated by ROTATIONS[k]."""
         k %= 24
         if k == 0:

@@ -107,7 +107,7 @@ def train_linear_model(patches: np.ndarray, labels: np.ndarray, ridge: float = 1
     return w, float(ym - mu @ w)
 
 
-# The shipped DEFMap network: a fully convolutional, valid-padding 3D CNN (training/defmap_train exports the same graph).
+# The network of issue 4: a fully convolutional, valid-padding 3D CNN (stand-in until training ships models).
 FCN_LAYERS = ((1, 16, 3), (16, 32, 3), (32, 64, 3), (64, 128, 4), (128, 64, 1), (64, 1, 1))
 LEAKY_ALPHA = 0.01
 

@@ -4,14 +4,43 @@ the first committed preprocess.py (3f00ee2) and still hold; an intended change m
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 from chimerax.defmap import preprocess as pp
 
-GOLDEN = json.loads('{"points":{"shape":[41,46,46],"origin":[-19.5,1.5,-3.0],"sigma":0.6002108774380707,"n_centers":295,"centers_sum":[6015,6526,6681],"p2c_sum":43775,"sum":10511.720913438476,"sumsq":25754.699523044917,"max":6.6100287437438965,"nonzero":7967,"patch_sum":188103.03939591325,"patch_weighted":94902180.75575736,"probe":[0.0,0.0,2.0086495876312256,0.0,0.0]},"voxels":{"shape":[52,64,66],"origin":[-33.0,-12.0,-13.5],"sigma":0.7502635967975885,"n_centers":1829,"centers_sum":[51033,55828,58392],"p2c_sum":1671706,"sum":9819.928793352869,"sumsq":22141.22992706759,"max":5.889673233032227,"nonzero":7847,"patch_sum":1392670.2926139622,"patch_weighted":724415996.4628615,"probe":[1.9455019235610962,2.480630397796631,2.1521778106689453,2.626903533935547,2.8754849433898926]}}')
+GOLDEN = {
+    "points": {
+        "shape": [41, 46, 46],
+        "origin": [-19.5, 1.5, -3.0],
+        "sigma": 0.6002108774380707,
+        "n_centers": 295,
+        "centers_sum": [6015, 6526, 6681],
+        "p2c_sum": 43775,
+        "sum": 10511.720913438476,
+        "sumsq": 25754.699523044917,
+        "max": 6.6100287437438965,
+        "nonzero": 7967,
+        "patch_sum": 188103.03939591325,
+        "patch_weighted": 94902180.75575736,
+        "probe": [0.0, 0.0, 2.0086495876312256, 0.0, 0.0],
+    },
+    "voxels": {
+        "shape": [52, 64, 66],
+        "origin": [-33.0, -12.0, -13.5],
+        "sigma": 0.7502635967975885,
+        "n_centers": 1829,
+        "centers_sum": [51033, 55828, 58392],
+        "p2c_sum": 1671706,
+        "sum": 9819.928793352869,
+        "sumsq": 22141.22992706759,
+        "max": 5.889673233032227,
+        "nonzero": 7847,
+        "patch_sum": 1392670.2926139622,
+        "patch_weighted": 724415996.4628615,
+        "probe": [1.9455019235610962, 2.480630397796631, 2.1521778106689453, 2.626903533935547, 2.8754849433898926],
+    },
+}
 
 
 def _case():

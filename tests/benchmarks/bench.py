@@ -50,15 +50,14 @@ QUICK_CASES = ("emd3488", "voxel100")
 REF_BATCH = 32  # Keras Model.predict's default batch size, as DEFMap's 3dcnn_main.py used it
 
 
-# ----------------------------------------------------------------------------------------------------------------- model
+# ------------------------------------------------------------------------------------------------------------- model
 def bench_model(tmpdir: Path) -> tuple[Path, str]:
     """The shipped 5 Å model when it is there, else a stand-in of the same architecture with random weights."""
     if SHIPPED_MODEL.is_file():
         return SHIPPED_MODEL, f"shipped model {SHIPPED_MODEL.relative_to(ROOT)}"
     sys.path.insert(0, str(ROOT))
-    from tests.helpers import fcn_onnx_model
-
     from chimerax.defmap.preprocess import FeatureSpec
+    from tests.helpers import fcn_onnx_model
     path = fcn_onnx_model(tmpdir / "standin_5A.onnx", FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0),
                           seed=0)
     return path, ("stand-in model (shipped architecture, random weights; "
@@ -116,7 +115,7 @@ def open_case(session, case: str, quick: bool):
         run(session, "molmap #1 5 gridSpacing 1.5", log=False)  # a 5 Å molmap-style map on a 1.5 Å grid -> #2
         s = session.models.list(model_id=(1,))[0]
         v = session.models.list(model_id=(2,))[0]
-        return f"#2 structure #1", f"6EZ8 ({s.num_atoms:,} atoms), molmap 5 Å at 1.5 Å, {_dims(v)}"
+        return "#2 structure #1", f"6EZ8 ({s.num_atoms:,} atoms), molmap 5 Å at 1.5 Å, {_dims(v)}"
     if case == "emd3488":
         o(SHARED / "emdb" / "emd_3488.mrc")
         o(SHARED / "emdb" / "5me2.pdb")
@@ -128,10 +127,9 @@ def open_case(session, case: str, quick: bool):
         v = session.models.list(model_id=(1,))[0]
         level = v.minimum_surface_level
         if case == "voxel200":  # EMD-3488 trilinearly resampled to 200³ (0.522 Å) -> #2, as 'volume resample' would
-            from scipy import ndimage
-
             from chimerax.map import volume_from_grid_data
             from chimerax.map_data import ArrayGridData
+            from scipy import ndimage
             m = v.full_matrix().astype(np.float32)
             fine = ndimage.zoom(m, 200 / m.shape[0], order=1)  # corner-aligned: 200 samples span the same box
             step = tuple(s * (n - 1) / (f - 1) for s, n, f in zip(v.data.step, m.shape[::-1], fine.shape[::-1]))
@@ -345,12 +343,10 @@ def _volume_of(session, args: str):
 def run_levers(model: Path, subset: int = 2048) -> dict:
     """Each speed lever measured alone on case 6ez8's grid and centres (same process, same model)."""
     import onnxruntime as ort
-    from chimerax.core.commands import run
 
-    from chimerax.defmap import headless
+    from chimerax.defmap import headless, sparse
     from chimerax.defmap import model as dm_model
     from chimerax.defmap import preprocess as pp
-    from chimerax.defmap import sparse
     session = headless.boot()
     open_case(session, "6ez8", False)
     s = session.models.list(model_id=(1,))[0]
@@ -404,7 +400,7 @@ def run_levers(model: Path, subset: int = 2048) -> dict:
             binding = sess.io_binding()
             outbuf = np.empty((bs, 1, 1, 1, 1), np.float32)
 
-            def go_bound(sess=sess, name=name):
+            def go_bound(sess=sess, name=name, bs=bs, binding=binding, outbuf=outbuf):
                 for i in range(0, len(sub) - bs + 1, bs):
                     binding.bind_cpu_input(name, sub[i:i + bs])
                     binding.bind_output(sess.get_outputs()[0].name, "cpu", 0, np.float32, outbuf.shape,
@@ -423,7 +419,7 @@ def run_levers(model: Path, subset: int = 2048) -> dict:
                           "centres_per_s": len(centers) / t_dense}
     for threads in (1, 2):
         net = sparse.SparseConvNet(sparse.conv_chain(model), threads=threads)
-        t_sh = timed(lambda: net.predict(grid, centers - hr), 2)
+        t_sh = timed(lambda net=net: net.predict(grid, centers - hr), 2)
         gflop = net.estimate_flops(grid.shape, centers - hr) / 1e9
         out[f"shared_threads{threads}"] = {"seconds": t_sh, "gflop": gflop, "centres_per_s": len(centers) / t_sh,
                                            "gflops": gflop / t_sh}
@@ -446,7 +442,8 @@ def fmt_levers(lv: dict) -> str:
         lines.append(f"| {r['threads']} | {r['spinning']} | {r['batch']} | {r['io_binding']} | "
                      f"{r['patches_per_s']:,.0f} | {r['gflops']:.1f} |")
     b, d = lv["per_patch_best_extrapolated"], lv["dense_tiles"]
-    lines.append(f"all {lv['unique_centres']:,} centres: per-patch (best) {b['seconds']:.2f} s ({b['gflop']:.0f} GFLOP);"
+    lines.append(f"all {lv['unique_centres']:,} centres: per-patch (best) {b['seconds']:.2f} s "
+                 f"({b['gflop']:.0f} GFLOP);"
                  f" dense 32³ tiles {d['seconds']:.2f} s ({d['gflop']:.0f} GFLOP)")
     for t in (1, 2):
         sh = lv[f"shared_threads{t}"]
@@ -466,7 +463,8 @@ def machine() -> str:
     except OSError:
         pass
     import onnxruntime
-    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python {platform.python_version()}, "
+    return (f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
+            f"Python {platform.python_version()}, "
             f"numpy {np.__version__}, onnxruntime {onnxruntime.__version__}")
 
 
