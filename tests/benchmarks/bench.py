@@ -16,7 +16,8 @@ time, which contention from other processes disturbs less than wall time.
 
 The reference-style pipeline mirrors the original DEFMap scripts (clinfo/DEFMap prep_dataset.py, 3dcnn_main.py,
 rmsf_map2model_for_defmap.py) on the same preprocessed grid and the same ONNX model and onnxruntime session:
-a Python loop over every lattice voxel that cuts one patch per atom at that voxel (no de-duplication), Keras-style
+as prep_dataset.py, a NaN-for-empty label grid and a Python loop over the numpy array of every lattice voxel centre
+that cuts one patch per atom at labelled voxels (no de-duplication), Keras-style
 ``predict`` in batches of 32, and a Python loop over atoms for the residue means.  ``reference_ratio`` = its time /
 our end-to-end time (ours also includes setting attributes, coloring and logging, which the reference does not do).
 For voxel mode the reference loops over every lattice voxel above the level and predicts per patch; when that would
@@ -37,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from math import isnan
 from pathlib import Path
 
 import numpy as np
@@ -244,23 +246,27 @@ def reference_pipeline(session, case: str, res, predictor, args: str) -> dict:
         grid = prep.grid.values
         t["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        # DEFMap create_dataset: a label per voxel from the atoms, then a Python loop over every lattice voxel
-        ijk = prep.grid.xyz_to_zyx_index(xyz[inside]).tolist()
+        # DEFMap create_dataset: a label grid (NaN where no atom), the list of every lattice voxel as a numpy array,
+        # and a Python loop over it that skips NaN labels and cuts sub-voxels; here one per atom (no de-duplication)
+        ijk = prep.grid.xyz_to_zyx_index(xyz[inside])
         atom_ids = np.flatnonzero(inside).tolist()
         at_voxel: dict[tuple, list] = {}
-        for a, (z, y, x) in zip(atom_ids, ijk):
+        for a, (z, y, x) in zip(atom_ids, ijk.tolist()):
             at_voxel.setdefault((z, y, x), []).append(a)
+        label = np.full(grid.shape, np.nan, dtype=np.float32)
+        label[tuple(ijk.T)] = 1.0
         nz, ny, nx = grid.shape
+        center_list = np.asarray([(z, y, x) for z in range(hr, nz - hr + 1) for y in range(hr, ny - hr + 1)
+                                  for x in range(hr, nx - hr + 1)])
         data, owners = [], []
-        for z in range(hr, nz - hr + 1):
-            for y in range(hr, ny - hr + 1):
-                for x in range(hr, nx - hr + 1):
-                    here = at_voxel.get((z, y, x))
-                    if here is None:
-                        continue
-                    for a in here:  # one patch per atom: no de-duplication
-                        data.append(grid[z - hr:z + hr, y - hr:y + hr, x - hr:x + hr])
-                        owners.append(a)
+        for center in center_list:
+            if isnan(label[center[0]][center[1]][center[2]]):
+                continue
+            sub_voxel = grid[center[0] - hr:center[0] + hr, center[1] - hr:center[1] + hr,
+                             center[2] - hr:center[2] + hr]
+            for a in at_voxel[(int(center[0]), int(center[1]), int(center[2]))]:
+                data.append(sub_voxel)
+                owners.append(a)
         data = np.array(data, dtype=np.float32)[:, None]
         t["patches"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -305,13 +311,15 @@ def reference_pipeline(session, case: str, res, predictor, args: str) -> dict:
     t0 = time.perf_counter()
     nz, ny, nx = grid.shape
     data = []
-    for z in range(hr, nz - hr + 1):
-        for y in range(hr, ny - hr + 1):
-            for x in range(hr, nx - hr + 1):
-                if not above[z, y, x]:
-                    continue
-                if keep[z, y, x]:
-                    data.append(grid[z - hr:z + hr, y - hr:y + hr, x - hr:x + hr])
+    label = np.where(above, grid, np.nan)  # DEFMap create_dataset_for_prediction: NaN = not predicted
+    center_list = np.asarray([(z, y, x) for z in range(hr, nz - hr + 1) for y in range(hr, ny - hr + 1)
+                              for x in range(hr, nx - hr + 1)])
+    for center in center_list:
+        if isnan(label[center[0]][center[1]][center[2]]):
+            continue
+        if keep[center[0], center[1], center[2]]:
+            data.append(grid[center[0] - hr:center[0] + hr, center[1] - hr:center[1] + hr,
+                             center[2] - hr:center[2] + hr])
     data = np.array(data, dtype=np.float32)[:, None]
     t["patches"] = time.perf_counter() - t0
     t0 = time.perf_counter()
