@@ -105,6 +105,43 @@ def summarize(per_protein: dict[str, list[dict]]) -> dict:
 
 # ------------------------------------------------------------------ cross-validation
 
+def fold_checkpoint(a, groups: dict, folds: list[list[str]], res_list: list[float], ri: int, k: int,
+                    runs: Path) -> Path:
+    """Train fold k at res_list[ri] unless its checkpoint exists (coarser resolutions fine-tune the first's)."""
+    res = res_list[ri]
+    ck = runs / f"{res:g}A" / f"fold{k}.pt"
+    if ck.exists():
+        return ck
+    test = folds[k]
+    tr, va = split_proteins([p for p in groups if p not in test], 0.15, k)
+    init = load_checkpoint(fold_checkpoint(a, groups, folds, res_list, 0, k, runs))[1]["state_dict"] if ri else None
+    model, info = train(load_items([f for p in tr for f in groups[p]], res),
+                        load_items([groups[p][0] for p in va], res), arch=a.arch,
+                        minutes=a.minutes if ri == 0 else a.finetune_minutes, init=init, seed=k,
+                        log=runs / f"{res:g}A" / f"fold{k}.jsonl")
+    info.update({"test": test, "val": va})
+    save_checkpoint(ck, model, a.arch, res, info)
+    return ck
+
+
+def fold_metrics(a, groups: dict, test: list[str], ri: int, res: float, ck: Path, model=None) -> tuple[dict, dict]:
+    """Per-map metrics of one fold model on its test proteins, cached next to the checkpoint."""
+    cache = ck.with_suffix(f".metrics{a.eval_maps}_{a.tta if ri == 0 else 0}.npz")
+    if cache.exists():
+        with np.load(cache, allow_pickle=True) as z:
+            return z["pp"].item(), z["tta"].item()
+    model = model if model is not None else load_checkpoint(ck)[0]
+    fold_pp, fold_tta = {}, {}
+    for p in test:
+        for i, f in enumerate(groups[p][:a.eval_maps if ri == 0 else max(1, a.eval_maps // 2)]):
+            it = load_item(f, res)
+            fold_pp.setdefault(p, []).append(item_metrics(it, predict_item(model, it)))
+            if i == 0 and ri == 0 and a.tta > 1:
+                fold_tta.setdefault(p, []).append(tta_metrics(model, it, a.tta))
+    np.savez(cache, pp=np.array(fold_pp, dtype=object), tta=np.array(fold_tta, dtype=object))
+    return fold_pp, fold_tta
+
+
 def cross_validate(a, res_list: list[float], runs: Path) -> dict:
     groups = list_samples(Path(a.data))
     folds = folds_of(list(groups), a.folds)
@@ -115,34 +152,10 @@ def cross_validate(a, res_list: list[float], runs: Path) -> dict:
         tta_rows: dict[str, list[dict]] = {}
         hist = []
         for k, test in enumerate(folds):
-            ck = runs / f"{res:g}A" / f"fold{k}.pt"
-            rest = [p for p in groups if p not in test]
-            if not ck.exists():
-                tr, va = split_proteins(rest, 0.15, k)
-                init = None
-                if ri > 0:
-                    init = load_checkpoint(runs / f"{res_list[0]:g}A" / f"fold{k}.pt")[1]["state_dict"]
-                model, info = train(load_items([f for p in tr for f in groups[p]], res),
-                                    load_items([groups[p][0] for p in va], res), arch=a.arch,
-                                    minutes=a.minutes if ri == 0 else a.finetune_minutes, init=init, seed=k,
-                                    log=runs / f"{res:g}A" / f"fold{k}.jsonl")
-                info.update({"test": test, "val": va})
-                save_checkpoint(ck, model, a.arch, res, info)
+            ck = fold_checkpoint(a, groups, folds, res_list, ri, k, runs)
             model, ckd = load_checkpoint(ck)
             hist.append({k2: v for k2, v in ckd["info"].items() if k2 != "history"})
-            cache = ck.with_suffix(f".metrics{a.eval_maps}_{a.tta if ri == 0 else 0}.npz")
-            if cache.exists():  # predictions of this fold model were already measured
-                with np.load(cache, allow_pickle=True) as z:
-                    fold_pp, fold_tta = z["pp"].item(), z["tta"].item()
-            else:
-                fold_pp, fold_tta = {}, {}
-                for p in test:
-                    for i, f in enumerate(groups[p][:a.eval_maps if ri == 0 else max(1, a.eval_maps // 2)]):
-                        it = load_item(f, res)
-                        fold_pp.setdefault(p, []).append(item_metrics(it, predict_item(model, it)))
-                        if i == 0 and ri == 0 and a.tta > 1:
-                            fold_tta.setdefault(p, []).append(tta_metrics(model, it, a.tta))
-                np.savez(cache, pp=np.array(fold_pp, dtype=object), tta=np.array(fold_tta, dtype=object))
+            fold_pp, fold_tta = fold_metrics(a, groups, test, ri, res, ck, model)
             per_protein.update(fold_pp)
             tta_rows.update(fold_tta)
             print(f"CV {res:g} Å fold {k + 1}/{len(folds)} done", flush=True)
@@ -170,10 +183,15 @@ def reference_comparison(a, runs: Path, res: float) -> dict:
                                 log=runs / "reference_cmp" / f"{arch}.jsonl")
             save_checkpoint(ck, model, arch, res, info)
         model, ckd = load_checkpoint(ck)
-        per = {}
-        for p in test:
-            it = load_item(groups[p][0], res)
-            per[p] = [item_metrics(it, predict_item(model, it))]
+        cache = ck.with_suffix(".metrics.json")
+        if cache.exists():
+            per = json.loads(cache.read_text())
+        else:
+            per = {}
+            for p in test:
+                it = load_item(groups[p][0], res)
+                per[p] = [item_metrics(it, predict_item(model, it))]
+            cache.write_text(json.dumps(per))
         s = summarize(per)["summary"]
         out[arch] = {"residue_r": s["residue_r"], "atom_r": s["atom_r"],
                      "labelled_patches_seen": ckd["info"]["labelled_patches_seen"], "seconds": ckd["info"]["seconds"]}
@@ -258,7 +276,6 @@ def atlas_chains(md_dir: Path, models_dir: Path, res_list: list[float]) -> dict:
         for p, files in groups.items():
             for f in files:
                 it = load_item(f, res)
-                from .export import load_checkpoint as _  # noqa: F401  (keeps import graph simple)
                 per.setdefault(p, []).append(item_metrics(it, _onnx_center_pred(mp, it)))
         out[f"{res:g}"] = summarize(per)
     return out
