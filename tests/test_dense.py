@@ -122,3 +122,24 @@ def test_voxel_mode_dense_equals_per_patch_in_chimerax(cx, fcn_model):
     assert np.abs(out["dense true"] - out["dense false"]).max() <= TOL
     assert np.abs(out[""] - out["dense false"]).max() <= TOL
     assert vol.deleted is False
+
+
+def test_shared_memory_stays_flat_with_map_size(tmp_path):
+    """Working memory of shared evaluation is bounded by its block, not the map: 8x the voxels (and centres at the
+    same density), about the same peak beyond the input grid and the output vector."""
+    import tracemalloc
+    layers = sparse.conv_chain(fcn_onnx_model(tmp_path / "m.onnx", SPEC, seed=1))
+    rng = np.random.default_rng(0)
+    peaks = []
+    for n in (96, 192):
+        grid = rng.random((n, n, n), dtype=np.float32)
+        starts = rng.integers(0, n - 10, (n ** 3 // 2000, 3))
+        net = sparse.SparseConvNet(layers)
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        out = net.predict(grid, starts)
+        peak = tracemalloc.get_traced_memory()[1] - base - out.nbytes
+        tracemalloc.stop()
+        peaks.append(peak)
+    assert peaks[1] < 1.5 * peaks[0] + (8 << 20), [p / 2**20 for p in peaks]
+    assert peaks[1] < 150 << 20
