@@ -57,3 +57,34 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
             f"{stats['failure']} failures ({stats['warned']} results with counted warnings)")
         if stats["failed_ids"]:
             terminalreporter.write_line("fuzz failures: " + ", ".join(stats["failed_ids"]))
+
+
+@pytest.fixture(scope="session")
+def trained_model(tmp_path_factory):
+    """A linear model trained here on simulated ensemble maps of two proteins: it reads local blur as dynamics."""
+    import numpy as np
+
+    from chimerax.defmap import preprocess as pp
+
+    from .helpers import (
+        linear_onnx_model,
+        read_heavy_atoms,
+        shared_path,
+        simulate_map,
+        smooth_rmsf_field,
+        train_linear_model,
+    )
+    spec = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
+    patches, labels = [], []
+    for k, name in enumerate(["1aku.pdb", "4dfr.pdb"]):
+        xyz = read_heavy_atoms(shared_path("structures", name), chain="A")
+        for seed in range(3):
+            rmsf = smooth_rmsf_field(xyz, seed=10 * k + seed)
+            m, origin = simulate_map(xyz, rmsf, resolution=4.0, noise=0.05, seed=seed)
+            xyz_to_ijk, _ = pp.grid_transforms(origin, (1.0, 1.0, 1.0))
+            prep = pp.prepare_points(m, xyz_to_ijk, xyz, spec, map_resolution=4.0)
+            lab = np.bincount(prep.point_to_center, weights=np.log10(rmsf)) / np.bincount(prep.point_to_center)
+            patches.append(pp.extract_patches(prep.grid.values, prep.centers, spec.box))
+            labels.append(lab)
+    w, b = train_linear_model(np.concatenate(patches), np.concatenate(labels))
+    return linear_onnx_model(tmp_path_factory.mktemp("trained") / "trained.onnx", w, b, spec, "trained-linear")

@@ -10,15 +10,10 @@ import numpy as np
 import pytest
 from chimerax.core.commands import run
 
-from chimerax.defmap import preprocess as pp
-
 from .helpers import (
-    linear_onnx_model,
     read_heavy_atoms,
     shared_path,
     simulate_map,
-    smooth_rmsf_field,
-    train_linear_model,
 )
 
 
@@ -56,24 +51,8 @@ def test_defattr_save_lists_every_scored_residue(cx, random_model, tmp_path):
     assert spec.endswith(f":{r0.number}") and abs(float(val) - res.residue_values[0]) < 1e-6
 
 
-def test_half_blurred_map_predicts_higher_dynamics_on_blurred_half(cx, tmp_path):
-    """A model trained here on simulated ensemble maps ranks the blurred (flexible) half above the sharp half."""
-    spec = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
-    # training data: another protein, smooth random RMSF fields, maps blurred per atom (Debye-Waller)
-    patches, labels = [], []
-    for k, name in enumerate(["1aku.pdb", "4dfr.pdb"]):
-        xyz = read_heavy_atoms(shared_path("structures", name), chain="A")
-        for seed in range(3):
-            rmsf = smooth_rmsf_field(xyz, seed=10 * k + seed)
-            m, origin = simulate_map(xyz, rmsf, resolution=4.0, noise=0.05, seed=seed)
-            xyz_to_ijk, _ = pp.grid_transforms(origin, (1.0, 1.0, 1.0))
-            prep = pp.prepare_points(m, xyz_to_ijk, xyz, spec, map_resolution=4.0)
-            lab = np.bincount(prep.point_to_center, weights=np.log10(rmsf)) / np.bincount(prep.point_to_center)
-            patches.append(pp.extract_patches(prep.grid.values, prep.centers, spec.box))
-            labels.append(lab)
-    w, b = train_linear_model(np.concatenate(patches), np.concatenate(labels))
-    model = linear_onnx_model(tmp_path / "trained.onnx", w, b, spec, "trained-linear")
-
+def test_half_blurred_map_predicts_higher_dynamics_on_blurred_half(cx, trained_model):
+    """A model trained here on simulated ensemble maps (conftest) ranks the blurred half above the sharp half."""
     # test protein (never seen in training): sharp half at x < median, blurred half at x >= median
     pdb = shared_path("structures", "1a28.pdb")
     xyz = read_heavy_atoms(pdb, chain="A")
@@ -85,7 +64,7 @@ def test_half_blurred_map_predicts_higher_dynamics_on_blurred_half(cx, tmp_path)
     volume_from_grid_data(ArrayGridData(m, origin=tuple(origin), step=(1.0, 1.0, 1.0)), cx)
     run(cx, f"open {pdb}", log=False)
     s = cx.models.list(model_id=(2,))[0]
-    res = run(cx, f"defmap #1 structure #2/A model {model} mapResolution 4")
+    res = run(cx, f"defmap #1 structure #2/A model {trained_model} mapResolution 4")
     x_ca = np.array([r.find_atom("CA").coord[0] if r.find_atom("CA") else r.atoms.coords[:, 0].mean()
                      for r in res.residues])
     flex_res = x_ca >= np.median(xyz[:, 0])

@@ -20,7 +20,6 @@ from .helpers import (
     shared_path,
     simulate_map,
     smooth_rmsf_field,
-    train_linear_model,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,24 +39,6 @@ def write_mrc(values, origin, path):
     from chimerax.map_data.mrc.writemrc import write_mrc2000_grid_data
     write_mrc2000_grid_data(ArrayGridData(values, origin=tuple(origin), step=(1.0, 1.0, 1.0)), str(path))
     return path
-
-
-@pytest.fixture(scope="module")
-def trained_model(tmp_path_factory):
-    """A linear model trained here on simulated ensemble maps: it reads local blur as dynamics."""
-    patches, labels = [], []
-    for k, name in enumerate(["1aku.pdb", "4dfr.pdb"]):
-        xyz = read_heavy_atoms(shared_path("structures", name), chain="A")
-        for seed in range(3):
-            rmsf = smooth_rmsf_field(xyz, seed=10 * k + seed)
-            m, origin = simulate_map(xyz, rmsf, resolution=4.0, noise=0.05, seed=seed)
-            xyz_to_ijk, _ = pp.grid_transforms(origin, (1.0, 1.0, 1.0))
-            prep = pp.prepare_points(m, xyz_to_ijk, xyz, SPEC, map_resolution=4.0)
-            lab = np.bincount(prep.point_to_center, weights=np.log10(rmsf)) / np.bincount(prep.point_to_center)
-            patches.append(pp.extract_patches(prep.grid.values, prep.centers, SPEC.box))
-            labels.append(lab)
-    w, b = train_linear_model(np.concatenate(patches), np.concatenate(labels))
-    return linear_onnx_model(tmp_path_factory.mktemp("trained") / "trained.onnx", w, b, SPEC, "trained-linear")
 
 
 def ligand_xyz(pdb: Path, resname: str, chain: str) -> np.ndarray:
