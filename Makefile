@@ -34,8 +34,10 @@ train-env: .venv/.defmap-train-env
 	.venv/bin/pip install -q --no-deps -e training
 	touch $@
 
+# Two processes: torch importing inside a process that holds a ChimeraX session segfaulted in garbage collection.
 test: install train-env
-	$(PY) -m pytest -q tests training/tests
+	$(PY) -m pytest -q training/tests
+	$(PY) -m pytest -q tests
 
 demo: install
 	$(PY) -m chimerax.defmap.demo
