@@ -161,7 +161,7 @@ def cmd_train(a) -> None:
     from .evaluate import train_final
     train_final(Path(a.data), Path(a.out), resolution=a.resolution, arch=a.arch, minutes=a.minutes,
                 init=a.init, val_fraction=a.val_fraction, exclude=a.exclude.split(",") if a.exclude else [],
-                seed=a.seed)
+                seed=a.seed, lr=a.lr)
 
 
 def cmd_evaluate(a) -> None:
@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--val-fraction", type=float, default=0.15)
     t.add_argument("--exclude", default="")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--lr", type=float, default=1e-3)
     t.set_defaults(fn=cmd_train)
     v = sub.add_parser("evaluate", help="protein-disjoint k-fold CV, baselines, EMD-3488, ATLAS chains -> reports/")
     v.add_argument("--data", default=str(DEFAULT_DATA / "samples"))

@@ -47,7 +47,7 @@ def folds_of(proteins: list[str], k: int) -> list[list[str]]:
 
 
 def train_final(data: Path, out: Path, *, resolution: float, arch: str, minutes: float, init: str | None,
-                val_fraction: float, exclude: list[str], seed: int) -> Path:
+                val_fraction: float, exclude: list[str], seed: int, lr: float = 1e-3) -> Path:
     """The shipped recipe: all proteins but a protein-disjoint validation part (early stopping)."""
     groups = {p: v for p, v in list_samples(data).items() if p not in exclude}
     tr, va = split_proteins(list(groups), val_fraction, seed)
@@ -55,10 +55,10 @@ def train_final(data: Path, out: Path, *, resolution: float, arch: str, minutes:
     v_items = load_items([groups[p][0] for p in va], resolution)
     init_sd = load_checkpoint(Path(init))[1]["state_dict"] if init else None
     out.mkdir(parents=True, exist_ok=True)
-    model, info = train(t_items, v_items, arch=arch, minutes=minutes, init=init_sd, seed=seed,
+    model, info = train(t_items, v_items, arch=arch, minutes=minutes, init=init_sd, seed=seed, lr=lr,
                         log=out / f"train_{resolution:g}A.jsonl")
     info.update({"labels": LABELS, "resolution": resolution, "train_proteins": len(tr), "val_proteins": va,
-                 "maps": len(t_items), "init": Path(init).name if init else None,
+                 "maps": len(t_items), "init": str(init) if init else None, "lr": lr,
                  "date": time.strftime("%Y-%m-%d")})
     ck = out / f"{arch}_{resolution:g}A.pt"
     save_checkpoint(ck, model, arch, resolution, info)
