@@ -161,7 +161,7 @@ def cmd_train(a) -> None:
     from .evaluate import train_final
     train_final(Path(a.data), Path(a.out), resolution=a.resolution, arch=a.arch, minutes=a.minutes,
                 init=a.init, val_fraction=a.val_fraction, exclude=a.exclude.split(",") if a.exclude else [],
-                seed=a.seed, lr=a.lr)
+                seed=a.seed, lr=a.lr, sampler=a.sampler)
 
 
 def cmd_evaluate(a) -> None:
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--exclude", default="")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lr", type=float, default=1e-3)
+    t.add_argument("--sampler", choices=["patches", "crops"], help="default: crops for fcn, patches for reference")
     t.set_defaults(fn=cmd_train)
     v = sub.add_parser("evaluate", help="protein-disjoint k-fold CV, baselines, EMD-3488, ATLAS chains -> reports/")
     v.add_argument("--data", default=str(DEFAULT_DATA / "samples"))
@@ -242,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--models", default=str(REPO / "onnx_models"), help="shipped models for EMD-3488 / ATLAS")
     v.add_argument("--runs", default=str(HERE / "runs" / "cv"))
     v.add_argument("--reports", default=str(HERE / "reports"))
+    v.add_argument("--sampler", choices=["patches", "crops"], help="FCN training: single patches or dense crops")
     v.add_argument("--tta", type=int, default=8, help="cube rotations for test-time augmentation (≤ 24)")
     v.add_argument("--eval-maps", type=int, default=2, help="maps per test protein (half at coarser resolutions)")
     v.set_defaults(fn=cmd_evaluate)

@@ -47,7 +47,8 @@ def folds_of(proteins: list[str], k: int) -> list[list[str]]:
 
 
 def train_final(data: Path, out: Path, *, resolution: float, arch: str, minutes: float, init: str | None,
-                val_fraction: float, exclude: list[str], seed: int, lr: float = 1e-3) -> Path:
+                val_fraction: float, exclude: list[str], seed: int, lr: float = 1e-3,
+                sampler: str | None = None) -> Path:
     """The shipped recipe: all proteins but a protein-disjoint validation part (early stopping)."""
     groups = {p: v for p, v in list_samples(data).items() if p not in exclude}
     tr, va = split_proteins(list(groups), val_fraction, seed)
@@ -55,7 +56,7 @@ def train_final(data: Path, out: Path, *, resolution: float, arch: str, minutes:
     v_items = load_items([groups[p][0] for p in va], resolution)
     init_sd = load_checkpoint(Path(init))[1]["state_dict"] if init else None
     out.mkdir(parents=True, exist_ok=True)
-    model, info = train(t_items, v_items, arch=arch, minutes=minutes, init=init_sd, seed=seed, lr=lr,
+    model, info = train(t_items, v_items, arch=arch, minutes=minutes, init=init_sd, seed=seed, lr=lr, sampler=sampler,
                         log=out / f"train_{resolution:g}A.jsonl")
     info.update({"labels": LABELS, "resolution": resolution, "train_proteins": len(tr), "val_proteins": va,
                  "maps": len(t_items), "init": str(init) if init else None, "lr": lr,
@@ -118,7 +119,7 @@ def fold_checkpoint(a, groups: dict, folds: list[list[str]], res_list: list[floa
     model, info = train(load_items([f for p in tr for f in groups[p]], res),
                         load_items([groups[p][0] for p in va], res), arch=a.arch,
                         minutes=a.minutes if ri == 0 else a.finetune_minutes, init=init, seed=k,
-                        log=runs / f"{res:g}A" / f"fold{k}.jsonl")
+                        log=runs / f"{res:g}A" / f"fold{k}.jsonl", sampler=getattr(a, "sampler", None))
     info.update({"test": test, "val": va})
     save_checkpoint(ck, model, a.arch, res, info)
     return ck
@@ -174,8 +175,10 @@ def reference_comparison(a, runs: Path, res: float) -> dict:
     rest = [p for p in groups if p not in test]
     tr, va = split_proteins(rest, 0.15, 0)
     out = {}
-    for arch in ("reference", "fcn"):
+    for arch in ("reference", "fcn", "fcn_patches"):
         ck = runs / "reference_cmp" / f"{arch}.pt"
+        if arch == "fcn_patches" and not ck.exists():
+            continue
         if not ck.exists():
             model, info = train(load_items([f for p in tr for f in groups[p]], res),
                                 load_items([groups[p][0] for p in va], res), arch=arch, minutes=a.reference_minutes,

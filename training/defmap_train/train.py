@@ -150,7 +150,7 @@ def validate(model: torch.nn.Module, items: list[Item]) -> float:
 def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", minutes: float = 5.0,
           max_steps: int = 100_000, batch: int = 8, crop: int = 16, lr: float = 1e-3, seed: int = 0,
           eval_every: int = 100, patience: int = 8, init: dict | None = None, log: Path | None = None,
-          threads: int | None = None) -> tuple[torch.nn.Module, dict]:
+          threads: int | None = None, sampler: str | None = None) -> tuple[torch.nn.Module, dict]:
     """Adam on MSE of log10 RMSF until the time budget, max_steps or `patience` evaluations without improvement."""
     if threads:
         torch.set_num_threads(threads)
@@ -159,10 +159,11 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
     model = build(arch)
     if init is not None:
         model.load_state_dict(init)
-    if arch == "fcn":
-        sampler = CropSampler(train_items, crop, rng)
+    sampler = sampler or ("crops" if arch == "fcn" else "patches")  # the FCN can also train on single patches
+    if sampler == "crops":
+        sampler_obj = CropSampler(train_items, crop, rng)
     else:
-        sampler, batch = PatchSampler(train_items, rng), batch if batch > 16 else 128
+        sampler_obj, batch = PatchSampler(train_items, rng), batch if batch > 16 else 128
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0, best, best_state, bad, hist = time.time(), -np.inf, copy.deepcopy(model.state_dict()), 0, []
     if log:
@@ -175,8 +176,10 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
         for g in opt.param_groups:  # cosine decay over the time budget
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
         model.train()
-        x, y = sampler.batch(batch)
+        x, y = sampler_obj.batch(batch)
         pred = model(x)
+        if pred.dim() != y.dim():  # FCN on single patches: (N,1,1,1,1) -> (N,1)
+            pred = pred.reshape(y.shape)
         m = torch.isfinite(y)
         loss = ((pred[m] - y[m]) ** 2).mean()
         opt.zero_grad()
@@ -204,5 +207,6 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
         logf.close()
     model.load_state_dict(best_state)
     model.eval()
-    return model, {"arch": arch, "steps": step, "seconds": round(time.time() - t0, 1), "best_val_r": best,
+    return model, {"arch": arch, "sampler": sampler,
+                   "steps": step, "seconds": round(time.time() - t0, 1), "best_val_r": best,
                    "labelled_patches_seen": seen, "history": hist}
