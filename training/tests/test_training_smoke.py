@@ -89,3 +89,20 @@ def test_smoke(tmp_path):
     assert rep["bundle_vs_torch"] <= 1e-5
     if isinstance(rep.get("md"), dict):
         assert rep["md"]["frames"] >= 2
+
+
+@needs_shared
+def test_gromacs_xvg_and_residue_table(tmp_path):
+    """DEFMap's list format (rmsf.xvg numbered as in gromacs.pdb) and per-residue tables give per-atom labels."""
+    import gemmi
+
+    from defmap_train.ensembles import record_from_residue_table, record_from_xvg
+    pdb = SHARED / "md_reference" / "1ab1_A.pdb"
+    serials = [a.serial for r in gemmi.read_structure(str(pdb))[0][0] for a in r]
+    xvg = tmp_path / "rmsf.xvg"
+    rows = "".join(f"{s} {0.05 + 0.001 * i:.4f}\n" for i, s in enumerate(serials))
+    xvg.write_text("# gmx rmsf\n@ title \"RMSF\"\n" + rows)
+    rec = record_from_xvg(pdb, xvg, pdb)
+    assert np.isfinite(rec["rmsf"]).all() and 0.4 < rec["rmsf"].min() < rec["rmsf"].max() < 10.0  # nm -> Å
+    tab = record_from_residue_table(pdb, pdb.with_suffix(".rmsf_nm.txt"))
+    assert len(np.unique(tab["res_index"])) == 46 and tab["rmsf"].mean() > 0.3
