@@ -6,8 +6,19 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from chimerax.core.commands import (BoolArg, CmdDesc, ColormapArg, ColormapRangeArg, EnumOf, FloatArg, IntArg,
-                                    Or, SaveFileNameArg, StringArg, register)
+from chimerax.core.commands import (
+    BoolArg,
+    CmdDesc,
+    ColormapArg,
+    ColormapRangeArg,
+    EnumOf,
+    FloatArg,
+    IntArg,
+    Or,
+    SaveFileNameArg,
+    StringArg,
+    register,
+)
 from chimerax.core.errors import UserError
 
 from . import model as dm_model
@@ -398,11 +409,9 @@ def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, 
     Unscored voxels take the value of the nearest scored voxel, so surfaces colored by sampling this map at the
     contour edge show the prediction there rather than a fill value.
     """
-    from scipy import ndimage
-
-    from chimerax.map import volume_from_grid_data
+    from chimerax.map import Volume, volume_from_grid_data
     from chimerax.map_data import ArrayGridData
-    from chimerax.map import Volume
+    from scipy import ndimage
     earlier = [m for m in session.models.list(type=Volume) if m.name == name and m is not volume]
     if earlier:  # a repeated run replaces its dynamics map instead of piling up copies
         session.models.close(earlier)

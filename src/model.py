@@ -199,7 +199,8 @@ class Predictor:
         self.input_name = inp[0].name
         box = info.spec.box
         try:  # one empty patch: the network must give exactly one value for the box its metadata promises
-            probe = np.asarray(self.session.run(None, {self.input_name: np.zeros((1, 1, box, box, box), np.float32)})[0])
+            empty = np.zeros((1, 1, box, box, box), np.float32)
+            probe = np.asarray(self.session.run(None, {self.input_name: empty})[0])
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise ModelError(f"Model {info.path.name} cannot run on a {box}³ patch, the box in its metadata: "
