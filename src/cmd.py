@@ -14,7 +14,6 @@ from chimerax.core.commands import (
     EnumOf,
     FloatArg,
     IntArg,
-    Or,
     SaveFileNameArg,
     StringArg,
     register,
@@ -23,6 +22,7 @@ from chimerax.core.errors import UserError
 
 from . import model as dm_model
 from . import preprocess as pp
+from .export import residue_z
 
 DEFAULT_PALETTE = "blue-white-red"  # rigid blue, flexible red
 _PREDICTORS: dict[tuple, dm_model.Predictor] = {}
@@ -283,7 +283,7 @@ def store_attributes(session, result: StructureResult) -> None:
     for a, v in zip(result.atoms, result.atom_values):
         setattr(a, name, float(v))
     rv = result.residue_values
-    z = (rv - rv.mean()) / rv.std() if len(rv) > 1 and rv.std() > 0 else np.zeros_like(rv)
+    z = residue_z(rv)
     for r, v, zv in zip(result.residues, rv, z):
         setattr(r, name, float(v))
         setattr(r, name + "_z", float(zv))
@@ -532,4 +532,3 @@ def register_defmap_commands(logger) -> None:
     register("defmap models", models_cmd.defmap_models_desc(), models_cmd.defmap_models, logger=logger)
     register("defmap compare", compare.defmap_compare_desc(), compare.defmap_compare, logger=logger)
     register("defmap fragments", fragments.defmap_fragments_desc(), fragments.defmap_fragments, logger=logger)
-    _ = Or  # keep import for subcommands that accept several types

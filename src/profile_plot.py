@@ -20,10 +20,8 @@ def residue_rotation_sd(result) -> np.ndarray:
     per = result.atom_rotation_values
     if per is None or per.shape[1] < 2:
         return np.zeros(len(result.residues))
-    idx = result.residues.indices(result.atoms.residues)
-    counts = np.maximum(np.bincount(idx, minlength=len(result.residues)), 1)
-    means = np.stack([np.bincount(idx, weights=per[:, k], minlength=len(result.residues)) / counts
-                      for k in range(per.shape[1])], axis=1)
+    from .cmd import _residue_means  # result.residues are result.atoms.unique_residues, in that order
+    means = np.stack([_residue_means(result.atoms, per[:, k])[1] for k in range(per.shape[1])], axis=1)
     return means.std(axis=1)
 
 
