@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--exclude", default="")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--sampler", choices=["patches", "crops"], help="default: crops for fcn, patches for reference")
+    t.add_argument("--sampler", choices=["patches", "crops"], default="patches",
+                   help="random single patches (default) or dense crops (FCN only)")
     t.set_defaults(fn=cmd_train)
     v = sub.add_parser("evaluate", help="protein-disjoint k-fold CV, baselines, EMD-3488, ATLAS chains -> reports/")
     v.add_argument("--data", default=str(DEFAULT_DATA / "samples"))
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     v.add_argument("--models", default=str(REPO / "onnx_models"), help="shipped models for EMD-3488 / ATLAS")
     v.add_argument("--runs", default=str(HERE / "runs" / "cv"))
     v.add_argument("--reports", default=str(HERE / "reports"))
-    v.add_argument("--sampler", choices=["patches", "crops"], help="FCN training: single patches or dense crops")
+    v.add_argument("--sampler", choices=["patches", "crops"], default="patches",
+                   help="FCN training: random single patches (default) or dense crops")
     v.add_argument("--tta", type=int, default=8, help="cube rotations for test-time augmentation (≤ 24)")
     v.add_argument("--eval-maps", type=int, default=2, help="maps per test protein (half at coarser resolutions)")
     v.set_defaults(fn=cmd_evaluate)

@@ -54,6 +54,8 @@ def smoke(out: Path, md: bool = True) -> dict:
     va = [load_item(groups[SMOKE_PROTEINS[2]][0], 5.0)]
     model, info = train(tr, va, minutes=0.5, max_steps=12, batch=4, crop=12, eval_every=6)
     report["train"] = {k: v for k, v in info.items() if k != "history"}
+    _, crops = train(tr, va, minutes=0.5, max_steps=4, batch=2, crop=12, eval_every=4, sampler="crops")
+    report["train_crops_steps"] = crops["steps"]
     onnx_path = out / "smoke_fcn_5A.onnx"
     report["parity_fcn"] = export_onnx(model, onnx_path, "smoke-5A", 5.0, metrics={"smoke": True})
     ref = build("reference").eval()
