@@ -21,6 +21,7 @@ from chimerax.core.commands import (
 from chimerax.core.errors import UserError
 
 from . import model as dm_model
+from . import nma
 from . import preprocess as pp
 from .export import residue_z
 
@@ -47,16 +48,22 @@ class StructureResult:
     atom_rotation_values: np.ndarray | None = None  # (atoms, rotations) when test-time augmentation ran
     residue_sd: np.ndarray | None = None  # SD over rotations of each residue mean (uncertainty true)
     files: dict = field(default_factory=dict)  # outputs written: kind -> path
+    map_residue_values: np.ndarray | None = None  # the map-only prediction, when normal modes were combined
+    nma_residue_values: np.ndarray | None = None  # log10 ANM fluctuation per residue (NaN: no C-alpha)
 
     def as_dict(self) -> dict:
         res = self.residues
         sd = self.residue_sd
-        return {"files": self.files,
+        extra = {} if self.nma_residue_values is None else {
+            i: {"map": float(self.map_residue_values[i]),
+                "normal_modes": None if np.isnan(v) else float(v)} for i, v in enumerate(self.nma_residue_values)}
+        return {"files": self.files, "normal_modes": self.nma_residue_values is not None,
                 "structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
                 "attribute": self.attribute, "atoms_scored": int(len(self.atoms)), "atoms_outside": self.outside_atoms,
                 "patches": self.patches, "seconds": round(self.seconds, 3), "stages": self.stages,
                 "residues": [{"chain": r.chain_id, "number": int(r.number), "insertion": r.insertion_code,
-                              "name": r.name, "value": float(v), **({} if sd is None else {"sd": float(sd[i])})}
+                              "name": r.name, "value": float(v), **({} if sd is None else {"sd": float(sd[i])}),
+                              **extra.get(i, {})}
                              for i, (r, v) in enumerate(zip(res, self.residue_values))]}
 
 
@@ -245,6 +252,30 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
                            atom_rotation_values=per_rotation[prep.point_to_center[scored]] if rotations > 1 else None)
 
 
+def add_normal_modes(result: StructureResult) -> None:
+    """Combine the map prediction with ANM fluctuations of the whole fitted model (nma.py says why); atom values
+    shift with their residue so residue means stay consistent.  Raises UserError before anything is stored."""
+    from chimerax.atomic import Residue
+    t0 = time.perf_counter()
+    s = result.structure
+    atoms = s.atoms
+    ca = atoms.filter((atoms.names == "CA") & (atoms.element_names == "C")
+                      & (atoms.residues.polymer_types == Residue.PT_AMINO))
+    try:
+        fluct = nma.anm_log_fluctuations(ca.scene_coords)
+    except (ValueError, MemoryError) as e:
+        raise UserError(f"normalModes: cannot compute normal modes of {s}: {_first_line(e)}") from None
+    pos = result.residues.indices(ca.residues)
+    nma_vals = np.full(len(result.residues), np.nan)
+    nma_vals[pos[pos >= 0]] = fluct[pos >= 0]
+    map_vals = np.asarray(result.residue_values, dtype=np.float64)
+    combined = nma.combine(map_vals, nma_vals)
+    result.atom_values = result.atom_values + (combined - map_vals)[result.residues.indices(result.atoms.residues)]
+    result.map_residue_values, result.nma_residue_values, result.residue_values = map_vals, nma_vals, combined
+    result.stages["normal_modes"] = time.perf_counter() - t0
+    result.seconds += result.stages["normal_modes"]
+
+
 def _residue_means(atoms, values):
     """Mean of each residue's heavy-atom values, vectorized over the atoms' residue indices."""
     residues = atoms.unique_residues
@@ -257,7 +288,7 @@ def _residue_means(atoms, values):
 def _check_attribute_name(attribute: str) -> None:
     """Refuse names of built-in atom/residue attributes (``coord``, ``name``, ...): writing them would change data."""
     from chimerax.atomic import Atom, Residue
-    for name in (attribute, attribute + "_z", attribute + "_sd"):
+    for name in (attribute, attribute + "_z", attribute + "_sd", attribute + "_map", attribute + "_nma"):
         if name.startswith("_") or any(hasattr(cls, name) for cls in (Atom, Residue)):
             raise UserError(f"attribute name '{attribute}' clashes with the built-in atom or residue attribute "
                             f"'{name}'; choose another name")
@@ -282,6 +313,14 @@ def store_attributes(session, result: StructureResult) -> None:
         setattr(r, name + "_z", None)
     for a, v in zip(result.atoms, result.atom_values):
         setattr(a, name, float(v))
+    if result.nma_residue_values is not None:
+        from chimerax.atomic import Residue
+        for suffix, vals in (("_map", result.map_residue_values), ("_nma", result.nma_residue_values)):
+            Residue.register_attr(session, name + suffix, "DEFMap", attr_type=float, can_return_none=True)
+            for r in s.residues:
+                setattr(r, name + suffix, None)
+            for r, v in zip(result.residues, vals):
+                setattr(r, name + suffix, None if np.isnan(v) else float(v))
     rv = result.residue_values
     z = residue_z(rv)
     for r, v, zv in zip(result.residues, rv, z):
@@ -345,6 +384,9 @@ def log_structure_summary(session, result: StructureResult) -> None:
     rows = [("Model", f"{escape(result.model.name)} ({result.model.resolution:g} Å)"),
             ("Provider", escape(result.provider)),
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
+            *([("Normal modes", f"map prediction combined with ANM of {np.isfinite(result.nma_residue_values).sum():,}"
+                f" C-alpha atoms (sum of z-scores; attributes <i>{result.attribute}_map</i>, "
+                f"<i>{result.attribute}_nma</i>)")] if result.nma_residue_values is not None else []),
             ("Residues scored", f"{len(rv):,} of {result.structure.num_residues:,}"),
             ("Atoms outside map", f"{result.outside_atoms:,}"),
             ("log10 RMSF (Å) min / median / max", f"{rv.min():.3f} / {np.median(rv):.3f} / {rv.max():.3f}"),
@@ -432,9 +474,10 @@ def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, 
 def defmap(session, map, structure=None, model=None, map_resolution=None, device="auto", color=True,
            palette=None, range=None, key=True, attribute="defmap", batch_size=None, level=None, dense=None,
            return_json=False, uncertainty=False, profile=None, save_csv=None, save_structure=None,
-           bfactor="value"):
+           bfactor="value", normal_modes=False):
     """Predict residue dynamics (log10 RMSF, Å) of a fitted model from a cryo-EM map, or per voxel without one."""
-    outputs = {"uncertainty": uncertainty, "profile": profile, "saveCsv": save_csv, "saveStructure": save_structure}
+    outputs = {"uncertainty": uncertainty, "profile": profile, "saveCsv": save_csv, "saveStructure": save_structure,
+               "normalModes": normal_modes}
     if structure is None and any(outputs.values()):
         raise UserError(f"{', '.join(k for k, v in outputs.items() if v)} need a structure ('structure ATOMS')")
     if batch_size is not None and not (1 <= batch_size <= 1_000_000):
@@ -453,6 +496,8 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
         from . import profile_plot as dm_profile
         result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute,
                                    rotations=len(dm_model.ROTATIONS) if uncertainty else 1)
+        if normal_modes:
+            add_normal_modes(result)
         t0 = time.perf_counter()
         store_attributes(session, result)
         if uncertainty:
@@ -522,7 +567,7 @@ def defmap_desc():
                  ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg), ("batch_size", IntArg),
                  ("level", FloatArg), ("dense", BoolArg), ("return_json", BoolArg), ("uncertainty", BoolArg),
                  ("profile", SaveFileNameArg), ("save_csv", SaveFileNameArg), ("save_structure", SaveFileNameArg),
-                 ("bfactor", EnumOf(("value", "z")))],
+                 ("bfactor", EnumOf(("value", "z"))), ("normal_modes", BoolArg)],
         synopsis="predict protein dynamics (log10 RMSF) from a cryo-EM map")
 
 

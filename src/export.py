@@ -12,27 +12,28 @@ from pathlib import Path
 import numpy as np
 from chimerax.core.errors import UserError
 
-
-def residue_z(values: np.ndarray) -> np.ndarray:
-    """Per-structure z-score, DEFMap's "normalize" step (zeros when values do not vary)."""
-    v = np.asarray(values, dtype=np.float64)
-    sd = v.std() if len(v) > 1 else 0.0
-    return (v - v.mean()) / sd if sd > 0 else np.zeros_like(v)
+from .nma import zscore as residue_z
 
 
 def write_residue_csv(path: str | Path, result) -> int:
-    """One row per scored residue: log10 RMSF, RMSF in Å, z-score and, with uncertainty, the SD over rotations."""
+    """One row per scored residue: log10 RMSF, RMSF in Å, z-score and, with uncertainty, the SD over rotations;
+    with normal modes also the map-only value and the ANM log10 fluctuation (empty: no C-alpha)."""
     rv = result.residue_values
     z = residue_z(rv)
     sd = result.residue_sd
+    nm = result.nma_residue_values
     header = ["structure", "chain", "number", "insertion", "name", "log10_rmsf", "rmsf_angstrom", "z"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(header + (["sd"] if sd is not None else []))
+        w.writerow(header + (["sd"] if sd is not None else []) + (["map_log10_rmsf", "anm_log10"] if nm is not None
+                                                                   else []))
         for i, r in enumerate(result.residues):
             row = [result.structure.atomspec, r.chain_id, r.number, r.insertion_code, r.name, f"{rv[i]:.5f}",
                    f"{10 ** rv[i]:.5g}", f"{z[i]:.4f}"]
-            w.writerow(row + ([f"{sd[i]:.5f}"] if sd is not None else []))
+            row += [f"{sd[i]:.5f}"] if sd is not None else []
+            row += [f"{result.map_residue_values[i]:.5f}", "" if np.isnan(nm[i]) else f"{nm[i]:.5f}"] \
+                if nm is not None else []
+            w.writerow(row)
     return len(rv)
 
 

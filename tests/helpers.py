@@ -163,3 +163,11 @@ def fcn_onnx_model(path: Path, spec, seed: int = 0, name: str = "standin-fcn-5A"
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
     return path
+
+
+def add_map(session, values, origin, name="sim"):
+    """A simulated map as a ChimeraX volume (1 Å voxels)."""
+    from chimerax.map import volume_from_grid_data
+    from chimerax.map_data import ArrayGridData
+    return volume_from_grid_data(ArrayGridData(values, origin=tuple(origin), step=(1.0, 1.0, 1.0), name=name),
+                                 session, show_dialog=False)

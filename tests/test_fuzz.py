@@ -332,6 +332,7 @@ OPTIONS = {
     "uncertainty": "uncertainty true", "csv-under-a-file": "saveCsv /etc/hostname/out.csv",
     "profile-under-a-file": "profile /etc/hostname/p.png", "save-structure-under-a-file":
     "saveStructure /etc/hostname/s.pdb", "csv-is-directory": "saveCsv /tmp", "bfactor-z": "bfactor z",
+    "normal-modes": "normalModes true", "normal-modes-uncertainty-z": "normalModes true uncertainty true bfactor z",
 }
 for _oid, _opt in OPTIONS.items():
     for _mode in ("structure", "voxel"):

@@ -15,6 +15,7 @@ from chimerax.defmap import model as dm_model
 from chimerax.defmap import preprocess as pp
 
 from .helpers import (
+    add_map,
     linear_onnx_model,
     read_heavy_atoms,
     shared_path,
@@ -24,14 +25,6 @@ from .helpers import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
-
-
-def add_map(session, values, origin, name="sim"):
-    """A simulated map as a ChimeraX volume (1 Å voxels)."""
-    from chimerax.map import volume_from_grid_data
-    from chimerax.map_data import ArrayGridData
-    return volume_from_grid_data(ArrayGridData(values, origin=tuple(origin), step=(1.0, 1.0, 1.0), name=name),
-                                 session, show_dialog=False)
 
 
 def write_mrc(values, origin, path):

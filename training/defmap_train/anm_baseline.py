@@ -2,7 +2,8 @@
 shipped map-only models on maps simulated from the same MD RMSF, and the parameter-free combination of the two.
 
 ``python -m defmap_train.anm_baseline [MD_REFERENCE_DIR]`` prints Pearson r per chain; the README and the model card
-quote it.  The combination is the sum of the two per-residue z-scores (no weight fitted to these chains).
+quote it.  The combination is ``chimerax.defmap.nma.combine`` (the sum of the two per-residue z-scores, no weight
+fitted to these chains), what ``defmap ... normalModes true`` does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .ensembles import anm_modes
+from chimerax.defmap.nma import anm_log_fluctuations, combine
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "md_reference"
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "md_reference_samples"
@@ -23,16 +24,6 @@ def ca_coords(pdb: Path) -> np.ndarray:
     import gemmi
     st = gemmi.read_structure(str(pdb))
     return np.array([[a.pos.x, a.pos.y, a.pos.z] for r in st[0][0] for a in r if a.name == "CA"])
-
-
-def anm_log_fluct(ca: np.ndarray, cutoff: float = 15.0) -> np.ndarray:
-    w, v = anm_modes(ca, cutoff)
-    msf = ((v.reshape(len(ca), 3, -1) ** 2).sum(axis=1) / w).sum(axis=1)
-    return 0.5 * np.log10(msf)
-
-
-def _z(v: np.ndarray) -> np.ndarray:
-    return (v - np.nanmean(v)) / np.nanstd(v)
 
 
 def map_model_rows(chain: str, anm: np.ndarray, md_log: np.ndarray, resolution: float) -> list[tuple[float, float]]:
@@ -46,7 +37,7 @@ def map_model_rows(chain: str, anm: np.ndarray, md_log: np.ndarray, resolution: 
         it = load_item(f, resolution)
         cnn = residue_mean(atom_predictions(it, _onnx_center_pred(mp, it)), it.res_index)
         if len(cnn) == len(md_log):
-            rows.append((pearson(cnn, md_log), pearson(_z(cnn) + _z(anm), md_log)))
+            rows.append((pearson(cnn, md_log), pearson(combine(cnn, anm), md_log)))
     return rows
 
 
@@ -61,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(ca) != len(md):
             print(f"{chain}: {len(ca)} C-alpha atoms but {len(md)} RMSF values; skipped")
             continue
-        anm = anm_log_fluct(ca)
+        anm = anm_log_fluctuations(ca)
         md_log = np.log10(md * 10)
         r = float(np.corrcoef(anm, md_log)[0, 1])
         rows = map_model_rows(chain, anm, md_log, 5.0)

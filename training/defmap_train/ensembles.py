@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from scipy.spatial import cKDTree
 
+from chimerax.defmap.nma import anm_hessian
+
 from .structure import Structure, load_structure
 
 SIDECHAIN_BACKBONE = {"N", "CA", "C", "O", "OXT"}
@@ -27,16 +29,7 @@ SIDECHAIN_BACKBONE = {"N", "CA", "C", "O", "OXT"}
 
 def anm_modes(ca: np.ndarray, cutoff: float = 15.0) -> tuple[np.ndarray, np.ndarray]:
     """Non-zero ANM eigenvalues and eigenvectors (3N, K) for C-alpha nodes (spring constant 1, cutoff in Å)."""
-    n = len(ca)
-    h = np.zeros((3 * n, 3 * n))
-    pairs = cKDTree(ca).query_pairs(cutoff, output_type="ndarray")
-    d = ca[pairs[:, 1]] - ca[pairs[:, 0]]
-    blocks = -np.einsum("pi,pj->pij", d, d) / np.einsum("pi,pi->p", d, d)[:, None, None]
-    for (i, j), b in zip(pairs, blocks):
-        h[3 * i:3 * i + 3, 3 * j:3 * j + 3] = b
-        h[3 * j:3 * j + 3, 3 * i:3 * i + 3] = b
-    for i in range(n):
-        h[3 * i:3 * i + 3, 3 * i:3 * i + 3] = -h[3 * i:3 * i + 3].reshape(3, n, 3).sum(axis=1)
+    h = anm_hessian(ca, cutoff)  # the bundle's implementation (chimerax.defmap.nma)
     w, v = np.linalg.eigh(h)
     keep = w > 1e-6 * max(w[-1], 1.0)
     keep[:6] = False  # rigid-body modes (and any disconnected fragment's extra zero modes)
