@@ -137,3 +137,17 @@ def test_defmap_beats_the_structure_only_baseline_on_atlas_md(cx):
     print("ATLAS residue r (map only, ANM only, combined):", rows.round(3).tolist(), rows.mean(axis=0).round(3))
     map_only, anm_only, combined = rows.mean(axis=0)
     assert map_only > anm_only and combined > anm_only
+
+
+def test_normal_mode_attributes_survive_session_save(cx, random_model, tmp_path):
+    run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
+    run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
+    res = run(cx, f"defmap #1 structure #2 model {random_model} normalModes true")
+    before = {(r.chain_id, r.number): (r.defmap, r.defmap_map, r.defmap_nma) for r in res.residues}
+    run(cx, f"save {tmp_path / 's.cxs'}")
+    run(cx, "close")
+    run(cx, f"open {tmp_path / 's.cxs'}")
+    s = [m for m in cx.models.list() if m.name == "5me2.pdb"][0]
+    after = {(r.chain_id, r.number): (r.defmap, r.defmap_map, r.defmap_nma) for r in s.residues}
+    assert all(after[k] == pytest.approx(v, nan_ok=True) if v[2] is not None else after[k][2] is None
+               for k, v in before.items())
