@@ -109,12 +109,17 @@ MODES = {"structure": "defmap #1 structure #2 model {model}",
          "structure_nocolor": "defmap #1 structure #2 model {model} color false",
          "voxel": "defmap #1 model {model}"}
 
-for _vid, _spec in VALUE_SPECS.items():
-    for _mode, _cmd in MODES.items():
-        def _f(ctx, spec=_spec, cmd=_cmd):
-            _map_and_helix(ctx, spec)
-            return cmd
-        case(f"values-{_vid}-{_mode}")(_f)
+def _spec_cases(prefix: str, specs: dict[str, MapSpec], modes: dict[str, str]) -> None:
+    """One case per (map spec, command): the map and the helix model, then the command."""
+    for sid, spec in specs.items():
+        for mode, cmd in modes.items():
+            def _f(ctx, spec=spec, cmd=cmd):
+                _map_and_helix(ctx, spec)
+                return cmd
+            case(f"{prefix}-{sid}-{mode}")(_f)
+
+
+_spec_cases("values", VALUE_SPECS, MODES)
 
 
 # ------------------------------------------------------------------------------------------ 2. lattice geometry x modes
@@ -154,12 +159,7 @@ GEOMETRY_SPECS: dict[str, MapSpec] = {
 }
 GEOMETRY_MODES = {"structure": "defmap #1 structure #2 model {model}", "voxel": "defmap #1 model {model} level 0.05"}
 
-for _gid, _spec in GEOMETRY_SPECS.items():
-    for _mode, _cmd in GEOMETRY_MODES.items():
-        def _g(ctx, spec=_spec, cmd=_cmd):
-            _map_and_helix(ctx, spec)
-            return cmd
-        case(f"geometry-{_gid}-{_mode}")(_g)
+_spec_cases("geometry", GEOMETRY_SPECS, GEOMETRY_MODES)
 
 
 @case("geometry-map-moved")

@@ -67,6 +67,17 @@ def bench_model(tmpdir: Path) -> tuple[Path, str]:
 
 
 # ----------------------------------------------------------------------------------------------------------- sgemm peak
+def _repeat_times(f, n: int) -> list[float]:
+    """Wall-clock seconds of n calls of f after one warm-up call."""
+    f()
+    ts = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        f()
+        ts.append(time.perf_counter() - t0)
+    return ts
+
+
 def sgemm_peak_gflops(n: int = 2048, repeats: int = 5) -> dict:
     """Best sustained single-precision GEMM rate on this machine now: numpy (OpenBLAS) and onnxruntime (MLAS)."""
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
@@ -74,13 +85,7 @@ def sgemm_peak_gflops(n: int = 2048, repeats: int = 5) -> dict:
     flops = 2.0 * n ** 3
 
     def best(f):
-        f()
-        ts = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return flops / min(ts) / 1e9
+        return flops / min(_repeat_times(f, repeats)) / 1e9
 
     out = {"numpy": best(lambda: a @ b)}
     try:
@@ -371,13 +376,7 @@ def run_levers(model: Path, subset: int = 2048) -> dict:
            "sgemm": sgemm_peak_gflops()}
 
     def timed(f, n=3):
-        f()
-        ts = []
-        for _ in range(n):
-            t0 = time.perf_counter()
-            f()
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts))
+        return float(np.median(_repeat_times(f, n)))
 
     # patch extraction: Python loop per atom (un-deduplicated) vs one vectorized gather of the unique centres
     def loop():
@@ -390,34 +389,33 @@ def run_levers(model: Path, subset: int = 2048) -> dict:
     fpp = sparse.chain_flops(sparse.conv_chain(model), (spec.box,) * 3)
     rows = []
     for threads, spin in ((1, "1"), (2, "1"), (2, "0")):
-        if True:
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-            so.add_session_config_entry("session.intra_op.allow_spinning", spin)
-            sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
-            name = sess.get_inputs()[0].name
-            for bs in (32, 256, 1024):
-                def go(bs=bs, sess=sess, name=name):
-                    for i in range(0, len(sub), bs):
-                        sess.run(None, {name: sub[i:i + bs]})
-                dt = timed(go, 2)
-                rows.append({"threads": threads, "spinning": spin == "1", "batch": bs, "io_binding": False,
-                             "patches_per_s": len(sub) / dt, "gflops": len(sub) * fpp / dt / 1e9})
-            bs = 256
-            binding = sess.io_binding()
-            outbuf = np.empty((bs, 1, 1, 1, 1), np.float32)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+        name = sess.get_inputs()[0].name
+        for bs in (32, 256, 1024):
+            def go(bs=bs, sess=sess, name=name):
+                for i in range(0, len(sub), bs):
+                    sess.run(None, {name: sub[i:i + bs]})
+            dt = timed(go, 2)
+            rows.append({"threads": threads, "spinning": spin == "1", "batch": bs, "io_binding": False,
+                         "patches_per_s": len(sub) / dt, "gflops": len(sub) * fpp / dt / 1e9})
+        bs = 256
+        binding = sess.io_binding()
+        outbuf = np.empty((bs, 1, 1, 1, 1), np.float32)
 
-            def go_bound(sess=sess, name=name, bs=bs, binding=binding, outbuf=outbuf):
-                for i in range(0, len(sub) - bs + 1, bs):
-                    binding.bind_cpu_input(name, sub[i:i + bs])
-                    binding.bind_output(sess.get_outputs()[0].name, "cpu", 0, np.float32, outbuf.shape,
-                                        outbuf.ctypes.data)
-                    sess.run_with_iobinding(binding)
-            n_bound = (len(sub) // bs) * bs
-            dt = timed(go_bound, 2)
-            rows.append({"threads": threads, "spinning": spin == "1", "batch": bs, "io_binding": True,
-                         "patches_per_s": n_bound / dt, "gflops": n_bound * fpp / dt / 1e9})
+        def go_bound(sess=sess, name=name, bs=bs, binding=binding, outbuf=outbuf):
+            for i in range(0, len(sub) - bs + 1, bs):
+                binding.bind_cpu_input(name, sub[i:i + bs])
+                binding.bind_output(sess.get_outputs()[0].name, "cpu", 0, np.float32, outbuf.shape,
+                                    outbuf.ctypes.data)
+                sess.run_with_iobinding(binding)
+        n_bound = (len(sub) // bs) * bs
+        dt = timed(go_bound, 2)
+        rows.append({"threads": threads, "spinning": spin == "1", "batch": bs, "io_binding": True,
+                     "patches_per_s": n_bound / dt, "gflops": n_bound * fpp / dt / 1e9})
     out["per_patch_onnxruntime"] = rows
     # whole-set methods on all unique centres: per-patch (best settings above, extrapolated), dense tiles, shared
     pred = dm_model.Predictor(info, "cpu")
