@@ -40,11 +40,11 @@ test: install train-env
 	$(PY) -m pytest -q tests
 
 demo: install
-	$(PY) -m chimerax.defmap.demo
+	$(PY) tools/demo.py
 
 run: install
 	@test -n "$(SCRIPT)" || (echo "usage: make run SCRIPT=file.cxc" && exit 2)
-	$(PY) -m chimerax.defmap.headless $(SCRIPT)
+	$(PY) tools/headless.py $(SCRIPT)
 
 bench: install
 	$(PY) tests/benchmarks/bench.py

@@ -48,9 +48,11 @@ def batch(session, argv: list[str]) -> list[dict]:
 if "session" in globals():  # run by ChimeraX: --script "batch_defmap.py ARGS" sets sys.argv
     batch(session, sys.argv[1:])  # noqa: F821
 elif __name__ == "__main__":
-    from chimerax.core.errors import UserError
+    from pathlib import Path
 
-    from chimerax.defmap import headless
+    from chimerax.core.errors import UserError
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))  # this repository's harness
+    import headless
     s = headless.boot()
     try:
         batch(s, sys.argv[1:])

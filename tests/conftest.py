@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+# the headless harness (tools/headless.py) lives outside the package: the wheel carries the product only
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
 
 
 @pytest.fixture(scope="session")
 def session():
-    from chimerax.defmap import headless
+    import headless
     return headless.boot()
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from chimerax.core.commands import run
 
+from .conftest import TOOLS
 from .helpers import (
     read_heavy_atoms,
     shared_path,
@@ -133,7 +134,7 @@ def test_make_run_executes_cxc_script(tmp_path, random_model):
 def test_bad_script_line_fails_make_run(tmp_path):
     script = tmp_path / "bad.cxc"
     script.write_text("defmap #1\n")
-    proc = subprocess.run([sys.executable, "-m", "chimerax.defmap.headless", str(script)], capture_output=True,
+    proc = subprocess.run([sys.executable, str(TOOLS / "headless.py"), str(script)], capture_output=True,
                           text=True, encoding="utf-8", timeout=300)
     assert proc.returncode == 1
     assert "Error:" in proc.stderr

@@ -10,12 +10,13 @@ import numpy as np
 
 from chimerax.defmap.model import installed_models
 
+from .conftest import TOOLS
 from .helpers import shared_path
 
 
 def test_demo_writes_picture_defattr_and_csv(tmp_path, random_model):
     shared_path("emdb", "emd_3488.mrc")
-    cmd = [sys.executable, "-m", "chimerax.defmap.demo", "--out", str(tmp_path)]
+    cmd = [sys.executable, str(TOOLS / "demo.py"), "--out", str(tmp_path)]
     if not installed_models():
         cmd += ["--model", str(random_model)]
     proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", timeout=600)

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tools"))  # the headless harness (not part of the wheel)
 SHARED = ROOT.parent / "shared" / "data"
 SHIPPED_MODEL = ROOT / "onnx_models" / "defmap_5A.onnx"
 KEYS = ("case", "seconds", "peak_rss_mb", "patches_per_s", "gflops", "flop_efficiency", "reference_ratio")
@@ -158,10 +159,10 @@ def _dims(v) -> str:
 
 def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
     """One case in this (fresh) process: warm-up, repeats, with the reference-style run in between them."""
+    import headless
     from chimerax.core.commands import run
 
     from chimerax.defmap import cmd as dm_cmd
-    from chimerax.defmap import headless
     peaks = [sgemm_peak_gflops()]
     session = headless.boot()
     args, desc = open_case(session, case, quick)
@@ -355,11 +356,12 @@ def _volume_of(session, args: str):
 # -------------------------------------------------------------------------------------------------------------- levers
 def run_levers(model: Path, subset: int = 2048) -> dict:
     """Each speed lever measured alone on case 6ez8's grid and centres (same process, same model)."""
+    import headless
     import onnxruntime as ort
 
-    from chimerax.defmap import headless, sparse
     from chimerax.defmap import model as dm_model
     from chimerax.defmap import preprocess as pp
+    from chimerax.defmap import sparse
     session = headless.boot()
     open_case(session, "6ez8", False)
     s = session.models.list(model_id=(1,))[0]

@@ -32,11 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
+    import headless
     from chimerax.core.commands import run
     from chimerax.core.errors import UserError
 
-    from . import headless
-    from .export import write_residue_csv
+    from chimerax.defmap.export import write_residue_csv
     session = headless.boot()
     shared = find_shared()
     if shared is not None:

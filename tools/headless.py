@@ -331,10 +331,10 @@ def run_script(session, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m chimerax.defmap.headless script.cxc [...]``: what ``chimerax --nogui --exit --script`` does."""
+    """``python tools/headless.py script.cxc [...]``: what ``chimerax --nogui --exit --script`` does."""
     argv = sys.argv[1:] if argv is None else argv
     if not argv:
-        print("usage: python -m chimerax.defmap.headless SCRIPT.cxc [SCRIPT.cxc ...]", file=sys.stderr)
+        print("usage: python tools/headless.py SCRIPT.cxc [SCRIPT.cxc ...]", file=sys.stderr)
         return 2
     for stream in (sys.stdout, sys.stderr):  # Å and ± in the log must not crash an ASCII-locale batch job
         stream.reconfigure(encoding="utf-8", errors="replace")
