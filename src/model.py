@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .preprocess import FeatureSpec, Grid
+from .rotations import ROTATIONS, rotate_patches  # noqa: F401  (ROTATIONS: training imports it from here)
 
 META_KEY = "defmap"
 FORMAT_VERSION = 1
@@ -94,12 +95,11 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"Model file {p} does not exist")
+    from .onnx_format import OnnxFormatError, read_metadata
     try:
-        import onnx
-        m = onnx.load(str(p), load_external_data=False)
-        props = {e.key: e.value for e in m.metadata_props}
-    except Exception as e:
-        raise ModelError(f"Model file {p.name} is not a readable ONNX model ({type(e).__name__})") from None
+        props = read_metadata(p)
+    except (OnnxFormatError, UnicodeDecodeError) as e:
+        raise ModelError(f"Model file {p.name} is not a readable ONNX model ({e})") from None
     return parse_metadata(p, props)
 
 
@@ -335,28 +335,3 @@ class Predictor:
 
     def close(self) -> None:
         self.session = None
-
-
-def rotate_patches(batch: np.ndarray, k: int) -> np.ndarray:
-    """The k-th of the 24 proper rotations of a cube, applied to (B, 1, D, H, W) patches."""
-    return ROTATIONS[k % 24](batch)
-
-
-def _cube_rotations():
-    axes = (2, 3, 4)
-
-    def r90(a, ax1, ax2, n):
-        return np.rot90(a, n, axes=(ax1, ax2))
-
-    rots = []
-    # 6 orientations of the first axis x 4 rotations about it
-    faces = [lambda a: a, lambda a: r90(a, axes[0], axes[1], 1), lambda a: r90(a, axes[0], axes[1], 2),
-             lambda a: r90(a, axes[0], axes[1], 3), lambda a: r90(a, axes[0], axes[2], 1),
-             lambda a: r90(a, axes[0], axes[2], 3)]
-    for f in faces:
-        for n in range(4):
-            rots.append(lambda a, f=f, n=n: r90(f(a), axes[1], axes[2], n))
-    return rots
-
-
-ROTATIONS = _cube_rotations()

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .rotations import ROTATIONS, inverse_rotation
+
 ACTIVATIONS = ("LeakyRelu", "Relu", "Identity")
 PIPELINE = False  # overlap the next gather with onnxruntime's product: measured no gain on 2 shared cores
 _NO_SPIN = True  # spinning intra-op threads lose badly when the cores are shared (measured)
@@ -54,32 +56,30 @@ def conv_chain(path: str | Path) -> list[ConvLayer] | None:
 
     None means "evaluate with onnxruntime": any node, attribute or topology outside that pattern.
     """
-    import onnx
-    from onnx import numpy_helper
+    from .onnx_format import OnnxFormatError, read_graph
     try:
-        m = onnx.load(str(path))
-    except Exception:
+        g = read_graph(path)
+    except (OnnxFormatError, UnicodeDecodeError):
         return None
-    g = m.graph
-    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
-    inputs = [i for i in g.input if i.name not in consts]
-    if len(inputs) != 1 or len(g.output) != 1:
+    consts = dict(g.initializers)
+    inputs = [i for i in g.inputs if i not in consts]
+    if len(inputs) != 1 or len(g.outputs) != 1:
         return None
-    cur = inputs[0].name
+    cur = inputs[0]
     layers: list[ConvLayer] = []
-    for node in g.node:
+    for node in g.nodes:
         if node.op_type == "Constant":
-            consts[node.output[0]] = numpy_helper.to_array(node.attribute[0].t) if node.attribute[0].t else None
+            consts[node.outputs[0]] = node.attributes.get("value")
             continue
-        if not node.input or node.input[0] != cur or len(node.output) != 1:
+        if not node.inputs or node.inputs[0] != cur or len(node.outputs) != 1:
             return None
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        attrs = node.attributes
         if node.op_type == "Conv":
-            w = consts.get(node.input[1]) if len(node.input) > 1 else None
+            w = consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
             if w is None or w.ndim != 5 or len(set(w.shape[2:])) != 1:
                 return None
-            if len(node.input) > 2 and node.input[2]:
-                b = consts.get(node.input[2])
+            if len(node.inputs) > 2 and node.inputs[2]:
+                b = consts.get(node.inputs[2])
                 if b is None:
                     return None
             else:
@@ -99,8 +99,8 @@ def conv_chain(path: str | Path) -> list[ConvLayer] | None:
                 layers[-1].alpha = float(attrs.get("alpha", 0.01))
         else:
             return None
-        cur = node.output[0]
-    if cur != g.output[0].name or not layers or layers[-1].cout != 1:
+        cur = node.outputs[0]
+    if cur != g.outputs[0] or not layers or layers[-1].cout != 1:
         return None
     return layers
 
@@ -140,8 +140,7 @@ class SparseConvNet:
         if k == 0:
             return self
         if k not in self._rotated:
-            from .model import ROTATIONS
-            inv = _inverse_rotation(k)
+            inv = inverse_rotation(k)
             layers = [ConvLayer(np.ascontiguousarray(ROTATIONS[inv](ly.weight)), ly.bias, ly.activation, ly.alpha)
                       for ly in self.layers]
             self._rotated[k] = SparseConvNet(layers, self.block, self.chunk_bytes, self.threads)
@@ -229,32 +228,28 @@ def _stage_session(stage: list[ConvLayer], threads: int | None):
     import os
 
     import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+
+    from .onnx_format import model_bytes, node_proto, tensor_proto
     nodes, inits, x = [], [], "x"
     for i, ly in enumerate(stage):
-        inits += [numpy_helper.from_array(ly.matrix(), f"W{i}"), numpy_helper.from_array(ly.bias, f"B{i}")]
-        nodes += [helper.make_node("MatMul", [x, f"W{i}"], [f"m{i}"]),
-                  helper.make_node("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]
+        inits += [tensor_proto(f"W{i}", ly.matrix()), tensor_proto(f"B{i}", ly.bias)]
+        nodes += [node_proto("MatMul", [x, f"W{i}"], [f"m{i}"]), node_proto("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]
         x = f"a{i}"
         if ly.activation == "LeakyRelu":
-            nodes.append(helper.make_node("LeakyRelu", [x], [f"r{i}"], alpha=ly.alpha))
+            nodes.append(node_proto("LeakyRelu", [x], [f"r{i}"], alpha=ly.alpha))
             x = f"r{i}"
         elif ly.activation == "Relu":
-            nodes.append(helper.make_node("Relu", [x], [f"r{i}"]))
+            nodes.append(node_proto("Relu", [x], [f"r{i}"]))
             x = f"r{i}"
-    nodes.append(helper.make_node("Identity", [x], ["y"]))
+    nodes.append(node_proto("Identity", [x], ["y"]))
     kdim = stage[0].k ** 3 * stage[0].cin
-    graph = helper.make_graph(nodes, "stage", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", kdim])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", stage[-1].cout])],
-                              initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = model_bytes(nodes, inits, [("x", ["n", kdim])], [("y", ["n", stage[-1].cout])])
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads or os.cpu_count() or 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
     so.add_session_config_entry("session.intra_op.allow_spinning", "0" if _NO_SPIN else "1")
-    return ort.InferenceSession(model.SerializeToString(), sess_options=so, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 def chain_flops(layers: list[ConvLayer], input_shape) -> float:
@@ -282,13 +277,3 @@ def _dilate(m: np.ndarray, k: int) -> np.ndarray:
             dst[ax], src[ax] = slice(o, n), slice(0, n - o)
             out[tuple(dst)] |= cur[tuple(src)]
     return out
-
-
-def _inverse_rotation(k: int) -> int:
-    from .model import ROTATIONS
-    a = np.arange(27, dtype=np.float32).reshape(1, 1, 3, 3, 3)
-    rk = ROTATIONS[k](a)
-    for j in range(24):
-        if np.array_equal(ROTATIONS[j](rk), a):
-            return j
-    raise AssertionError("cube rotations are not closed under inversion")
