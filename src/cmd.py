@@ -23,9 +23,16 @@ from chimerax.core.errors import UserError
 from . import model as dm_model
 from . import nma
 from . import preprocess as pp
+from .common import DEFAULT_PALETTE
+from .common import default_palette as _default_palette
+from .common import first_line as _first_line
+from .common import no_value_color as _no_value_color
+from .common import residue_means as _residue_means
 from .export import residue_z
+from .keylabels import tidy_key
+from .progress import Progress
+from .progress import silent as silent_progress
 
-DEFAULT_PALETTE = "blue-white-red"  # rigid blue, flexible red
 _PREDICTORS: dict[tuple, dm_model.Predictor] = {}
 
 
@@ -171,12 +178,6 @@ def _map_region(volume, xyz: np.ndarray, spec: pp.FeatureSpec, map_resolution: f
     return values, m, inside
 
 
-def _first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message (ChimeraX errors can span paragraphs)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]
-
-
 def _check_finite(volume, values):
     bad = 0
     for z in range(0, values.shape[0], 16):  # slabs: no map-sized mask
@@ -206,7 +207,7 @@ def _model_faults_as_user_errors(func):
 
 @_model_faults_as_user_errors
 def predict_structure(session, volume, atoms, model=None, map_resolution=None, device="auto", batch_size=None,
-                      attribute="defmap", rotations: int = 1) -> StructureResult:
+                      attribute="defmap", rotations: int = 1, progress: Progress | None = None) -> StructureResult:
     """Predict per-atom values for heavy atoms of one structure; sets no attributes (see :func:`store_attributes`)."""
     t_start = time.perf_counter()
     stages = {}
@@ -214,6 +215,8 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     if len(structures) != 1:
         raise UserError(f"defmap needs atoms of one structure, got {len(structures)} structures; run it per model")
     heavy = atoms.filter(atoms.element_numbers != 1)
+    progress = progress or silent_progress()
+    progress.update(0.0, "reading map")
     if len(heavy) == 0:
         raise UserError("The structure has no heavy (non-hydrogen) atoms to score")
     info = _resolve(model, map_resolution)
@@ -230,12 +233,17 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     except MemoryError as e:
         raise UserError(f"The map region is too large to process: {e}") from None
     except ValueError as e:
+    progress.update(0.1, "preprocessing")
         raise UserError(f"Cannot use map {volume.name}: {e}") from None
     stages["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictor.seconds = 0.0
-    per_rotation = np.stack([predictor.predict_centers(prep.grid, prep.centers, batch_size, rotation=k)
-                             for k in range(rotations)], axis=1).astype(np.float64)
+    per_rotation = np.empty((len(prep.centers), rotations), dtype=np.float64)
+    for k in range(rotations):
+        progress.update(0.2 + 0.75 * k / rotations, f"inference on {len(prep.centers):,} patches"
+                        + (f", rotation {k + 1}/{rotations}" if rotations > 1 else ""))
+        per_rotation[:, k] = predictor.predict_centers(prep.grid, prep.centers, batch_size, rotation=k)
+    progress.update(0.95, "residue means")
     preds = per_rotation.mean(axis=1)
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
@@ -274,15 +282,6 @@ def add_normal_modes(result: StructureResult) -> None:
     result.map_residue_values, result.nma_residue_values, result.residue_values = map_vals, nma_vals, combined
     result.stages["normal_modes"] = time.perf_counter() - t0
     result.seconds += result.stages["normal_modes"]
-
-
-def _residue_means(atoms, values):
-    """Mean of each residue's heavy-atom values, vectorized over the atoms' residue indices."""
-    residues = atoms.unique_residues
-    idx = residues.indices(atoms.residues)
-    sums = np.bincount(idx, weights=values, minlength=len(residues))
-    counts = np.bincount(idx, minlength=len(residues))
-    return residues, sums / np.maximum(counts, 1)
 
 
 def _check_attribute_name(attribute: str) -> None:
@@ -336,16 +335,8 @@ def color_structure(session, result: StructureResult, palette=None, range=None, 
     atoms = result.structure.atoms
     color_by_attr(session, "r:" + result.attribute, atoms=atoms, palette=palette, range=range,
                   no_value_color=_no_value_color(), key=key, log_info=False, undo_name="defmap")
-
-
-def _default_palette(session):
-    from chimerax.core.colors import BuiltinColormaps
-    return BuiltinColormaps[DEFAULT_PALETTE]
-
-
-def _no_value_color():
-    from chimerax.core.colors import Color
-    return Color((0.6, 0.6, 0.6, 1.0))
+    if key:
+        tidy_key(session)
 
 
 def _stretches(result: StructureResult, n: int = 3, width: int = 5) -> tuple[list, list]:
@@ -397,7 +388,6 @@ def log_structure_summary(session, result: StructureResult) -> None:
             f"<i>{result.attribute}_z</i></caption>"
             + "".join(f"<tr><th align=left>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
     session.logger.info(html, is_html=True)
-    session.logger.status(f"DEFMap: {len(rv)} residues scored in {result.seconds:.1f} s on {result.provider}")
     if result.outside_atoms:
         session.logger.warning(f"{result.outside_atoms:,} heavy atoms of {result.structure} lie outside map and got "
                                "no DEFMap value")
@@ -405,7 +395,8 @@ def log_structure_summary(session, result: StructureResult) -> None:
 
 @_model_faults_as_user_errors
 def predict_voxels(session, volume, model=None, map_resolution=None, device="auto", batch_size=None,
-                   level=None, dense=None) -> tuple[np.ndarray, pp.Prepared, dm_model.Predictor, dict, float]:
+                   level=None, dense=None, progress: Progress | None = None
+                   ) -> tuple[np.ndarray, pp.Prepared, dm_model.Predictor, dict, float]:
     """Voxel-mode prediction at lattice voxels above the map's surface level."""
     info = _resolve(model, map_resolution)
     values, xyz_to_ijk, ijk_to_xyz = _map_arrays(volume)
@@ -413,6 +404,8 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     if level is None:
         level = volume.minimum_surface_level
         if level is None:  # never shown as a surface: ChimeraX's own initial threshold (1% of voxels above it)
+    progress = progress or silent_progress()
+    progress.update(0.0, "reading map")
             try:
                 level = float(min(volume.initial_surface_levels()[0]))
             except Exception:
@@ -427,6 +420,7 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     except MemoryError as e:
         raise UserError(f"Map {volume.name} is too large to process: {e}") from None
     except ValueError as e:
+    progress.update(0.1, "preprocessing")
         raise UserError(f"Cannot use map {volume.name}: {e}") from None
     stages["preprocess"] = time.perf_counter() - t0
     predictor.seconds = 0.0
@@ -440,6 +434,7 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
         preds = predictor.predict_dense(prep.grid, prep.centers)
     else:
         preds = predictor.predict_patches(prep.grid, prep.centers, batch_size)
+    progress.update(0.2, f"inference on {len(prep.centers):,} voxels")
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
     return preds, prep, predictor, stages, float(level)
@@ -495,15 +490,20 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
         from . import export
         from . import profile_plot as dm_profile
         result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute,
-                                   rotations=len(dm_model.ROTATIONS) if uncertainty else 1)
+                                   rotations=len(dm_model.ROTATIONS) if uncertainty else 1,
+                                   progress=progress.span(0.0, 0.85 if normal_modes else 0.9))
         if normal_modes:
             add_normal_modes(result)
         t0 = time.perf_counter()
         store_attributes(session, result)
+        progress = Progress(session, f"DEFMap {structure.unique_structures[0]}" if structure.unique_structures
+                            else "DEFMap")
         if uncertainty:
             dm_profile.store_uncertainty(session, result)
         result.stages["mapping"] += time.perf_counter() - t0
+            progress.update(0.85, "normal modes")
         if color:
+        progress.update(0.9, "storing and coloring")
             t0 = time.perf_counter()
             color_structure(session, result, palette, range, key)
             result.stages["coloring"] = time.perf_counter() - t0
@@ -513,11 +513,16 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
         return _returned(result, return_json)
     t_start = time.perf_counter()
     preds, prep, predictor, stages, level = predict_voxels(session, volume, model, map_resolution, device,
-                                                           batch_size, level, dense)
+                                                           batch_size, level, dense, progress.span(0.0, 0.85))
+    progress.update(0.85, "dynamics map")
+        progress.update(0.95, "writing outputs")
     t0 = time.perf_counter()
     dyn = make_dynamics_volume(session, volume, prep, preds, f"{volume.name} DEFMap dynamics")
+        progress.done(f"DEFMap finished: {len(result.residues):,} residues of {result.structure} scored in "
+                      f"{result.seconds:.1f} s on {result.provider}")
     stages["mapping"] = time.perf_counter() - t0
     if color and not volume.surfaces:
+    progress = Progress(session, f"DEFMap voxel mode {volume.name}")
         session.logger.warning(f"Map {volume.name} has no surface to color; show it as a surface and run "
                                f"'color sample #{volume.id_string} map #{dyn.id_string}'")
     elif color:
@@ -527,10 +532,13 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
                      range=range or "full", key=key)
         stages["coloring"] = time.perf_counter() - t0
     info = predictor.info
+        progress.update(0.95, "coloring")
     res = VoxelResult(volume, dyn, info, predictor.provider, len(prep.centers), level,
                       time.perf_counter() - t_start, stages)
     session.logger.info(
         f"DEFMap voxel mode on {volume.name} (level {level:g}): {len(prep.centers):,} voxels scored with "
+        if key:
+            tidy_key(session)
         f"{info.name} on {predictor.provider} in {res.seconds:.2f} s; log10 RMSF min / median / max "
         f"{preds.min():.3f} / {float(np.median(preds)):.3f} / {preds.max():.3f}; dynamics map #{dyn.id_string}")
     return _returned(res, return_json)
@@ -539,6 +547,8 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
 def _returned(result, return_json):
     if not return_json:
         return result
+    progress.done(f"DEFMap voxel mode finished: {len(prep.centers):,} voxels of {volume.name} scored in "
+                  f"{res.seconds:.1f} s; dynamics map #{dyn.id_string}")
     from chimerax.core.commands import ArrayJSONEncoder, JSONResult
     return JSONResult(ArrayJSONEncoder().encode(result.as_dict()), result)
 

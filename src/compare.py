@@ -19,13 +19,18 @@ from chimerax.core.commands import BoolArg, CmdDesc, ColormapArg, ColormapRangeA
 from chimerax.core.errors import UserError
 
 from . import cmd as dm_cmd
+from .common import no_value_color
 from .export import output_path
+from .keylabels import tidy_key
+from .progress import Progress
 
 DIFF_PALETTE = "blue-white-red"  # diverging: blue = more rigid in the second state, red = more flexible
 THREE_TO_ONE = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
                 "HIS": "H", "ILE": "I", "LEU": "L", "LYS": "K", "MET": "M", "PHE": "F", "PRO": "P", "SER": "S",
                 "THR": "T", "TRP": "W", "TYR": "Y", "VAL": "V", "MSE": "M", "SEC": "U", "PYL": "O", "HID": "H",
                 "HIE": "H", "HIP": "H", "CYX": "C"}
+# what matchmaker uses by default (chimerax.match_maker.settings)
+ALIGN_MATRIX, ALIGN_GAP_OPEN, ALIGN_GAP_EXTEND = "BLOSUM-62", 12.0, 1.0
 
 
 @dataclass
@@ -86,53 +91,28 @@ def _by_chain(residues, values) -> dict[str, list[tuple[object, float]]]:
     return out
 
 
-def align_sequences(a: str, b: str, match: float = 2.0, mismatch: float = -1.0,
-                    gap: float = -2.0) -> list[tuple[int, int]]:
-    """Semi-global Needleman–Wunsch (free end gaps, linear gap cost): aligned index pairs (i in a, j in b).
-
-    Rows are filled with numpy: the horizontal-gap recurrence is a running maximum, so the cost is O(len(a)) numpy
-    operations of length len(b).
-    """
-    n, m = len(a), len(b)
-    if n == 0 or m == 0:
+def align_sequences(a: str, b: str, matrix: str = ALIGN_MATRIX, gap_open: float = ALIGN_GAP_OPEN,
+                    gap_extend: float = ALIGN_GAP_EXTEND, logger=None) -> list[tuple[int, int]]:
+    """Aligned index pairs (i in a, j in b), in order, from ChimeraX's own Needleman–Wunsch (as ``matchmaker``
+    aligns chains: a substitution matrix, affine gap costs, end gaps free) on one-letter sequences."""
+    if not a or not b:
         return []
-    A = np.frombuffer(a.encode("ascii", "replace"), dtype=np.uint8)
-    B = np.frombuffer(b.encode("ascii", "replace"), dtype=np.uint8)
-    H = np.zeros((n + 1, m + 1))
-    ptr = np.zeros((n + 1, m + 1), dtype=np.int8)  # 0 diagonal, 1 up (gap in b), 2 left (gap in a)
-    ptr[1:, 0], ptr[0, 1:] = 1, 2
-    jj = np.arange(m + 1) * gap
-    for i in range(1, n + 1):
-        s = np.where((B == A[i - 1]) & (B != ord("X")), match, mismatch)
-        diag = H[i - 1, :-1] + s
-        up = H[i - 1, 1:] + gap
-        best = np.maximum(diag, up)
-        full = np.concatenate(([0.0], best))  # end gaps are free: H[i, 0] = 0
-        row = np.maximum.accumulate(full - jj) + jj
-        H[i] = row
-        ptr[i, 1:] = np.where(row[1:] > best + 1e-9, 2, np.where(diag >= up, 0, 1))
-    # best end on the last row or column (free trailing gaps)
-    i_end, j_end = (n, int(np.argmax(H[n]))) if H[n].max() >= H[:, m].max() else (int(np.argmax(H[:, m])), m)
-    pairs = []
-    i, j = i_end, j_end
-    while i > 0 and j > 0:
-        p = ptr[i, j]
-        if p == 0:
-            pairs.append((i - 1, j - 1))
-            i, j = i - 1, j - 1
-        elif p == 1:
-            i -= 1
-        else:
-            j -= 1
-    return pairs[::-1]
+    from chimerax import sim_matrices
+    from chimerax.alignment_algs import NeedlemanWunsch
+    from chimerax.atomic import Sequence
+    similarity = sim_matrices.matrix(matrix, logger)
+    _, pairs = NeedlemanWunsch.nw(Sequence(characters=a), Sequence(characters=b), score_gap=-gap_extend,
+                                  score_gap_open=-gap_open, similarity_matrix=similarity, ends_are_gaps=False)
+    return sorted((int(i), int(j)) for i, j in pairs)
 
 
-def match_residues(res1, vals1, res2, vals2, min_number_identity: float = 0.8):
+def match_residues(res1, vals1, res2, vals2, min_number_identity: float = 0.8, logger=None):
     """Pairs of residues (r1, v1, r2, v2) and how each chain was matched.
 
     Chains pair by chain ID, then leftover chains in order.  Within a pair, residues match by number and insertion
     code when at least ``min_number_identity`` of the shorter chain matches that way with identical residue names;
-    otherwise by sequence alignment (different numbering schemes, constructs or missing loops).
+    otherwise by sequence alignment (different numbering schemes, constructs or missing loops); identity is the
+    fraction of aligned pairs with the same residue.
     """
     c1, c2 = _by_chain(res1, vals1), _by_chain(res2, vals2)
     pairs_of_chains = [(c, c) for c in c1 if c in c2]
@@ -151,7 +131,7 @@ def match_residues(res1, vals1, res2, vals2, min_number_identity: float = 0.8):
             continue
         s1 = "".join(THREE_TO_ONE.get(r.name, "X") for r, _ in items1)
         s2 = "".join(THREE_TO_ONE.get(r.name, "X") for r, _ in items2)
-        ij = align_sequences(s1, s2)
+        ij = align_sequences(s1, s2, logger=logger)
         al = [(*items1[i], *items2[j]) for i, j in ij]
         ident = sum(s1[i] == s2[j] for i, j in ij) / max(len(ij), 1)
         out += al
@@ -226,9 +206,14 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
     atoms2 = structure if to is None else to
     if len(atoms2) == 0:
         raise UserError("The 'to' specification matches no atoms")
-    r1 = dm_cmd.predict_structure(session, maps[0], structure, model, map_resolution, device)
-    r2 = dm_cmd.predict_structure(session, maps[1], atoms2, model, map_resolution, device)
-    pairs, chains = match_residues(r1.residues, r1.residue_values, r2.residues, r2.residue_values)
+    progress = Progress(session, "DEFMap compare")
+    r1 = dm_cmd.predict_structure(session, maps[0], structure, model, map_resolution, device,
+                                  progress=progress.span(0.0, 0.45, f"first map {maps[0].name}: "))
+    r2 = dm_cmd.predict_structure(session, maps[1], atoms2, model, map_resolution, device,
+                                  progress=progress.span(0.45, 0.9, f"second map {maps[1].name}: "))
+    progress.update(0.9, "matching residues")
+    pairs, chains = match_residues(r1.residues, r1.residue_values, r2.residues, r2.residue_values,
+                                   logger=session.logger)
     if not pairs:
         raise UserError(f"No residues of {r1.structure} and {r2.structure} could be matched (no common chain IDs "
                         "or alignable sequences among the scored residues)")
@@ -255,6 +240,7 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
     res = CompareResult(r1, r2, [p[0] for p in pairs], [p[2] for p in pairs], v1, v2, diff, site, source, stats,
                         chains, normalize, attribute, first_map=maps[0].atomspec, second_map=maps[1].atomspec)
     _store(session, res, structures)
+    progress.update(0.95, "storing and coloring")
     if color:
         _color(session, res, structures, palette, range, key)
     _log(session, res, maps)
@@ -269,6 +255,8 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
                                       zero_line=True)
         dm_profile.log_image(session, png, f"DEFMap difference profile {Path(profile).name}")
         res.files["profile"] = str(profile)
+    progress.done(f"DEFMap compare finished: {stats['n_matched']:,} residues matched, site {stats['n_site']}, "
+                  f"mean difference {stats['mean_diff']:+.3f}")
     if not return_json:
         return res
     from chimerax.core.commands import ArrayJSONEncoder, JSONResult
@@ -295,8 +283,10 @@ def _color(session, res: CompareResult, structures, palette, range, key) -> None
         range = (-m, m)  # symmetric, so white is "no change"
     atoms = concatenate([s.atoms for s in structures])
     color_by_attr(session, "r:" + res.attribute, atoms=atoms, palette=palette or BuiltinColormaps[DIFF_PALETTE],
-                  range=range, no_value_color=dm_cmd._no_value_color(), key=key, log_info=False,
+                  range=range, no_value_color=no_value_color(), key=key, log_info=False,
                   undo_name="defmap compare")
+    if key:
+        tidy_key(session)
 
 
 def _write_csv(path: Path, res: CompareResult) -> None:
@@ -341,8 +331,6 @@ def _log(session, res: CompareResult, maps) -> None:
             f"attribute <i>{escape(res.attribute)}</i> = second − first</caption>"
             + "".join(f"<tr><th align=left>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
     session.logger.info(html, is_html=True)
-    session.logger.status(f"DEFMap compare: {st['n_matched']} residues, site {st['n_site']} residues, "
-                          f"mean difference {st['mean_diff']:+.3f}")
 
 
 def defmap_compare_desc() -> CmdDesc:

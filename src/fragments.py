@@ -112,9 +112,11 @@ def read_fragments(path: str | Path) -> list[Fragment]:
     return frags
 
 
-def fragment_means(fragments: list[Fragment], values: dict[tuple[str, int], float]) -> None:
+def fragment_means(fragments: list[Fragment], values: dict[tuple[str, int], float], progress=None) -> None:
     """Mean of the scored residues in each fragment (None when no residue of it was scored)."""
-    for f in fragments:
+    for i, f in enumerate(fragments):
+        if progress is not None:
+            progress.update(i / len(fragments), f"fragment {i + 1:,}/{len(fragments):,}")
         vs = [v for (c, num), v in values.items() if (not f.chain or c == f.chain) and f.start <= num <= f.end]
         f.scored = len(vs)
         f.mean = float(np.mean(vs)) if vs else None
@@ -166,8 +168,12 @@ def defmap_fragments(session, file, structure=None, attribute: str = "defmap", s
     values = _residue_values(residues, attribute)
     if not values:
         raise UserError(f"No residue of {', '.join(str(s) for s in structures)} has a '{attribute}' value")
+    from .progress import Progress
+    progress = Progress(session, "DEFMap fragments")
+    progress.update(0.0, f"reading {Path(file).name}")
     frags = read_fragments(file)
-    fragment_means(frags, values)
+    fragment_means(frags, values, progress.span(0.1, 0.9, "averaging "))
+    progress.update(0.9, "correlating")
     r, p, rho, n = correlate(frags)
     from .export import output_path
     out = output_path(save_csv) if save_csv else Path(file).expanduser().with_suffix(".defmap.csv")
@@ -180,6 +186,8 @@ def defmap_fragments(session, file, structure=None, attribute: str = "defmap", s
             raise UserError(f"Could not write {out}: {e.strerror or e}") from None
         session.logger.warning(f"Could not write {out} ({e.strerror or e}); give 'saveCsv FILE'")
     _log(session, res, Path(file).name)
+    progress.done(f"DEFMap fragments finished: {len(frags):,} fragments"
+                  + (f", Pearson r {r:.3f} over {n}" if r is not None else ""))
     if not return_json:
         return res
     from chimerax.core.commands import ArrayJSONEncoder, JSONResult

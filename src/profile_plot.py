@@ -8,7 +8,6 @@ number that is actually reported.
 
 from __future__ import annotations
 
-import base64
 import io
 from pathlib import Path
 
@@ -20,8 +19,8 @@ def residue_rotation_sd(result) -> np.ndarray:
     per = result.atom_rotation_values
     if per is None or per.shape[1] < 2:
         return np.zeros(len(result.residues))
-    from .cmd import _residue_means  # result.residues are result.atoms.unique_residues, in that order
-    means = np.stack([_residue_means(result.atoms, per[:, k])[1] for k in range(per.shape[1])], axis=1)
+    from .common import residue_means  # result.residues are result.atoms.unique_residues, in that order
+    means = np.stack([residue_means(result.atoms, per[:, k])[1] for k in range(per.shape[1])], axis=1)
     return means.std(axis=1)
 
 
@@ -58,11 +57,12 @@ def profile_data(residues, values: np.ndarray, sd: np.ndarray | None = None) -> 
 def plot_profile(data: dict[str, dict], path: str | Path, title: str = "", ylabel: str = "predicted log10 RMSF (Å)",
                  zero_line: bool = False) -> bytes:
     """One panel per chain: value against residue number, shaded mean ± SD when SD is known; returns PNG bytes."""
-    import matplotlib
-    matplotlib.use("Agg", force=False)
+    # a bare Figure with its own Agg canvas: pyplot and matplotlib.use() would change the user's backend
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     n = max(len(data), 1)
     fig = Figure(figsize=(8.0, 1.9 * n + 0.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
     axes = fig.subplots(n, 1, sharey=True, squeeze=False)[:, 0]
     for ax, (chain, d) in zip(axes, data.items()):
         x = np.array(d["number"], dtype=float)
@@ -90,11 +90,13 @@ def plot_profile(data: dict[str, dict], path: str | Path, title: str = "", ylabe
 
 
 def log_image(session, png: bytes, caption: str, width: int = 640) -> None:
-    """Show a PNG inline in the ChimeraX log (as ``log thumbnail`` does, with a data URI)."""
-    from html import escape
-    b64 = base64.b64encode(png).decode("ascii")
-    session.logger.info(f"<div><b>{escape(caption)}</b><br><img src='data:image/png;base64,{b64}' "
-                        f"width={width}></div>", is_html=True)
+    """Show a PNG in the log as an image (the GUI log shows it; a --nogui log prints the caption, not base64)."""
+    from PIL import Image
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    if image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+    session.logger.info(caption, image=image)
 
 
 def write_profile(session, result, path: str | Path) -> dict[str, dict]:

@@ -1,0 +1,37 @@
+"""Small helpers shared by the ``defmap`` commands (cmd, compare, profile_plot, fragments).
+
+They live here, not in cmd.py, so that modules cmd.py imports lazily (compare, profile_plot) never import cmd back.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+DEFAULT_PALETTE = "blue-white-red"  # rigid blue, flexible red
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message (ChimeraX errors can span paragraphs)."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] if lines else type(e).__name__)[:300]
+
+
+def residue_means(atoms, values):
+    """Mean of each residue's heavy-atom values, vectorized over the atoms' residue indices."""
+    residues = atoms.unique_residues
+    idx = residues.indices(atoms.residues)
+    sums = np.bincount(idx, weights=values, minlength=len(residues))
+    counts = np.bincount(idx, minlength=len(residues))
+    return residues, sums / np.maximum(counts, 1)
+
+
+def default_palette(session=None):
+    """The palette ``defmap`` colors with unless told otherwise."""
+    from chimerax.core.colors import BuiltinColormaps
+    return BuiltinColormaps[DEFAULT_PALETTE]
+
+
+def no_value_color():
+    """Grey for residues without a value (ligands outside the map, unscored atoms)."""
+    from chimerax.core.colors import Color
+    return Color((0.6, 0.6, 0.6, 1.0))
