@@ -209,14 +209,14 @@ def _model_faults_as_user_errors(func):
 def predict_structure(session, volume, atoms, model=None, map_resolution=None, device="auto", batch_size=None,
                       attribute="defmap", rotations: int = 1, progress: Progress | None = None) -> StructureResult:
     """Predict per-atom values for heavy atoms of one structure; sets no attributes (see :func:`store_attributes`)."""
+    progress = progress or silent_progress()
+    progress.update(0.0, "reading map")
     t_start = time.perf_counter()
     stages = {}
     structures = atoms.unique_structures
     if len(structures) != 1:
         raise UserError(f"defmap needs atoms of one structure, got {len(structures)} structures; run it per model")
     heavy = atoms.filter(atoms.element_numbers != 1)
-    progress = progress or silent_progress()
-    progress.update(0.0, "reading map")
     if len(heavy) == 0:
         raise UserError("The structure has no heavy (non-hydrogen) atoms to score")
     info = _resolve(model, map_resolution)
@@ -227,13 +227,13 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
         raise UserError(f"No atoms of {structures[0]} lie inside map {volume.name}; is the model fitted to this map?")
     _check_finite(volume, values)
     predictor = get_predictor(info, device, session.logger)
+    progress.update(0.1, "preprocessing")
     t0 = time.perf_counter()
     try:
         prep = pp.prepare_points(values, xyz_to_ijk, xyz, info.spec, map_resolution, inside)
     except MemoryError as e:
         raise UserError(f"The map region is too large to process: {e}") from None
     except ValueError as e:
-    progress.update(0.1, "preprocessing")
         raise UserError(f"Cannot use map {volume.name}: {e}") from None
     stages["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -398,14 +398,14 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
                    level=None, dense=None, progress: Progress | None = None
                    ) -> tuple[np.ndarray, pp.Prepared, dm_model.Predictor, dict, float]:
     """Voxel-mode prediction at lattice voxels above the map's surface level."""
+    progress = progress or silent_progress()
+    progress.update(0.0, "reading map")
     info = _resolve(model, map_resolution)
     values, xyz_to_ijk, ijk_to_xyz = _map_arrays(volume)
     _check_finite(volume, values)
     if level is None:
         level = volume.minimum_surface_level
         if level is None:  # never shown as a surface: ChimeraX's own initial threshold (1% of voxels above it)
-    progress = progress or silent_progress()
-    progress.update(0.0, "reading map")
             try:
                 level = float(min(volume.initial_surface_levels()[0]))
             except Exception:
@@ -414,13 +414,13 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
             raise UserError(f"Map {volume.name} shows no surface level; show it as a surface or give 'level'")
     predictor = get_predictor(info, device, session.logger)
     stages = {}
+    progress.update(0.1, "preprocessing")
     t0 = time.perf_counter()
     try:
         prep = pp.prepare_voxels(values, xyz_to_ijk, ijk_to_xyz, info.spec, float(level), map_resolution)
     except MemoryError as e:
         raise UserError(f"Map {volume.name} is too large to process: {e}") from None
     except ValueError as e:
-    progress.update(0.1, "preprocessing")
         raise UserError(f"Cannot use map {volume.name}: {e}") from None
     stages["preprocess"] = time.perf_counter() - t0
     predictor.seconds = 0.0
@@ -428,13 +428,13 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     use_dense = info.fully_convolutional if dense is None else dense
     if use_dense and not info.fully_convolutional:
         raise UserError(f"Model {info.name} is not fully convolutional; use dense false")
+    progress.update(0.2, f"inference on {len(prep.centers):,} voxels")
     if dense is None:  # fastest exact method: shared features, or dense tiles when the centres fill the lattice
         preds = predictor.predict_centers(prep.grid, prep.centers, batch_size, allow_dense=info.fully_convolutional)
     elif use_dense:
         preds = predictor.predict_dense(prep.grid, prep.centers)
     else:
         preds = predictor.predict_patches(prep.grid, prep.centers, batch_size)
-    progress.update(0.2, f"inference on {len(prep.centers):,} voxels")
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
     return preds, prep, predictor, stages, float(level)
@@ -489,66 +489,66 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
             raise UserError("The structure specification matches no atoms")
         from . import export
         from . import profile_plot as dm_profile
+        progress = Progress(session, f"DEFMap {structure.unique_structures[0]}" if structure.unique_structures
+                            else "DEFMap")
         result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute,
                                    rotations=len(dm_model.ROTATIONS) if uncertainty else 1,
                                    progress=progress.span(0.0, 0.85 if normal_modes else 0.9))
         if normal_modes:
+            progress.update(0.85, "normal modes")
             add_normal_modes(result)
+        progress.update(0.9, "storing and coloring")
         t0 = time.perf_counter()
         store_attributes(session, result)
-        progress = Progress(session, f"DEFMap {structure.unique_structures[0]}" if structure.unique_structures
-                            else "DEFMap")
         if uncertainty:
             dm_profile.store_uncertainty(session, result)
         result.stages["mapping"] += time.perf_counter() - t0
-            progress.update(0.85, "normal modes")
         if color:
-        progress.update(0.9, "storing and coloring")
             t0 = time.perf_counter()
             color_structure(session, result, palette, range, key)
             result.stages["coloring"] = time.perf_counter() - t0
         log_structure_summary(session, result)
+        progress.update(0.95, "writing outputs")
         export.write_outputs(session, result, profile=profile, save_csv=save_csv, save_structure=save_structure,
                              bfactor=bfactor)
+        progress.done(f"DEFMap finished: {len(result.residues):,} residues of {result.structure} scored in "
+                      f"{result.seconds:.1f} s on {result.provider}")
         return _returned(result, return_json)
     t_start = time.perf_counter()
+    progress = Progress(session, f"DEFMap voxel mode {volume.name}")
     preds, prep, predictor, stages, level = predict_voxels(session, volume, model, map_resolution, device,
                                                            batch_size, level, dense, progress.span(0.0, 0.85))
     progress.update(0.85, "dynamics map")
-        progress.update(0.95, "writing outputs")
     t0 = time.perf_counter()
     dyn = make_dynamics_volume(session, volume, prep, preds, f"{volume.name} DEFMap dynamics")
-        progress.done(f"DEFMap finished: {len(result.residues):,} residues of {result.structure} scored in "
-                      f"{result.seconds:.1f} s on {result.provider}")
     stages["mapping"] = time.perf_counter() - t0
     if color and not volume.surfaces:
-    progress = Progress(session, f"DEFMap voxel mode {volume.name}")
         session.logger.warning(f"Map {volume.name} has no surface to color; show it as a surface and run "
                                f"'color sample #{volume.id_string} map #{dyn.id_string}'")
     elif color:
+        progress.update(0.95, "coloring")
         t0 = time.perf_counter()
         from chimerax.surface.colorvol import color_sample
         color_sample(session, volume.surfaces, dyn, palette=palette or _default_palette(session),
                      range=range or "full", key=key)
+        if key:
+            tidy_key(session)
         stages["coloring"] = time.perf_counter() - t0
     info = predictor.info
-        progress.update(0.95, "coloring")
     res = VoxelResult(volume, dyn, info, predictor.provider, len(prep.centers), level,
                       time.perf_counter() - t_start, stages)
     session.logger.info(
         f"DEFMap voxel mode on {volume.name} (level {level:g}): {len(prep.centers):,} voxels scored with "
-        if key:
-            tidy_key(session)
         f"{info.name} on {predictor.provider} in {res.seconds:.2f} s; log10 RMSF min / median / max "
         f"{preds.min():.3f} / {float(np.median(preds)):.3f} / {preds.max():.3f}; dynamics map #{dyn.id_string}")
+    progress.done(f"DEFMap voxel mode finished: {len(prep.centers):,} voxels of {volume.name} scored in "
+                  f"{res.seconds:.1f} s; dynamics map #{dyn.id_string}")
     return _returned(res, return_json)
 
 
 def _returned(result, return_json):
     if not return_json:
         return result
-    progress.done(f"DEFMap voxel mode finished: {len(prep.centers):,} voxels of {volume.name} scored in "
-                  f"{res.seconds:.1f} s; dynamics map #{dyn.id_string}")
     from chimerax.core.commands import ArrayJSONEncoder, JSONResult
     return JSONResult(ArrayJSONEncoder().encode(result.as_dict()), result)
 
