@@ -2,14 +2,14 @@
 PY      := .venv/bin/python
 SITE     = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 WHEEL   := dist/ChimeraX_DEFMap-0.1.0-py3-none-any.whl
-SOURCES := $(wildcard src/*.py) bundle_info.xml $(wildcard onnx_models/*.onnx)
+SOURCES := $(wildcard src/*.py) bundle_info.xml $(wildcard onnx_models/*) $(wildcard docs/user/commands/*.html)
 export PYOPENGL_PLATFORM ?= osmesa
 export PYTHONIOENCODING ?= utf-8
 
 .PHONY: env install test test-quick demo run bench lint train-env train-smoke clean
 
 env: .venv/.defmap-env-v2
-.venv/.defmap-env-v2: tools/setup_venv.sh tools/requirements-venv.txt tools/constraints.txt
+.venv/.defmap-env-v2: tools/setup_venv.sh tools/requirements-venv.txt tools/requirements-chimerax.txt tools/constraints.txt
 	bash tools/setup_venv.sh
 
 # Build the wheel with ChimeraX's bundle builder from bundle_info.xml and install it (as `toolshed install` would).
@@ -18,7 +18,8 @@ $(WHEEL): .venv/.defmap-env-v2 $(SOURCES) tools/build_bundle.py
 
 .venv/.defmap-installed: $(WHEEL)
 	@if [ -L "$(SITE)/chimerax/defmap" ]; then \
-	  echo "note: $(SITE)/chimerax/defmap is a development symlink to src/; wheel built but not installed"; \
+	  echo "note: $(SITE)/chimerax/defmap is a development symlink to src/; only the wheel's METADATA is installed"; \
+	  unzip -o -q $(WHEEL) '*.dist-info/METADATA' -d $(SITE); \
 	else \
 	  .venv/bin/pip install -q --no-deps --force-reinstall $(WHEEL); \
 	fi

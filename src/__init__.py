@@ -13,15 +13,9 @@ class _DefmapAPI(BundleAPI):
 
     @staticmethod
     def register_command(bi, ci, logger):
+        """Called lazily by ChimeraX's toolshed for each ``ChimeraX :: Command`` line of the wheel's METADATA."""
         from . import cmd
-        cmd.register_defmap_commands(logger)
-
-    @staticmethod
-    def initialize(session, bi):
-        # Release onnxruntime sessions before exit: ORT-CUDA can otherwise hang ChimeraX on Linux at quit.
-        from . import cmd
-        if hasattr(session, "triggers") and "app quit" in getattr(session.triggers, "_triggers", {}):
-            session.triggers.add_handler("app quit", lambda *_: cmd.release_predictors())
+        cmd.register_command(ci.name, logger)
 
     @staticmethod
     def get_class(class_name):

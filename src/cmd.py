@@ -92,6 +92,8 @@ class VoxelResult:
 
 
 def release_predictors() -> None:
+    """Close the cached onnxruntime sessions.  Registered with atexit on first use: ORT-CUDA sessions alive at
+    interpreter exit can hang ChimeraX on Linux, and the GUI's "app quit" trigger never fires under --nogui."""
     for p in _PREDICTORS.values():
         p.close()
     _PREDICTORS.clear()
@@ -106,6 +108,10 @@ def get_predictor(info: dm_model.ModelInfo, device: str, logger=None) -> dm_mode
             p = dm_model.Predictor(info, device)
         except dm_model.ModelError as e:
             raise UserError(str(e)) from None
+        if not _PREDICTORS:
+            import atexit
+            atexit.unregister(release_predictors)
+            atexit.register(release_predictors)
         _PREDICTORS[key] = p
         if p.note and logger is not None:
             logger.info(f"DEFMap: {p.note}.")  # once per model and device, when the session is created
@@ -575,15 +581,18 @@ def defmap_desc():
         keyword=[("structure", AtomsArg), ("model", StringArg), ("map_resolution", FloatArg),
                  ("device", EnumOf(("auto", "gpu", "cpu"))), ("color", BoolArg), ("palette", PaletteArg),
                  ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg), ("batch_size", IntArg),
-                 ("level", FloatArg), ("dense", BoolArg), ("return_json", BoolArg), ("uncertainty", BoolArg),
+                 ("level", FloatArg), ("dense", BoolArg), ("uncertainty", BoolArg),
                  ("profile", SaveFileNameArg), ("save_csv", SaveFileNameArg), ("save_structure", SaveFileNameArg),
                  ("bfactor", EnumOf(("value", "z"))), ("normal_modes", BoolArg)],
         synopsis="predict protein dynamics (log10 RMSF) from a cryo-EM map")
 
 
-def register_defmap_commands(logger) -> None:
-    register("defmap", defmap_desc(), defmap, logger=logger)
+def register_command(name: str, logger) -> None:
+    """Register one command (``ChimeraX :: Command`` line of bundle_info.xml); the toolshed calls this lazily."""
     from . import compare, fragments, models_cmd
-    register("defmap models", models_cmd.defmap_models_desc(), models_cmd.defmap_models, logger=logger)
-    register("defmap compare", compare.defmap_compare_desc(), compare.defmap_compare, logger=logger)
-    register("defmap fragments", fragments.defmap_fragments_desc(), fragments.defmap_fragments, logger=logger)
+    table = {"defmap": (defmap_desc, defmap),
+             "defmap models": (models_cmd.defmap_models_desc, models_cmd.defmap_models),
+             "defmap compare": (compare.defmap_compare_desc, compare.defmap_compare),
+             "defmap fragments": (fragments.defmap_fragments_desc, fragments.defmap_fragments)}
+    desc, func = table[name]
+    register(name, desc(), func, logger=logger)

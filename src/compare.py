@@ -342,7 +342,7 @@ def defmap_compare_desc() -> CmdDesc:
                  ("distance", FloatArg), ("model", StringArg), ("map_resolution", FloatArg),
                  ("device", EnumOf(("auto", "gpu", "cpu"))), ("normalize", BoolArg), ("color", BoolArg),
                  ("palette", ColormapArg), ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg),
-                 ("save_csv", _save_arg()), ("profile", _save_arg()), ("return_json", BoolArg)],
+                 ("save_csv", _save_arg()), ("profile", _save_arg())],
         required_arguments=["structure"],
         synopsis="compare DEFMap dynamics predicted from two maps (e.g. apo and holo)")
 

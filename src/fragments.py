@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 
 import numpy as np
-from chimerax.core.commands import BoolArg, CmdDesc, OpenFileNameArg, SaveFileNameArg, StringArg
+from chimerax.core.commands import CmdDesc, OpenFileNameArg, SaveFileNameArg, StringArg
 from chimerax.core.errors import UserError
 
 EXPERIMENTAL_NAMES = ("experimental", "exp", "value", "uptake", "hdx", "protection", "deuteration")
@@ -217,6 +217,5 @@ def _log(session, res: FragmentResult, name: str) -> None:
 def defmap_fragments_desc() -> CmdDesc:
     from chimerax.atomic import AtomsArg
     return CmdDesc(required=[("file", OpenFileNameArg)],
-                   keyword=[("structure", AtomsArg), ("attribute", StringArg), ("save_csv", SaveFileNameArg),
-                            ("return_json", BoolArg)],
+                   keyword=[("structure", AtomsArg), ("attribute", StringArg), ("save_csv", SaveFileNameArg)],
                    synopsis="average DEFMap predictions over HDX-MS peptide fragments and correlate with experiment")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from html import escape
 
-from chimerax.core.commands import BoolArg, CmdDesc, FloatArg
+from chimerax.core.commands import CmdDesc, FloatArg
 from chimerax.core.errors import UserError
 
 from . import model as dm_model
@@ -43,5 +43,5 @@ def defmap_models(session, map_resolution: float | None = None, return_json: boo
 
 
 def defmap_models_desc() -> CmdDesc:
-    return CmdDesc(keyword=[("map_resolution", FloatArg), ("return_json", BoolArg)],
+    return CmdDesc(keyword=[("map_resolution", FloatArg)],
                    synopsis="list installed DEFMap models and which one a map resolution picks")

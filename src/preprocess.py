@@ -312,3 +312,78 @@ def grid_transforms(origin_xyz, step_xyz, rotation=None) -> tuple[np.ndarray, np
     inv_a = np.linalg.inv(a)
     inv = np.hstack([inv_a, (-inv_a @ np.asarray(origin_xyz, dtype=np.float64)).reshape(3, 1)])
     return inv, fwd
+
+
+# ---------------------------------------------------------------- fitted-model density (second input channel)
+
+ELEMENT_WEIGHTS = {"C": 6.0, "N": 7.0, "O": 8.0, "S": 16.0, "SE": 34.0, "P": 15.0}
+MODEL_CHANNEL = "model_density"
+MAP_CHANNEL = "density"
+
+
+def element_weights(elements) -> np.ndarray:
+    """Scattering weight per atom (atomic number; unknown elements count as carbon), as molmap uses."""
+    return np.array([ELEMENT_WEIGHTS.get(str(e).upper(), 6.0) for e in elements], dtype=np.float64)
+
+
+def splat_points(points_xyz: np.ndarray, weights: np.ndarray, origin: np.ndarray, shape_zyx: tuple[int, int, int],
+                 voxel_size: float) -> np.ndarray:
+    """Trilinear deposition of weighted points onto a [z, y, x] lattice (points off the lattice are dropped)."""
+    f = (np.asarray(points_xyz, dtype=np.float64) - np.asarray(origin, dtype=np.float64)) / voxel_size
+    i0 = np.floor(f).astype(np.int64)
+    t = f - i0
+    nz, ny, nx = shape_zyx
+    out = np.zeros(nz * ny * nx, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                ix, iy, iz = i0[:, 0] + dx, i0[:, 1] + dy, i0[:, 2] + dz
+                wt = w * (t[:, 0] if dx else 1 - t[:, 0]) * (t[:, 1] if dy else 1 - t[:, 1]) * \
+                    (t[:, 2] if dz else 1 - t[:, 2])
+                ok = (ix >= 0) & (ix < nx) & (iy >= 0) & (iy < ny) & (iz >= 0) & (iz < nz)
+                out += np.bincount((iz[ok] * ny + iy[ok]) * nx + ix[ok], wt[ok], minlength=out.size)
+    return out.reshape(shape_zyx)
+
+
+def model_density(prep: Prepared, points_xyz: np.ndarray, weights: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """The fitted model's own density on the prepared map's lattice, normalized like the map channel.
+
+    A molmap-style rigid density: atoms (weights = atomic numbers) deposited trilinearly and blurred by the Gaussian
+    of the model's filter resolution (sigma = 0.225 x resolution), then z-scored over the same support voxels as the
+    map with negatives clipped.  Where the map is blurrier than this (flexible parts), the map channel is wider and
+    weaker than the model channel: the network reads the blur relative to what a rigid model would give.  Computed
+    once per prediction; the bundle and training call this same function.
+    """
+    g = prep.grid
+    shape = g.values.shape
+    pts = np.asarray(points_xyz, dtype=np.float64).reshape(-1, 3)
+    raw = splat_points(pts, weights, g.origin, shape, g.voxel_size).astype(np.float32)
+    sigma = SIGMA_PER_RESOLUTION * spec.filter_resolution / spec.voxel_size
+    filt = lowpass(raw, sigma)
+    support = support_mask(shape, prep.centers, spec.box)
+    if g.inside is not None:
+        support &= g.inside
+    v = filt[support].astype(np.float64)
+    sd = float(v.std()) if v.size else 0.0
+    if sd <= 0:
+        return np.zeros(shape, dtype=np.float32)
+    out = (filt - np.float32(v.mean())) / np.float32(sd)
+    np.maximum(out, 0.0, out=out)
+    return out.astype(np.float32, copy=False)
+
+
+def stack_channels(prep: Prepared, channels, points_xyz: np.ndarray | None = None,
+                   weights: np.ndarray | None = None, spec: FeatureSpec | None = None) -> np.ndarray:
+    """(C, z, y, x) input for a model whose metadata lists ``channels`` ('density' and optionally 'model_density')."""
+    out = []
+    for c in channels:
+        if c == MAP_CHANNEL:
+            out.append(prep.grid.values)
+        elif c == MODEL_CHANNEL:
+            if points_xyz is None or weights is None or spec is None:
+                raise ValueError("this model needs a fitted atomic model (its 'model_density' input channel)")
+            out.append(model_density(prep, points_xyz, weights, spec))
+        else:
+            raise ValueError(f"unknown input channel '{c}'")
+    return np.ascontiguousarray(np.stack(out), dtype=np.float32)

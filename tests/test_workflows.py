@@ -81,7 +81,7 @@ def test_compare_sharper_map_around_ligand_gives_negative_difference(cx, trained
     assert float(rows[0]["diff"]) == pytest.approx(res.diff[0], abs=1e-5)
     assert sum(int(r["site"]) for r in rows) == st["n_site"]
     j = json.loads(run(cx, f"defmap compare #1,2 structure #3/A model {trained_model} mapResolution 4 color false "
-                           "ligand #3/A:STR returnJson true", return_json=True).json_value)
+                           "ligand #3/A:STR", return_json=True).json_value)
     assert j["stats"]["site_mean_diff"] == pytest.approx(st["site_mean_diff"])  # explicit ligand = auto-detected
     assert [x["site"] for x in j["residues"]] == res.site.tolist()
     assert len(j["residues"]) == st["n_matched"]
@@ -193,7 +193,7 @@ def test_fragments_report_means_and_pearson_r(cx, random_model, tmp_path):
     # header-less, tab-separated, without experimental values; default CSV beside the input
     f2 = tmp_path / "frags.tsv"
     f2.write_text("".join(f"A\t{a}\t{b}\n" for a, b in frags[:3]))
-    j = json.loads(run(cx, f"defmap fragments {f2} returnJson true", return_json=True).json_value)
+    j = json.loads(run(cx, f"defmap fragments {f2}", return_json=True).json_value)
     assert [x["mean_prediction"] for x in j["fragments"]] == pytest.approx(means[:3])
     assert j["pearson_r"] is None
     assert (tmp_path / "frags.defmap.csv").exists()
@@ -315,7 +315,7 @@ def test_models_lists_metadata_and_map_resolution_picks_sharpest_adequate_model(
                              pp.FeatureSpec(voxel_size=1.5, box=6, filter_resolution=4.0), "my-own")
     monkeypatch.setenv(dm_model.MODEL_DIR_ENV, str(mdir))
     monkeypatch.setattr(dm_model, "PACKAGE_MODEL_DIR", tmp_path / "empty")
-    j = json.loads(run(cx, "defmap models mapResolution 5.5 returnJson true", return_json=True).json_value)
+    j = json.loads(run(cx, "defmap models mapResolution 5.5", return_json=True).json_value)
     assert [m["name"] for m in j["models"]] == ["const-5A", "const-6A", "const-7A"]
     assert [m["resolution"] for m in j["models"]] == [5.0, 6.0, 7.0]
     assert j["models"][0]["box"] == 6 and j["models"][0]["description"] == "test model"
@@ -399,21 +399,3 @@ def test_batch_python_script_writes_json_per_map(random_model, tmp_path):
     v0 = np.array([x["value"] for x in results[0]["residues"]])
     v1 = np.array([x["value"] for x in results[1]["residues"]])
     assert np.abs(v0 - v1).max() > 1e-3
-
-
-def test_subcommands_work_after_lazy_registration_of_defmap_alone(cx, tmp_path, monkeypatch):
-    """Real ChimeraX registers bundle commands lazily from bundle_info.xml, which declares only `defmap`: the first
-    `defmap models` must trigger registration of the subcommands and then run, as must `defmap MAP`."""
-    from chimerax.core.commands import cli
-
-    from chimerax.defmap import cmd as dm_cmd
-    monkeypatch.setattr(dm_model, "PACKAGE_MODEL_DIR", tmp_path / "none")
-    monkeypatch.setenv(dm_model.MODEL_DIR_ENV, str(tmp_path / "none"))
-    cli.deregister("defmap")
-    try:
-        cli.delay_registration("defmap", lambda: dm_cmd.register_defmap_commands(cx.logger), logger=cx.logger)
-        assert run(cx, "defmap models") == []
-        usage = cli.usage(cx, "defmap")
-        assert "defmap compare" in usage and "defmap fragments" in usage and "defmap models" in usage
-    finally:
-        dm_cmd.register_defmap_commands(cx.logger)

@@ -1,8 +1,11 @@
-"""Build the bundle wheel from bundle_info.xml with ChimeraX's own bundle builder (proves the XML is valid)."""
+"""Build the bundle wheel from bundle_info.xml with ChimeraX's own bundle builder (what `devel build .` runs).
+
+bundle_info.xml's ExtraFiles copy onnx_models/ and docs/user/ into the package (src/onnx_models, src/docs, both
+gitignored) during the build, so nothing is staged by hand here.
+"""
 
 import collections
 import collections.abc
-import glob
 import os
 import shutil
 import sys
@@ -14,13 +17,6 @@ for _n in ("Mapping", "MutableMapping", "Sequence", "MutableSequence", "Set", "M
 
 def main() -> int:
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    # ship onnx_models/*.onnx inside the package (DataDir onnx_models); the copy is gitignored
-    dst = os.path.join(root, "src", "onnx_models")
-    shutil.rmtree(dst, ignore_errors=True)
-    os.makedirs(dst)
-    for f in glob.glob(os.path.join(root, "onnx_models", "*.onnx")):
-        shutil.copy2(f, dst)
-    open(os.path.join(dst, "README.txt"), "w").write("Shipped DEFMap ONNX models (copied from onnx_models/).\n")
     from chimerax.bundle_builder import BundleBuilder
 
     class Logger:
@@ -31,6 +27,11 @@ def main() -> int:
         shutil.rmtree(os.path.join(root, d), ignore_errors=True)
     bb = BundleBuilder(Logger(), root)
     bb.make_wheel()
+    # setuptools leaves ChimeraX_DEFMap.egg-info in the checkout; on sys.path (pytest's rootdir, `python -` here) its
+    # PKG-INFO would shadow the installed wheel's METADATA, and ChimeraX's toolshed would see no bundle
+    for d in os.listdir(root):
+        if d.endswith(".egg-info"):
+            shutil.rmtree(os.path.join(root, d))
     print(bb.wheel_path)
     return 0
 

@@ -1,8 +1,11 @@
-"""Boot a real ChimeraX session without a GUI, for tests, `make run` and `make demo`.
+"""Boot a real ChimeraX session without a GUI, for tests, `make run` and `make demo` (not part of the bundle).
 
-The PyPI ChimeraX wheel lacks ``chimerax.core.nogui`` and a toolshed that sees its bundles, so this module repeats the
-start-up steps of ``chimerax/core/__main__.py`` itself and registers the commands the project uses.  In a real ChimeraX
-none of this is needed: the same ``.cxc`` scripts run with ``chimerax --nogui --exit --script file.cxc``.
+The PyPI ChimeraX wheel is one monolithic distribution: it lacks ``chimerax.core.nogui``, and its toolshed lists no
+built-in bundle.  So this module repeats the start-up steps of ``chimerax/core/__main__.py`` and registers the built-in
+commands the project uses by hand.  ``defmap`` itself is *not* registered here: ChimeraX's own toolshed reads the
+installed wheel's METADATA and registers its commands lazily, exactly as in a real ChimeraX after
+``toolshed install``.  In a real ChimeraX none of this file is needed: the same ``.cxc`` scripts run with
+``chimerax --nogui --exit --script file.cxc``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ BUNDLE_COMMANDS = {
     "color_key": ["key"],
     "label": ["2dlabels"],
 }
-INIT_BUNDLES = ("surface", "map", "std_commands", "label", "defmap")
+INIT_BUNDLES = ("surface", "map", "std_commands", "label")  # built-ins with customInit; defmap has none
 PACKAGE_BUNDLE_NAMES = {"core": "ChimeraX-Core"}
 
 
@@ -122,22 +125,33 @@ class _BundleInfo:
 
 
 class _Toolshed:
-    """Stand-in for the toolshed: maps chimerax.<package> classes to bundles so sessions save and restore."""
+    """ChimeraX's real toolshed, plus stand-in bundle infos for the built-in packages of the monolithic wheel (which
+    its toolshed cannot list), so sessions that hold built-in models save and restore."""
 
-    def __init__(self):
+    def __init__(self, real):
+        self._real = real
         self._by_name: dict[str, _BundleInfo] = {}
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
 
     def _info(self, package: str) -> _BundleInfo:
         bi = _BundleInfo(package)
         return self._by_name.setdefault(bi.name, bi)
 
     def find_bundle_for_class(self, cls):
+        bi = self._real.find_bundle_for_class(cls)
+        if bi is not None:
+            return bi
         parts = cls.__module__.split(".")
         if parts[0] != "chimerax" or len(parts) < 2:
             return None
         return self._info(parts[1])
 
     def find_bundle(self, name, logger=None, installed=True, version=None):
+        bi = self._real.find_bundle(name, logger, installed=installed, version=version)
+        if bi is not None:
+            return bi
         bi = self._by_name.get(name)
         if bi is None:
             for pkg in _known_packages():
@@ -201,12 +215,17 @@ def boot(offscreen: bool = True, log_stream=None):
     register_misc_commands(session)
     attributes.RegAttrManager(session)
     session.logger.add_log(sys.modules['chimerax.core.nogui'].NoGuiLog(log_stream))
-    session.toolshed = _Toolshed()
+    from chimerax.core import toolshed
+    # as chimerax/core/__main__.py: the toolshed reads every installed distribution's METADATA (the bundle's wheel
+    # among them) and registers the commands its "ChimeraX :: Command" lines name; no remote toolshed is asked
+    toolshed.init(session.logger, rebuild_cache=True, check_available=False, session=session)
+    session.toolshed = _Toolshed(toolshed.get_toolshed())
     from chimerax import atomic
     atomic.initialize_atomic(session)
+    session.toolshed.bootstrap_bundles(session, False)  # installed bundles with customInit (none of ours)
     session.undo = undo.Undo(session, first=True)
     import importlib
-    for package in INIT_BUNDLES:  # bundles with customInit, as toolshed.bootstrap_bundles would
+    for package in INIT_BUNDLES:  # built-ins with customInit, as bootstrap_bundles would if it could list them
         importlib.import_module("chimerax." + package).bundle_api.initialize(session, session.toolshed._info(package))
     _register_commands(session)
     return session
@@ -223,8 +242,6 @@ def _register_commands(session):
         api = importlib.import_module("chimerax." + package).bundle_api
         for name in names:
             api.register_command(name, session.logger)
-    from chimerax.defmap import cmd
-    cmd.register_defmap_commands(session.logger)
     _register_open_save(session)
 
 

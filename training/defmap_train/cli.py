@@ -29,13 +29,14 @@ def structure_files(d: Path) -> list[Path]:
 # ------------------------------------------------------------------ ensembles
 
 def _anm_one(args) -> str:
-    path, out, max_res = args
-    from .ensembles import anm_record, save_record
+    path, out, max_res, labels = args
+    from .ensembles import Deviations, anm_record, save_record
     from .structure import load_structure
     st = load_structure(path)
     if st.n_res > max_res:
         return f"skip {st.name}: {st.n_res} residues > --max-residues {max_res}"
-    rec = anm_record(st, np.random.default_rng(seed_of("anm", st.name)))
+    rec = anm_record(st, np.random.default_rng(seed_of("anm", st.name)),
+                     deviations=Deviations() if labels == "deviations" else None)
     save_record(rec, Path(out) / f"{st.name}.npz")
     return f"{st.name}: {len(st.xyz)} atoms, {st.n_res} residues, mean RMSF {rec['rmsf'].mean():.2f} Å"
 
@@ -47,7 +48,7 @@ def cmd_ensembles(a) -> None:
     if a.source == "anm":
         files = [p for p in structure_files(Path(a.structures)) if p.stem.split(".")[0] not in a.skip]
         files = files[:a.limit] if a.limit else files
-        jobs = [(p, out, a.max_residues) for p in files]
+        jobs = [(p, out, a.max_residues, a.labels) for p in files]
         for msg in _pool_map(_anm_one, jobs, a.workers):
             print(msg, flush=True)
     elif a.source == "md-reference":  # the four ATLAS chains: per-residue C-alpha RMSF tables
@@ -183,6 +184,16 @@ def cmd_md(a) -> None:
     print(f"MD record: {len(rec['frames'])} frames, mean RMSF {rec['rmsf'].mean():.3f} Å -> {a.out}")
 
 
+def cmd_validate_md(a) -> None:
+    from .validate_md import run
+    run(a)
+
+
+def cmd_engine_check(a) -> None:
+    from .engine_check import run
+    run(a)
+
+
 def cmd_smoke(a) -> None:
     from .smoke import smoke
     smoke(Path(a.out), md=not a.no_md)
@@ -197,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     e.add_argument("--list", help="list file for residue-table / xvg / trajectory sources")
     e.add_argument("--out", default=str(DEFAULT_DATA / "ensembles"))
     e.add_argument("--max-residues", type=int, default=1500)
+    e.add_argument("--labels", choices=["deviations", "anm"], default="deviations",
+                   help="ANM with per-protein deviations only the map shows (default), or plain ANM (the old labels)")
     e.add_argument("--skip", nargs="*", default=list(SKIP_BY_DEFAULT))
     e.add_argument("--limit", type=int, default=0)
     e.add_argument("--workers", type=int, default=2)
@@ -263,6 +276,23 @@ def main(argv: list[str] | None = None) -> None:
     md.add_argument("--solvent", default="implicit", choices=["implicit", "explicit"])
     md.add_argument("--platform")
     md.set_defaults(fn=cmd_md)
+    vm = sub.add_parser("validate-md", help="real-MD yardstick: md_reference chains, raw intensity, ANM, models")
+    vm.add_argument("--md-reference", default=str(SHARED / "md_reference"))
+    vm.add_argument("--models", nargs="*", default=[str(REPO / "onnx_models")],
+                    help="folders of ONNX models (map-only and map+model kinds, chosen by resolution)")
+    vm.add_argument("--maps-per-variant", type=int, default=2)
+    vm.add_argument("--residue-atoms", choices=["ca", "backbone", "heavy"], default="heavy")
+    vm.add_argument("--chains", default="", help="comma-separated subset (default: all)")
+    vm.add_argument("--out", default=str(HERE / "reports" / "validate_md"),
+                    help="writes OUT.json and OUT.md ('' to print only)")
+    vm.set_defaults(fn=cmd_validate_md)
+    ec = sub.add_parser("engine-check", help="label engine vs md_reference: log-RMSF spread and r with ANM")
+    ec.add_argument("--ensembles", default=str(DEFAULT_DATA / "ensembles"))
+    ec.add_argument("--md-reference", default=str(SHARED / "md_reference"))
+    ec.add_argument("--out", default=str(HERE / "reports" / "engine_check.json"))
+    ec.set_defaults(fn=cmd_engine_check)
+    from .mapmodel import add_parser as add_train2
+    add_train2(sub, str(DEFAULT_DATA / "samples"), str(DEFAULT_DATA / "ensembles"))
     s = sub.add_parser("smoke", help="tiny end-to-end run (≤ 3 min on 2 cores)")
     s.add_argument("--out", default=str(HERE / "runs" / "smoke"))
     s.add_argument("--no-md", action="store_true")

@@ -56,6 +56,9 @@ def make_sample(values: np.ndarray, xyz_to_ijk: np.ndarray, vs: float, rec: dict
         out[f"grid_{key}"] = prep.grid.values.astype(np.float16)
         out[f"centers_{key}"] = prep.centers.astype(np.int32)
         out[f"p2c_{key}"] = prep.point_to_center.astype(np.int32)
+        # second input channel: the fitted model's own rigid density on the same lattice (the bundle's function)
+        out[f"model_{key}"] = pp.model_density(prep, xyz, pp.element_weights(rec["element"]),
+                                               spec_for(res)).astype(np.float16)
     return out
 
 
@@ -80,6 +83,15 @@ class Item:
     res_index: np.ndarray  # (N,)
     baselines: dict
     path: str
+    model_grid: np.ndarray | None = None  # float32 [z,y,x] fitted-model density channel (None in older samples)
+
+    def input(self, channels: int) -> np.ndarray:
+        """(C, z, y, x): the map, and with 2 channels the fitted model's density."""
+        if channels == 1:
+            return self.grid[None]
+        if self.model_grid is None:
+            raise ValueError(f"{self.path} has no model-density channel; regenerate it with defmap-train dataset")
+        return np.stack([self.grid, self.model_grid])
 
 
 def load_item(path: Path, resolution: float) -> Item:
@@ -90,7 +102,8 @@ def load_item(path: Path, resolution: float) -> Item:
         lr = z["log_rmsf"]
         return Item(str(z["name"]), z[f"grid_{key}"].astype(np.float32), centers,
                     center_labels(lr, p2c, len(centers)), p2c, lr, z["res_index"],
-                    {k: z[k] for k in ("raw_intensity", "blur_proxy")}, str(path))
+                    {k: z[k] for k in ("raw_intensity", "blur_proxy")}, str(path),
+                    z[f"model_{key}"].astype(np.float32) if f"model_{key}" in z.files else None)
 
 
 def list_samples(data_dir: Path) -> dict[str, list[Path]]:

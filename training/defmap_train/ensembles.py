@@ -15,6 +15,7 @@ atom), frames (F, N, 3) float16 displacements from xyz (optional), source, name.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,8 +44,119 @@ def burial_exposure(xyz: np.ndarray, radius: float = 8.0) -> np.ndarray:
     return np.clip((hi - counts) / max(hi - lo, 1.0), 0.0, 1.0)
 
 
+@dataclass
+class Deviations:
+    """How far a protein's flexibility departs from its structural (ANM) prior: ranges each protein draws from.
+
+    All amplitude changes are log10 factors on a residue's whole motion (C-alpha and side chain): a smooth random field
+    along the chain plus one smooth in space (over C-alpha positions), extra-mobile segments (loops, termini: graded
+    toward the free end), stiffened segments, and with ``rock_probability`` a rigid-body rocking of one part (a
+    sequence-contiguous domain or, for multi-chain structures, one chain) about its interface with the rest.  None of
+    these are a function of the structure, so only the map can show them.
+    """
+
+    chain_sd: tuple[float, float] = (0.05, 0.22)  # log10 SD of the along-chain field
+    chain_length: tuple[float, float] = (3.0, 15.0)  # residues (Gaussian correlation length)
+    space_sd: tuple[float, float] = (0.0, 0.15)
+    space_length: tuple[float, float] = (6.0, 15.0)  # Å
+    mobile_segments: tuple[int, int] = (0, 3)
+    mobile_length: tuple[int, int] = (3, 14)
+    mobile_log10: tuple[float, float] = (0.15, 0.5)
+    terminus_probability: float = 0.5
+    terminus_length: tuple[int, int] = (2, 12)
+    terminus_log10: tuple[float, float] = (0.1, 0.5)
+    stiff_segments: tuple[int, int] = (0, 2)
+    stiff_length: tuple[int, int] = (5, 20)
+    stiff_log10: tuple[float, float] = (-0.3, -0.1)
+    rock_probability: float = 0.5
+    rock_degrees: tuple[float, float] = (1.5, 5.0)  # SD of the rocking rotation (per axis)
+    rock_shift: tuple[float, float] = (0.0, 0.5)  # Å, SD of the rigid translation (per axis)
+    strength: tuple[float, float] = (0.3, 1.0)  # per-protein factor on all of the above (some stay near ANM)
+    anm_exponent: tuple[float, float] = (1.0, 1.6)  # ANM's C-alpha RMSF profile raised to this power (MD's range
+    # of log RMSF over residues is wider than ANM's at the same correlation)
+
+
+NO_DEVIATIONS = None
+
+
+def _smooth_1d(n: int, length: float, rng: np.random.Generator) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter1d
+    f = gaussian_filter1d(rng.standard_normal(n + 6 * int(length) + 2), length, mode="wrap")[:n]
+    return (f - f.mean()) / max(f.std(), 1e-12)
+
+
+def _smooth_space(ca: np.ndarray, length: float, rng: np.random.Generator) -> np.ndarray:
+    """Unit-SD random field over points, smooth on `length` Å (random Fourier features of a Gaussian kernel)."""
+    k = rng.standard_normal((64, 3)) / length
+    ph = rng.uniform(0, 2 * np.pi, 64)
+    f = np.cos(ca @ k.T + ph).sum(axis=1)
+    return (f - f.mean()) / max(f.std(), 1e-12)
+
+
+def _segment(n: int, length_range, rng: np.random.Generator) -> slice:
+    ln = int(min(n, rng.integers(length_range[0], length_range[1] + 1)))
+    s = int(rng.integers(0, max(1, n - ln + 1)))
+    return slice(s, s + ln)
+
+
+def deviation_fields(st: Structure, ca: np.ndarray, dev: Deviations, rng: np.random.Generator) -> tuple[
+        np.ndarray, dict | None, dict]:
+    """(log10 amplitude factor per residue, rocking part or None, a JSON-able description)."""
+    n = len(ca)
+    # chain breaks: fields and segments run per chain
+    chains = np.asarray(st.chain_of_res)
+    logf = np.zeros(n)
+    info: dict = {"segments": []}
+    csd = rng.uniform(*dev.chain_sd)
+    ssd = rng.uniform(*dev.space_sd)
+    logf += ssd * _smooth_space(ca, rng.uniform(*dev.space_length), rng)
+    for c in dict.fromkeys(chains.tolist()):
+        idx = np.flatnonzero(chains == c)
+        m = len(idx)
+        if m < 4:
+            continue
+        logf[idx] += csd * _smooth_1d(m, rng.uniform(*dev.chain_length), rng)
+        for end in (0, 1):
+            if rng.random() < dev.terminus_probability:
+                ln = int(min(m, rng.integers(dev.terminus_length[0], dev.terminus_length[1] + 1)))
+                ramp = np.linspace(1.0, 0.0, ln + 1)[:-1] * rng.uniform(*dev.terminus_log10)
+                sel = idx[:ln] if end == 0 else idx[::-1][:ln]
+                logf[sel] += ramp
+                info["segments"].append(["terminus", str(c), int(end)])
+    for kind, nrange, lrange, arange in (("mobile", dev.mobile_segments, dev.mobile_length, dev.mobile_log10),
+                                         ("stiff", dev.stiff_segments, dev.stiff_length, dev.stiff_log10)):
+        for _ in range(int(rng.integers(nrange[0], nrange[1] + 1))):
+            sl = _segment(n, lrange, rng)
+            amp = rng.uniform(*arange)
+            w = np.sin(np.linspace(0, np.pi, sl.stop - sl.start + 2)[1:-1]) ** 0.5  # soft edges
+            logf[sl] += amp * w
+            info["segments"].append([kind, int(sl.start), int(sl.stop), round(float(amp), 3)])
+    rock = None
+    if n >= 40 and rng.random() < dev.rock_probability:
+        uniq = list(dict.fromkeys(chains.tolist()))
+        if len(uniq) > 1 and rng.random() < 0.5:
+            part = chains == uniq[int(rng.integers(len(uniq)))]  # a whole subunit
+        else:
+            cut = int(rng.integers(int(0.3 * n), int(0.7 * n) + 1))
+            part = np.arange(n) >= cut if rng.random() < 0.5 else np.arange(n) < cut
+        if 10 <= part.sum() <= n - 10:
+            d = np.linalg.norm(ca[part][:, None] - ca[~part][None], axis=2).min(axis=1)
+            hinge = ca[part][d <= max(8.0, np.quantile(d, 0.1))].mean(axis=0)
+            rock = {"residues": part, "pivot": hinge, "sigma": np.deg2rad(rng.uniform(*dev.rock_degrees)),
+                    "shift": rng.uniform(*dev.rock_shift)}
+            info["rock"] = {"residues": int(part.sum()), "degrees": float(np.rad2deg(rock["sigma"])),
+                            "shift": float(rock["shift"])}
+    k = rng.uniform(*dev.strength)
+    logf *= k
+    if rock is not None:
+        rock["sigma"] *= k
+        rock["shift"] *= k
+    info.update({"chain_sd": float(csd), "space_sd": float(ssd), "strength": float(k)})
+    return logf, rock, info
+
+
 def anm_record(st: Structure, rng: np.random.Generator, mean_ca_rmsf: float | None = None, n_frames: int = 100,
-               cutoff: float = 15.0) -> dict:
+               cutoff: float = 15.0, deviations: Deviations | None = NO_DEVIATIONS) -> dict:
     """Normal-mode ensemble: residues move with their C-alpha (ANM at a temperature), side chains add local motion.
 
     The temperature is set through ``mean_ca_rmsf`` (Å): the ANM's kT/γ is scaled so the mean C-alpha RMSF equals it
@@ -64,14 +176,39 @@ def anm_record(st: Structure, rng: np.random.Generator, mean_ca_rmsf: float | No
     backbone = np.isin(st.atom_name, list(SIDECHAIN_BACKBONE))
     sc_sigma = np.where(backbone, 0.05 + 0.1 * expo, (0.1 + 0.35 * expo) * d_ca / 2.5)  # per-axis Å
     sc_sigma *= np.sqrt(mean_ca_rmsf)  # hotter ensembles move side chains more too
-    rmsf = np.sqrt(scale * msf_ca[st.res_index] + 3.0 * sc_sigma ** 2)
+    if deviations is None:
+        amp, rock, dev_info = np.ones(len(ca)), None, None
+    else:
+        logf, rock, dev_info = deviation_fields(st, ca, deviations, rng)
+        gamma = rng.uniform(*deviations.anm_exponent)
+        lca = 0.5 * np.log10(msf_ca)
+        logf += (gamma - 1.0) * (lca - lca.mean())
+        dev_info["anm_exponent"] = float(gamma)
+        amp = 10.0 ** logf
+    a_atom = amp[st.res_index]
+    msf = a_atom ** 2 * (scale * msf_ca[st.res_index] + 3.0 * sc_sigma ** 2)
+    if rock is not None:
+        in_part = rock["residues"][st.res_index]
+        r2 = ((st.xyz - rock["pivot"]) ** 2).sum(axis=1)
+        msf = msf + in_part * (2.0 * rock["sigma"] ** 2 * r2 + 3.0 * rock["shift"] ** 2)
+    # keep the drawn temperature: rescale so the mean C-alpha RMSF is mean_ca_rmsf again
+    g = mean_ca_rmsf / np.sqrt(msf[ca_idx]).mean() if deviations is not None else 1.0
+    rmsf = g * np.sqrt(msf)
     frames = None
     if n_frames:
         z = rng.standard_normal((n_frames, len(w)))
         disp_ca = ((z * np.sqrt(scale / w)) @ v.T).reshape(n_frames, len(ca), 3)
         frames = disp_ca[:, st.res_index] + rng.standard_normal((n_frames, len(st.xyz), 3)) * sc_sigma[None, :, None]
-    rec = _record(st, rmsf, frames, "anm")
-    rec["anm"] = json.dumps({"cutoff": cutoff, "mean_ca_rmsf": mean_ca_rmsf, "kT_over_gamma": scale})
+        frames *= a_atom[None, :, None]
+        if rock is not None:
+            om = rng.standard_normal((n_frames, 3)) * rock["sigma"]
+            sh = rng.standard_normal((n_frames, 3)) * rock["shift"]
+            rel = st.xyz - rock["pivot"]
+            frames += in_part[None, :, None] * (np.cross(om[:, None, :], rel[None]) + sh[:, None, :])
+        frames *= g
+    rec = _record(st, rmsf, frames, "anm" if deviations is None else "anm_deviations")
+    rec["anm"] = json.dumps({"cutoff": cutoff, "mean_ca_rmsf": mean_ca_rmsf, "kT_over_gamma": scale,
+                             "deviations": dev_info})
     return rec
 
 

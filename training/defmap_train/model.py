@@ -30,7 +30,8 @@ class DEFMapNet(nn.Module):
 
 class DEFMapFCN(nn.Module):
     """Valid convolutions whose receptive field is exactly the 10³ patch, so one pass over a whole grid gives every
-    patch's prediction: (N,1,D,H,W) -> (N,1,D-9,H-9,W-9), output voxel o = the patch whose first voxel is o.
+    patch's prediction: (N,C,D,H,W) -> (N,K,D-9,H-9,W-9), output voxel o = the patch whose first voxel is o.
+    C = 1 (map) or 2 (map, fitted-model density); K = 1 (log10 RMSF) or 2 (log10 RMSF, log-variance).
 
     k3 16 -> k3 32 -> k3 64 -> k3 64 -> k2 128 (the "dense" layer) -> k1 64 -> k1 1; deterministic (no dropout, no
     batch norm) so per-patch and dense evaluation agree exactly.
@@ -38,15 +39,17 @@ class DEFMapFCN(nn.Module):
 
     fully_convolutional = True
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 64), hidden: int = 128, box: int = 10):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 64), hidden: int = 128, box: int = 10,
+                 in_channels: int = 1, outputs: int = 1):
         super().__init__()
-        layers, c_in, rf = [], 1, 1
+        self.in_channels, self.outputs = int(in_channels), int(outputs)
+        layers, c_in, rf = [], self.in_channels, 1
         for c in widths:
             layers += [nn.Conv3d(c_in, c, 3), nn.LeakyReLU(0.01)]
             c_in, rf = c, rf + 2
         last = box - rf + 1
         layers += [nn.Conv3d(c_in, hidden, last), nn.LeakyReLU(0.01), nn.Conv3d(hidden, hidden // 2, 1),
-                   nn.LeakyReLU(0.01), nn.Conv3d(hidden // 2, 1, 1)]
+                   nn.LeakyReLU(0.01), nn.Conv3d(hidden // 2, self.outputs, 1)]
         self.net = nn.Sequential(*layers)
         self.box = box
 
@@ -54,9 +57,13 @@ class DEFMapFCN(nn.Module):
         return self.net(x)
 
 
-def build(arch: str) -> nn.Module:
+def build(arch: str, in_channels: int = 1, outputs: int = 1) -> nn.Module:
+    """``fcn`` (in_channels 1: the map; 2: map + fitted-model density; outputs 1: mean log10 RMSF; 2: mean and
+    log-variance, trained with a Gaussian NLL) or DEFMap's ``reference`` net (1 channel, 1 output)."""
     if arch == "fcn":
-        return DEFMapFCN()
+        return DEFMapFCN(in_channels=in_channels, outputs=outputs)
+    if in_channels != 1 or outputs != 1:
+        raise ValueError("the reference network takes one channel and has one output")
     if arch == "reference":
         return DEFMapNet()
     raise ValueError(f"unknown arch {arch!r} (fcn or reference)")
@@ -80,7 +87,7 @@ def flops_per_patch(model: nn.Module, box: int = 10) -> float:
         elif isinstance(m, nn.Linear):
             hooks.append(m.register_forward_hook(lin_hook))
     with torch.no_grad():
-        model.eval()(torch.zeros(1, 1, box, box, box))
+        model.eval()(torch.zeros(1, getattr(model, "in_channels", 1), box, box, box))
     for h in hooks:
         h.remove()
     return float(total)

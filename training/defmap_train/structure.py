@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+CHARMM_NAMES = {"HSD": "HIS", "HSE": "HIS", "HSP": "HIS"}  # mdCATH's histidine protonation states
 ELEMENT_Z = {"C": 6.0, "N": 7.0, "O": 8.0, "S": 16.0, "SE": 34.0}
 
 
@@ -61,7 +62,7 @@ def load_structure(path: str | Path, name: str | None = None) -> Structure:
     rn, rl, rc = [], [], []
     for ch in model:
         for res in ch:
-            info = gemmi.find_tabulated_residue(res.name)
+            info = gemmi.find_tabulated_residue(CHARMM_NAMES.get(res.name, res.name))
             if info is None or not info.is_amino_acid():
                 continue
             atoms = [a for a in res if a.element.name not in ("H", "D")]

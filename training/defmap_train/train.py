@@ -68,30 +68,50 @@ class CropSampler:
 class PatchSampler:
     """Random single patches (reference network), one random cube rotation per patch group."""
 
-    def __init__(self, items: list[Item], rng: np.random.Generator):
-        self.items = [(it.grid, it.centers[np.isfinite(it.labels)], it.labels[np.isfinite(it.labels)]) for it in items]
+    def __init__(self, items: list[Item], rng: np.random.Generator, channels: int = 1):
+        self.items = [(it.input(channels), it.centers[np.isfinite(it.labels)], it.labels[np.isfinite(it.labels)])
+                      for it in items]
         self.rng = rng
         self.weights = np.array([len(c) for _, c, _ in self.items], dtype=np.float64)
         self.weights /= self.weights.sum()
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from chimerax.defmap.preprocess import extract_patches
         xs, ys = [], []
         counts = np.bincount(self.rng.choice(len(self.items), n, p=self.weights), minlength=len(self.items))
         for (grid, centers, labels), c in zip(self.items, counts):
             if c == 0:
                 continue
             sel = self.rng.integers(len(centers), size=c)
-            p = extract_patches(grid, centers[sel], BOX)[:, None]
+            p = channel_patches(grid, centers[sel])
             xs.append(np.ascontiguousarray(ROTATIONS[int(self.rng.integers(24))](p)))
             ys.append(labels[sel])
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys).astype(np.float32)[:, None])
 
 
+def channel_patches(grid: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """(N, C, box, box, box) patches of a (C, z, y, x) input."""
+    from chimerax.defmap.preprocess import extract_patches
+    return np.stack([extract_patches(g, centers, BOX) for g in grid], axis=1)
+
+
+def loss_terms(pred: torch.Tensor, y: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """MSE for one output; for two (mean, log-variance) the beta-NLL of Seitzer et al. 2022: the Gaussian NLL per
+    label weighted by the detached variance**beta, so the mean keeps learning where the variance is large."""
+    m = torch.isfinite(y)
+    if pred.shape[1] == 1:
+        return ((pred[m] - y[m]) ** 2).mean()
+    mu, lv = pred[:, :1], pred[:, 1:2].clamp(-9.0, 3.0)
+    yy = torch.where(m, y, mu.detach())
+    nll = 0.5 * (lv + (yy - mu) ** 2 / lv.exp())
+    return (nll * (beta * lv.detach()).exp())[m].mean()
+
+
 @torch.no_grad()
-def predict_item(model: torch.nn.Module, item: Item, rotation: int = 0, tile: int = 24) -> np.ndarray:
+def predict_item(model: torch.nn.Module, item: Item, rotation: int = 0, tile: int = 24,
+                 output: int = 0) -> np.ndarray:
     """Prediction per centre voxel: the FCN runs densely on only the tiles that hold centres, the reference net on
-    patch batches.  ``rotation`` rotates the whole lattice (FCN) or each patch (reference) by a cube rotation."""
+    patch batches.  ``rotation`` rotates the whole lattice (FCN) or each patch (reference) by a cube rotation.
+    ``output`` 1 gives a two-output model's log-variance."""
     model.eval()
     if not getattr(model, "fully_convolutional", False):
         from chimerax.defmap.preprocess import iter_patch_batches
@@ -102,12 +122,12 @@ def predict_item(model: torch.nn.Module, item: Item, rotation: int = 0, tile: in
         return np.concatenate(outs)
     out_shape = tuple(s - BOX + 1 for s in item.grid.shape)
     starts = item.centers - LO
-    grid = item.grid
+    grid = item.input(getattr(model, "in_channels", 1))
     if rotation:  # rotate the lattice and find where each centre's patch start went
         idx = np.full(out_shape, -1, dtype=np.int64)
         idx[starts[:, 0], starts[:, 1], starts[:, 2]] = np.arange(len(starts))
         ridx = ROTATIONS[rotation](idx[None, None])[0, 0]
-        grid = np.ascontiguousarray(ROTATIONS[rotation](grid[None, None])[0, 0])
+        grid = np.ascontiguousarray(ROTATIONS[rotation](grid[None])[0])
         pos = np.argwhere(ridx >= 0)
         order = ridx[pos[:, 0], pos[:, 1], pos[:, 2]]
         starts = np.empty_like(starts)
@@ -118,8 +138,8 @@ def predict_item(model: torch.nn.Module, item: Item, rotation: int = 0, tile: in
     inv = inv.reshape(-1)
     for t, key in enumerate(keys):
         t0 = key * tile
-        sub = grid[t0[0]:t0[0] + tile + BOX - 1, t0[1]:t0[1] + tile + BOX - 1, t0[2]:t0[2] + tile + BOX - 1]
-        y = model(torch.from_numpy(np.ascontiguousarray(sub[None, None]))).numpy()[0, 0]
+        sub = grid[:, t0[0]:t0[0] + tile + BOX - 1, t0[1]:t0[1] + tile + BOX - 1, t0[2]:t0[2] + tile + BOX - 1]
+        y = model(torch.from_numpy(np.ascontiguousarray(sub[None]))).numpy()[0, output]
         sel = np.flatnonzero(inv == t)
         rel = starts[sel] - t0
         out[sel] = y[rel[:, 0], rel[:, 1], rel[:, 2]]
@@ -152,7 +172,7 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
           max_steps: int = 100_000, batch: int | None = None, crop: int = 16, lr: float = 1e-3, seed: int = 0,
           eval_every: int | None = None, eval_seconds: float = 30.0, patience: int = 8, init: dict | None = None,
           log: Path | None = None, threads: int | None = None,
-          sampler: str = "patches") -> tuple[torch.nn.Module, dict]:
+          sampler: str = "patches", channels: int = 1, outputs: int = 1) -> tuple[torch.nn.Module, dict]:
     """Adam on MSE of log10 RMSF until the time budget, max_steps or `patience` evaluations without improvement.
 
     Validation runs every `eval_every` steps if given, else every `eval_seconds` of wall clock (a validation pass
@@ -162,7 +182,7 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build(arch)
+    model = build(arch, channels, outputs)
     if init is not None:
         model.load_state_dict(init)
     if sampler == "crops":  # FCN only: every labelled output voxel of a random crop
@@ -170,7 +190,7 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
             raise ValueError("the crops sampler needs the fully convolutional network")
         sampler_obj, batch = CropSampler(train_items, crop, rng), batch or 8
     else:
-        sampler_obj, batch = PatchSampler(train_items, rng), batch or 256
+        sampler_obj, batch = PatchSampler(train_items, rng, channels), batch or 256
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0, best, best_state, bad, hist = time.time(), -np.inf, copy.deepcopy(model.state_dict()), 0, []
     last_eval = t0
@@ -186,10 +206,10 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
         model.train()
         x, y = sampler_obj.batch(batch)
         pred = model(x)
-        if pred.dim() != y.dim():  # FCN on single patches: (N,1,1,1,1) -> (N,1)
-            pred = pred.reshape(y.shape)
+        if pred.dim() != y.dim():  # FCN on single patches: (N,K,1,1,1) -> (N,K)
+            pred = pred.reshape(len(y), -1)
         m = torch.isfinite(y)
-        loss = ((pred[m] - y[m]) ** 2).mean()
+        loss = loss_terms(pred, y)
         opt.zero_grad()
         loss.backward()
         opt.step()

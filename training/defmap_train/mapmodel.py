@@ -1,0 +1,177 @@
+"""The issue-11 recipe: map-only and map + fitted-model networks with a variance head, protein-disjoint CV on the
+simulated set, calibration fitted on that CV (never on md_reference), final models and ONNX export.
+
+``defmap-train train2`` runs, for each kind (``map``: one input channel, what voxel mode uses; ``map+model``: the map
+and the fitted model's own density from ``chimerax.defmap.preprocess.model_density``, what structure mode uses), a
+k-fold protein-disjoint CV (each fold model never sees its test proteins; early stopping on a further protein-disjoint
+part), then a final model on all proteins.  Both networks output a mean log10 RMSF and a log-variance (beta-NLL).
+
+From the CV predictions it measures, per protein: residue r of the network, residue r of ANM of the structure (how
+much of the labels the structure alone explains), 68 % interval coverage and Spearman(SD, |error|); and fits two
+numbers stored in the exported models' metadata under ``calibration``: ``sd_scale`` (the SD multiplier that gives
+68 % coverage on the CV) and ``anm_weight`` (weight w of z(ANM) in z(network) + w z(ANM) that maximizes the mean CV
+residue r; 0 means the ANM prior is dropped).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from chimerax.defmap.nma import anm_log_fluctuations, zscore
+
+from .dataset import Item, list_samples, load_item
+from .evaluate import folds_of, load_items, split_proteins
+from .export import export_onnx, load_checkpoint, save_checkpoint
+from .train import atom_predictions, pearson, predict_item, train
+
+KINDS = {"map": 1, "map+model": 2}
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BACKBONE = ("N", "CA", "C", "O")
+
+
+def residue_values(v: np.ndarray, res_index: np.ndarray, sel: np.ndarray | None = None) -> np.ndarray:
+    ok = np.isfinite(v) if sel is None else np.isfinite(v) & sel
+    n = int(res_index.max()) + 1
+    s = np.bincount(res_index[ok], v[ok], minlength=n)
+    c = np.bincount(res_index[ok], minlength=n)
+    with np.errstate(invalid="ignore"):
+        return s / np.where(c > 0, c, np.nan)
+
+
+_ANM: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def anm_of(name: str, ensembles: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(per-residue log ANM fluctuation, per-atom backbone mask) of a training protein's structure."""
+    if name not in _ANM:
+        from .ensembles import load_record, record_structure
+        rec = load_record(Path(ensembles) / f"{name}.npz")
+        st = record_structure(rec)
+        _ANM[name] = (anm_log_fluctuations(st.xyz[st.ca_index()]), np.isin(st.atom_name, BACKBONE))
+    return _ANM[name]
+
+
+def item_rows(model, it: Item, ensembles: Path) -> dict:
+    """Per-map metrics of one test map (residue level = mean over backbone atoms, the md_reference winner)."""
+    mu = predict_item(model, it)
+    lv = predict_item(model, it, output=1)
+    sd_c = np.exp(0.5 * lv)
+    ok = np.isfinite(it.labels)
+    anm, bb = anm_of(it.protein, ensembles)
+    pa, sa = atom_predictions(it, mu), atom_predictions(it, sd_c)
+    pr = residue_values(pa, it.res_index, bb)
+    sr = residue_values(sa, it.res_index, bb)
+    lab = residue_values(it.log_rmsf, it.res_index, bb)
+    good = np.isfinite(pr) & np.isfinite(lab) & np.isfinite(anm)
+    a, b = np.polyfit(pr[good], lab[good], 1)
+    err = np.abs(lab[good] - (a * pr[good] + b))
+    return {"protein": it.protein, "residue_r": pearson(pr, lab), "anm_r": pearson(anm, lab),
+            "atom_r": pearson(pa, it.log_rmsf), "sd_spearman": float(stats.spearmanr(sr[good], err).statistic),
+            "z_abs": (np.abs(it.labels[ok] - mu[ok]) / sd_c[ok]).tolist(),  # centre voxels, absolute scale
+            "_res": (pr[good], anm[good], lab[good])}
+
+
+def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
+    per: dict[str, list[dict]] = {}
+    for r in rows:
+        per.setdefault(r["protein"], []).append(r)
+    out = {"proteins": len(per)}
+    for k in ("residue_r", "anm_r", "atom_r", "sd_spearman"):
+        v = [np.nanmean([r[k] for r in rs]) for rs in per.values()]
+        out[k] = float(np.nanmean(v))
+        out[k + "_sd"] = float(np.nanstd(v))
+    z = np.concatenate([np.asarray(r["z_abs"]) for r in rows])
+    out["coverage68_raw"] = float(np.mean(z <= 1.0))
+    out["sd_scale"] = float(np.quantile(z, 0.6827))
+    out["coverage68_calibrated"] = float(np.mean(z <= out["sd_scale"]))
+    best = None
+    for w in WEIGHTS:
+        rs = [pearson(zscore(p) + w * zscore(an), lab) for r in rows for p, an, lab in [r["_res"]]]
+        m = float(np.nanmean(rs))
+        out[f"zsum_w{w:g}_residue_r"] = m
+        if best is None or m > best[1] + 1e-9:
+            best = (w, m)
+    out["anm_weight"] = best[0]
+    return out
+
+
+def run(a) -> dict:
+    data, out, ens = Path(a.data), Path(a.out), Path(a.ensembles)
+    out.mkdir(parents=True, exist_ok=True)
+    groups = list_samples(data)
+    proteins = sorted(groups)
+    folds = folds_of(proteins, a.folds)
+    res = float(a.resolution)
+    results: dict = {"command": "defmap-train " + " ".join(sys.argv[1:]), "folds": folds, "kinds": {}}
+    kinds = a.kinds.split(",")
+    for kind in kinds:
+        ch = KINDS[kind]
+        rows = []
+        for k, test in enumerate(folds if a.cv_minutes > 0 else []):
+            ck = out / "cv" / f"{kind}_fold{k}.pt"
+            if ck.exists():
+                model = load_checkpoint(ck)[0]
+            else:
+                rest = [p for p in proteins if p not in test]
+                tr, va = split_proteins(rest, 0.15, k)
+                model, info = train(load_items([f for p in tr for f in groups[p]], res),
+                                    load_items([groups[p][0] for p in va], res), minutes=a.cv_minutes, seed=k,
+                                    channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl")
+                save_checkpoint(ck, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
+                print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
+            for p in test:
+                for f in groups[p][:a.eval_maps]:
+                    rows.append(item_rows(model, load_item(f, res), ens))
+        summ = summarize(rows) if rows else {}
+        results["kinds"][kind] = {"cv": summ}
+        if summ:
+            print(f"{kind} CV: residue r {summ['residue_r']:.3f} (ANM of the structure {summ['anm_r']:.3f}), "
+                  f"coverage68 {summ['coverage68_raw']:.3f} (sd_scale {summ['sd_scale']:.2f}), "
+                  f"Spearman(SD,|err|) {summ['sd_spearman']:.3f}, anm_weight {summ['anm_weight']}", flush=True)
+        ckf = out / f"{kind}_{res:g}A.pt"
+        if a.minutes > 0 and not ckf.exists():
+            tr, va = split_proteins(proteins, 0.15, 0)
+            model, info = train(load_items([f for p in tr for f in groups[p]], res),
+                                load_items([groups[p][0] for p in va], res), minutes=a.minutes, seed=0,
+                                channels=ch, outputs=2, log=out / f"{kind}_{res:g}A.jsonl")
+            save_checkpoint(ckf, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
+            print(f"{kind} final: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
+        if ckf.exists():
+            model, ck = load_checkpoint(ckf)
+            cal = {"sd_scale": summ.get("sd_scale", 1.0), "anm_weight": summ.get("anm_weight", 0.0),
+                   "fitted_on": "protein-disjoint CV of the simulated training set (not md_reference)"}
+            metrics = {k2: v for k2, v in summ.items() if not k2.startswith("_")}
+            name = f"defmap-{'mapmodel' if ch == 2 else 'map'}-{res:g}A"
+            dst = out / "onnx" / f"{name}.onnx"
+            dev = export_onnx(model, dst, name, res, metrics=metrics,
+                              training={k2: v for k2, v in ck.get("info", {}).items() if k2 != "history"},
+                              description=_describe(ch, res), extra={"calibration": cal})
+            print(f"{dst}: parity {dev:.1e}", flush=True)
+    (out / "train2.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    return results
+
+
+def _describe(channels: int, res: float) -> str:
+    inp = "the map and the fitted model's own density (two channels)" if channels == 2 else "the map alone"
+    return (f"fully convolutional DEFMap variant for maps at about {res:g} Å or better, input {inp}; outputs mean "
+            "log10 RMSF (Å) and its log-variance. Trained on simulated maps of ANM ensembles with per-protein "
+            "deviations only the map shows (not MD): see MODEL_CARD.md")
+
+
+def add_parser(sub, default_data: str, default_ens: str) -> None:
+    t = sub.add_parser("train2", help="map-only and map+model networks with a variance head: CV, final, export")
+    t.add_argument("--data", default=default_data)
+    t.add_argument("--ensembles", default=default_ens, help="records of the training proteins (for ANM)")
+    t.add_argument("--out", required=True)
+    t.add_argument("--kinds", default="map+model,map")
+    t.add_argument("--resolution", type=float, default=5.0)
+    t.add_argument("--folds", type=int, default=3)
+    t.add_argument("--cv-minutes", type=float, default=3.5, help="per fold model (0: no CV)")
+    t.add_argument("--minutes", type=float, default=5.0, help="final model (0: none)")
+    t.add_argument("--eval-maps", type=int, default=2)
+    t.set_defaults(fn=lambda a: run(a))

@@ -1,0 +1,397 @@
+"""Real-MD yardstick: ``defmap-train validate-md`` on the md_reference chains (never trained on).
+
+For each of the 17 chains with real MD RMSF (5 ATLAS 300 K, 12 mdCATH 320 K; ``../shared/data/md_reference``) maps are
+simulated from the chain's own MD:
+
+* ``hard``: Debye–Waller maps from the published per-residue C-alpha RMSF with the training randomization (local
+  resolution, damage, coloured noise, B-factor, masking); the fitted model is the MD start structure;
+* ``clean``: the same without confounders;
+* ``frames`` (the 6 chains with MD snapshots): the mean density of the frames (hard confounders), with the fitted model
+  at the frames' mean positions, as a user's model fitted into the map would sit.  Five chains have one real point per
+  residue per frame (see the md_reference README), so their frames move each residue rigidly.
+
+Per map and chain, Pearson r per residue with log10 MD RMSF of: raw intensity (minus the map value), ANM of the fitted
+model (structure only), the map-only model (voxel mode's kind), the map + model model (structure mode's two-channel
+kind, when one is given), the combination the bundle uses with ``normalModes true`` (z-score sum of the map
+prediction and ANM), and, for models with a variance output, Spearman(SD, |error|) with the error taken after a
+per-chain linear fit of MD on the prediction.  The residue value is the mean over ``--residue-atoms`` (heavy, backbone
+or ca) of the per-atom predictions; the map-only model is also reported with all three.
+
+Nothing here is fitted to these chains.  Maps are cached in ``training/data/validate_md`` (seeded; delete to remake).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+from chimerax.defmap import preprocess as pp
+from chimerax.defmap.nma import anm_log_fluctuations, combine, zscore
+
+from .cli import DEFAULT_DATA, HERE, REPO, SHARED, seed_of
+from .ensembles import _record
+from .maps import CLEAN, Randomization, simulate_map
+from .structure import Structure, load_structure
+
+MD_DIR = SHARED / "md_reference"
+CACHE = DEFAULT_DATA / "validate_md"
+VARIANTS = ("hard", "clean", "frames")
+BACKBONE = {"N", "CA", "C", "O"}
+ATLAS = {"1ab1_A", "1ail_A", "1bgf_A", "1b8d_K", "1ah7_A"}
+
+
+# ------------------------------------------------------------------ chains and maps
+
+def md_chains(md_dir: Path = MD_DIR) -> list[str]:
+    return sorted(p.name.split(".")[0] for p in Path(md_dir).glob("*.rmsf_nm.txt"))
+
+
+def load_chain(md_dir: Path, name: str) -> tuple[Structure, np.ndarray]:
+    """(structure, per-residue MD C-alpha RMSF in Å)."""
+    st = load_structure(Path(md_dir) / f"{name}.pdb", name)
+    txt = (Path(md_dir) / f"{name}.rmsf_nm.txt").read_text().replace("\n", ",")
+    md = np.array([float(x) for x in txt.split(",") if x.strip()]) * 10.0
+    if len(md) != st.n_res:
+        raise ValueError(f"{name}: {len(md)} RMSF values but {st.n_res} residues")
+    return st, md
+
+
+def frame_displacements(st: Structure, frames_dir: Path) -> np.ndarray | None:
+    """(F, N, 3) displacements of the structure's atoms in each MD frame, matched by (residue order, atom name); atoms
+    a frame lacks (five chains keep one point per residue) move with their residue's matched atoms."""
+    from .structure import load_structure as _load
+    files = sorted(Path(frames_dir).glob("*.pdb")) if Path(frames_dir).is_dir() else []
+    if not files:
+        return None
+    out = []
+    for f in files:
+        fr = _load(f)
+        if fr.n_res != st.n_res:
+            raise ValueError(f"{f.name}: {fr.n_res} residues, {st.name} has {st.n_res}")
+        pos = {(int(r), str(a)): x for r, a, x in zip(fr.res_index, fr.atom_name, fr.xyz)}
+        disp = np.full(st.xyz.shape, np.nan)
+        for i, (r, a) in enumerate(zip(st.res_index, st.atom_name)):
+            x = pos.get((int(r), str(a)))
+            if x is not None:
+                disp[i] = x - st.xyz[i]
+        # residues whose atoms are missing in the frame: the residue's one real point (N, or CAY of a cap)
+        for r in range(st.n_res):
+            sel = st.res_index == r
+            have = np.isfinite(disp[sel, 0])
+            if have.all():
+                continue
+            if have.any():
+                fill = disp[sel][have].mean(axis=0)
+            else:
+                pts = fr.xyz[fr.res_index == r]
+                ref = st.xyz[sel]
+                fill = pts.mean(axis=0) - ref[np.isin(st.atom_name[sel], ["N", "CAY"])].mean(axis=0) \
+                    if np.isin(st.atom_name[sel], ["N", "CAY"]).any() else pts.mean(axis=0) - ref.mean(axis=0)
+            d = disp[sel]
+            d[~have] = fill
+            disp[sel] = d
+        out.append(disp)
+    return np.stack(out)
+
+
+def chain_records(md_dir: Path, name: str) -> dict[str, dict]:
+    """variant -> ensemble record (xyz = the fitted model the map comes with)."""
+    st, md = load_chain(md_dir, name)
+    recs = {"hard": _record(st, md[st.res_index], None, "md_residue_table")}
+    recs["clean"] = recs["hard"]
+    disp = frame_displacements(st, Path(md_dir) / "frames" / name)
+    if disp is not None:
+        mean = disp.mean(axis=0)
+        st_mean = Structure(st.name, st.xyz + mean, st.element, st.atom_name, st.res_index, st.res_name,
+                            st.res_label, st.chain_of_res, st.bfactor)
+        recs["frames"] = _record(st_mean, md[st.res_index], disp - mean[None], "md_frames")
+    return recs
+
+
+def cached_maps(md_dir: Path, name: str, maps_per_variant: int, cache: Path = CACHE) -> list[dict]:
+    """Simulated maps of one chain (values, origin, voxel size, resolution, fitted-model xyz, variant)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    recs = None
+    out = []
+    for variant in VARIANTS:
+        for k in range(maps_per_variant):
+            f = cache / f"{name}__{variant}{k}.npz"
+            if not f.exists():
+                recs = recs or chain_records(md_dir, name)
+                if variant not in recs:
+                    continue
+                rec = recs[variant]
+                rng = np.random.default_rng(seed_of("validate-md", name, variant, k))
+                sim = simulate_map(rec, rng, CLEAN if variant == "clean" else Randomization())
+                np.savez(f, values=sim.values, origin=sim.origin, voxel_size=sim.voxel_size,
+                         resolution=sim.resolution, xyz=rec["xyz"], params=json.dumps(sim.params))
+            with np.load(f) as z:
+                out.append({"variant": variant, "k": k, **{key: z[key] for key in z.files}})
+    return out
+
+
+# ------------------------------------------------------------------ models
+
+class OnnxModel:
+    """An exported DEFMap model run with onnxruntime: old single-channel files and the new ones whose metadata lists
+    ``input_channels`` and ``outputs`` (mean and log-variance)."""
+
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        self.spec = pp.FeatureSpec.from_dict(self.meta["features"])
+        self.channels = list(self.meta.get("input_channels") or [pp.MAP_CHANNEL])
+        self.outputs = list(self.meta.get("outputs") or [self.meta.get("output", "log10_rmsf_angstrom")])
+        self.fcn = bool(self.meta.get("fully_convolutional"))
+        self.calibration = dict(self.meta.get("calibration") or {})
+        opt = ort.SessionOptions()
+        opt.intra_op_num_threads = 2
+        self.session = ort.InferenceSession(str(self.path), opt, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    @property
+    def resolution(self) -> float:
+        return self.spec.filter_resolution
+
+    @property
+    def kind(self) -> str:
+        return "map+model" if pp.MODEL_CHANNEL in self.channels else "map"
+
+    def predict(self, values, x2i, xyz, elements, map_resolution) -> tuple[np.ndarray, np.ndarray | None]:
+        """Per-atom (mean log10 RMSF, SD or None)."""
+        prep = pp.prepare_points(values, x2i, xyz, self.spec, map_resolution=map_resolution)
+        x = pp.stack_channels(prep, self.channels, xyz, pp.element_weights(elements), self.spec)
+        y = dense_run(self.session, self.input, x, prep.centers, self.spec.box)
+        mean = np.full(len(xyz), np.nan, dtype=np.float32)
+        ok = prep.point_to_center >= 0
+        mean[ok] = y[0][prep.point_to_center[ok]]
+        sd = None
+        if y.shape[0] > 1:
+            sd = np.full(len(xyz), np.nan, dtype=np.float32)
+            sd[ok] = np.exp(0.5 * y[1][prep.point_to_center[ok]])
+        return mean, sd
+
+
+def read_meta(path: Path) -> dict:
+    """The DEFMap metadata JSON, read without the onnx package (the bundle's reader)."""
+    from chimerax.defmap.onnx_format import read_metadata
+    return json.loads(read_metadata(path)["defmap"])
+
+
+def dense_run(session, input_name: str, x: np.ndarray, centers: np.ndarray, box: int, tile: int = 32) -> np.ndarray:
+    """(K outputs, M centres) from tiles of a (C, z, y, x) lattice (output voxel o = the patch starting at o)."""
+    starts = np.asarray(centers) - box // 2
+    tile_of = starts // tile
+    keys, inv = np.unique(tile_of, axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    out = None
+    for t, key in enumerate(keys):
+        t0 = key * tile
+        sub = x[:, t0[0]:t0[0] + tile + box - 1, t0[1]:t0[1] + tile + box - 1, t0[2]:t0[2] + tile + box - 1]
+        y = session.run(None, {input_name: np.ascontiguousarray(sub[None])})[0][0]
+        if out is None:
+            out = np.empty((y.shape[0], len(starts)), dtype=np.float32)
+        sel = np.flatnonzero(inv == t)
+        rel = starts[sel] - t0
+        out[:, sel] = y[:, rel[:, 0], rel[:, 1], rel[:, 2]]
+    return out
+
+
+def choose(models: list[OnnxModel], resolution: float) -> OnnxModel | None:
+    """As the bundle: the sharpest model at or coarser than the map's resolution (else the coarsest)."""
+    if not models:
+        return None
+    ms = sorted(models, key=lambda m: m.resolution)
+    ok = [m for m in ms if m.resolution >= resolution - 1e-6]
+    return ok[0] if ok else ms[-1]
+
+
+def load_models(dirs: list[Path]) -> dict[str, list[OnnxModel]]:
+    out: dict[str, list[OnnxModel]] = {"map": [], "map+model": []}
+    for d in dirs:
+        for p in sorted(Path(d).glob("*.onnx")):
+            m = OnnxModel(p)
+            out[m.kind].append(m)
+    return out
+
+
+# ------------------------------------------------------------------ metrics
+
+def residue_values(values: np.ndarray, st_res_index: np.ndarray, atom_name: np.ndarray, n_res: int,
+                   atoms: str = "heavy") -> np.ndarray:
+    """Per-residue mean of per-atom values over 'heavy' atoms, the 'backbone' (N, CA, C, O) or the 'ca' only."""
+    v = np.asarray(values, dtype=np.float64)
+    sel = np.isfinite(v)
+    if atoms == "backbone":
+        sel &= np.isin(atom_name, list(BACKBONE))
+    elif atoms == "ca":
+        sel &= atom_name == "CA"
+    elif atoms != "heavy":
+        raise ValueError(f"residue atoms must be ca, backbone or heavy, not {atoms!r}")
+    s = np.bincount(st_res_index[sel], v[sel], minlength=n_res)
+    c = np.bincount(st_res_index[sel], minlength=n_res)
+    with np.errstate(invalid="ignore"):
+        return s / np.where(c > 0, c, np.nan)
+
+
+def pearson(a, b) -> float:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or a[ok].std() == 0 or b[ok].std() == 0:
+        return float("nan")
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def sd_error_spearman(pred: np.ndarray, sd: np.ndarray, truth: np.ndarray) -> float:
+    """Spearman(SD, |error|) with error = truth minus the per-chain least-squares line of truth on the prediction."""
+    ok = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(truth)
+    if ok.sum() < 5:
+        return float("nan")
+    a, b = np.polyfit(pred[ok], truth[ok], 1)
+    err = np.abs(truth[ok] - (a * pred[ok] + b))
+    return float(stats.spearmanr(sd[ok], err).statistic)
+
+
+def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], maps_per_variant: int,
+                   residue_atoms: str) -> dict:
+    st, md = load_chain(md_dir, name)
+    truth = np.log10(md)
+    rows: dict[str, list[dict]] = {}
+    anm_cache: dict[bytes, np.ndarray] = {}
+    for m in cached_maps(md_dir, name, maps_per_variant):
+        xyz = np.asarray(m["xyz"], dtype=np.float64)
+        vs, res = float(m["voxel_size"]), float(m["resolution"])
+        x2i, _ = pp.grid_transforms(m["origin"], (vs,) * 3)
+        values = np.asarray(m["values"], dtype=np.float32)
+
+        def per_res(v, atoms=residue_atoms):
+            return residue_values(v, st.res_index, st.atom_name, st.n_res, atoms)
+
+        key = xyz.tobytes()
+        if key not in anm_cache:
+            anm_cache[key] = anm_log_fluctuations(xyz[st.ca_index()])
+        anm = anm_cache[key]
+        from .dataset import map_baselines
+        raw = per_res(map_baselines(values, x2i, xyz, vs)["raw_intensity"])
+        row = {"resolution": res, "raw": pearson(raw, truth), "anm": pearson(anm, truth)}
+        for kind, ms in models.items():
+            mod = choose(ms, res)
+            if mod is None:
+                continue
+            mean, sd = mod.predict(values, x2i, xyz, st.element, res)
+            pr = per_res(mean)
+            row[kind] = pearson(pr, truth)
+            row[f"{kind}_model"] = mod.path.name
+            row[f"{kind}+anm_zsum"] = pearson(combine(pr, anm), truth)
+            if "anm_weight" in mod.calibration:  # the weight fitted on the simulated CV, never on these chains
+                w = float(mod.calibration["anm_weight"])
+                row[f"{kind}+anm_fitted"] = pearson(zscore(pr) + w * zscore(anm), truth)
+            if kind == "map":
+                for atoms in ("ca", "backbone", "heavy"):
+                    row[f"map_{atoms}"] = pearson(per_res(mean, atoms), truth)
+            if sd is not None:
+                row[f"{kind}_sd_spearman"] = sd_error_spearman(pr, per_res(sd), truth)
+        rows.setdefault(m["variant"].item() if hasattr(m["variant"], "item") else m["variant"], []).append(row)
+    out = {"chain": name, "source": "ATLAS 300 K" if name in ATLAS else "mdCATH 320 K", "residues": st.n_res,
+           "variants": {}}
+    for v, rs in rows.items():
+        keys = [k for k in rs[0] if not k.endswith("_model")]
+        out["variants"][v] = {k: float(np.nanmean([r.get(k, np.nan) for r in rs])) for k in keys}
+        out["variants"][v]["maps"] = len(rs)
+        out["variants"][v]["models"] = sorted({r[k] for r in rs for k in r if k.endswith("_model")})
+    return out
+
+
+COLUMNS = [("raw", "raw intensity"), ("anm", "ANM (fitted model)"), ("map", "map-only"),
+           ("map+model", "map + model"), ("map+anm_zsum", "map-only ⊕ ANM (z-sum)"),
+           ("map+model+anm_zsum", "map+model ⊕ ANM (z-sum)"),
+           ("map+model+anm_fitted", "map+model ⊕ w·ANM (w from CV)"),
+           ("map+model_sd_spearman", "Spearman(SD, abs err)"),
+           ("map_sd_spearman", "Spearman(SD, abs err) map-only")]
+ATOM_COLUMNS = [("map_ca", "C-alpha"), ("map_backbone", "backbone"), ("map_heavy", "heavy atoms")]
+
+
+def markdown(result: dict) -> str:
+    chains = result["chains"]
+    lines = [f"Command: `{result['command']}`", "",
+             f"Models: {', '.join(result['models']) or 'none'}; residue value = mean over "
+             f"{result['residue_atoms']} atoms; {result['maps_per_variant']} map(s) per chain and variant; "
+             "per-residue Pearson r with log10 MD RMSF, mean over a chain's maps.", ""]
+    for v in VARIANTS:
+        have = [c for c in chains if v in c["variants"]]
+        if not have:
+            continue
+        cols = [(k, t) for k, t in COLUMNS if any(np.isfinite(c["variants"][v].get(k, np.nan)) for c in have)]
+        lines += [f"### {v} maps ({len(have)} chains)", "",
+                  "| chain | source | residues | " + " | ".join(t for _, t in cols) + " |",
+                  "|---|---|---|" + "---|" * len(cols)]
+        for c in have:
+            d = c["variants"][v]
+            lines.append(f"| {c['chain']} | {c['source']} | {c['residues']} | "
+                         + " | ".join(_f(d.get(k)) for k, _ in cols) + " |")
+        s = result["summary"][v]
+        lines.append("| **mean** | | | " + " | ".join(f"**{_f(s.get(k))}**" for k, _ in cols) + " |")
+        lines.append("")
+    lines += ["### Residue value: which atoms (map-only model, mean r over chains)", "",
+              "| maps | " + " | ".join(t for _, t in ATOM_COLUMNS) + " |", "|---|" + "---|" * len(ATOM_COLUMNS)]
+    for v in VARIANTS:
+        if v in result["summary"]:
+            s = result["summary"][v]
+            lines.append(f"| {v} | " + " | ".join(_f(s.get(k)) for k, _ in ATOM_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _f(x) -> str:
+    return "–" if x is None or not np.isfinite(x) else f"{x:.3f}"
+
+
+def run(a) -> dict:
+    t0 = time.time()
+    md_dir = Path(a.md_reference)
+    dirs = [Path(d) for d in a.models]
+    models = load_models(dirs)
+    chains = [c for c in md_chains(md_dir) if not a.chains or c in a.chains.split(",")]
+    res = []
+    for c in chains:
+        r = evaluate_chain(md_dir, c, models, a.maps_per_variant, a.residue_atoms)
+        res.append(r)
+        print(f"{c}: " + "; ".join(f"{v} " + ", ".join(f"{k} {d[k]:.3f}" for k, _ in COLUMNS
+                                                         if np.isfinite(d.get(k, np.nan)))
+                                  for v, d in r["variants"].items()), flush=True)
+    summary = {}
+    for v in VARIANTS:
+        ds = [c["variants"][v] for c in res if v in c["variants"]]
+        if ds:
+            keys = sorted({k for d in ds for k in d if k not in ("maps", "models")})
+            summary[v] = {k: float(np.nanmean([d.get(k, np.nan) for d in ds])) for k in keys}
+            summary[v]["chains"] = len(ds)
+    cmd = "defmap-train validate-md " + " ".join(
+        [f"--models {' '.join(_rel(d) for d in dirs)}", f"--maps-per-variant {a.maps_per_variant}",
+         f"--residue-atoms {a.residue_atoms}"] + ([f"--chains {a.chains}"] if a.chains else []))
+    result = {"command": cmd, "models": [_rel(m.path) for ms in models.values() for m in ms],
+              "residue_atoms": a.residue_atoms, "maps_per_variant": a.maps_per_variant, "chains": res,
+              "summary": summary, "seconds": round(time.time() - t0, 1)}
+    text = markdown(result)
+    print(text)
+    if a.out:
+        out = Path(a.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(result, indent=1, default=float) + "\n")
+        out.with_suffix(".md").write_text("# validate-md (generated by `defmap-train validate-md`; do not edit)\n\n"
+                                          + text)
+    return result
+
+
+def _rel(p) -> str:
+    p = Path(p).resolve()
+    for base in (HERE, REPO):
+        try:
+            return str(p.relative_to(base))
+        except ValueError:
+            continue
+    return str(p)

@@ -1,0 +1,138 @@
+"""Issue 11 pieces: the fitted-model density channel, two-channel / two-output networks (dense = per patch, beta-NLL,
+ONNX export with channels in the metadata), the label engine's deviations, and validate-md's ONNX runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs torch (make train-env)")
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def _toy_structure(n_res: int = 60, seed: int = 0):
+    """A compact random-walk chain of C-alpha atoms plus one side-chain atom per residue."""
+    from defmap_train.structure import Structure
+    rng = np.random.default_rng(seed)
+    ca = np.cumsum(rng.normal(0, 1, (n_res, 3)) * 3.8 / np.sqrt(3), axis=0)
+    ca = 0.6 * ca + rng.normal(0, 0.3, ca.shape)
+    cb = ca + rng.normal(0, 1.0, ca.shape)
+    xyz = np.empty((2 * n_res, 3))
+    xyz[0::2], xyz[1::2] = ca, cb
+    names = np.array(["CA", "CB"] * n_res)
+    ri = np.repeat(np.arange(n_res), 2)
+    return Structure("toy", xyz, np.array(["C"] * (2 * n_res)), names, ri, ["ALA"] * n_res,
+                     [f"A:{i + 1}" for i in range(n_res)], np.array(["A"] * n_res), np.zeros(2 * n_res))
+
+
+def _prep(xyz, resolution=5.0):
+    from chimerax.defmap import preprocess as pp
+    from defmap_train.dataset import spec_for
+    from defmap_train.maps import splat
+    spec = spec_for(resolution)
+    lo = xyz.min(axis=0) - 12.0
+    shape = tuple(int(v) for v in (np.ceil((xyz.max(axis=0) - lo + 12.0) / 1.0).astype(int) + 1)[::-1])
+    vals = splat(xyz, np.full(len(xyz), 6.0), lo, shape, 1.0)
+    from scipy import ndimage
+    vals = ndimage.gaussian_filter(vals, 0.225 * 3.0).astype(np.float32)
+    x2i, _ = pp.grid_transforms(lo, (1.0,) * 3)
+    return pp.prepare_points(vals, x2i, xyz, spec, map_resolution=3.0), spec, vals, x2i
+
+
+def test_model_density_channel_matches_a_rigid_map():
+    """A map simulated from the rigid model itself gives a model channel close to the map channel."""
+    from chimerax.defmap import preprocess as pp
+    st = _toy_structure()
+    prep, spec, _, _ = _prep(st.xyz)
+    mc = pp.model_density(prep, st.xyz, pp.element_weights(st.element), spec)
+    assert mc.shape == prep.grid.values.shape and mc.dtype == np.float32
+    sup = pp.support_mask(mc.shape, prep.centers, spec.box)
+    assert np.corrcoef(mc[sup], prep.grid.values[sup])[0, 1] > 0.95
+    x = pp.stack_channels(prep, ["density", "model_density"], st.xyz, pp.element_weights(st.element), spec)
+    assert x.shape == (2, *mc.shape)
+    with pytest.raises(ValueError, match="fitted atomic model"):
+        pp.stack_channels(prep, ["density", "model_density"])
+
+
+def test_two_channel_fcn_dense_equals_per_patch_and_nll():
+    from chimerax.defmap.model import ROTATIONS
+    from defmap_train.dataset import Item
+    from defmap_train.model import build
+    from defmap_train.train import channel_patches, loss_terms, predict_item
+    torch.manual_seed(0)
+    m = build("fcn", in_channels=2, outputs=2).eval()
+    rng = np.random.default_rng(0)
+    grid = np.abs(rng.normal(size=(26, 24, 28))).astype(np.float32)
+    mgrid = np.abs(rng.normal(size=grid.shape)).astype(np.float32)
+    centers = np.stack([rng.integers(5, s - 5, 30) for s in grid.shape], axis=1)
+    it = Item("x", grid, centers, np.zeros(30, np.float32), np.zeros(1, int), np.zeros(1, np.float32),
+              np.zeros(1, int), {}, "", mgrid)
+    p = channel_patches(it.input(2), centers)
+    assert p.shape == (30, 2, 10, 10, 10)
+    for r in (0, 11):
+        with torch.no_grad():
+            ref = m(torch.from_numpy(np.ascontiguousarray(ROTATIONS[r](p)))).numpy().reshape(30, 2)
+        assert np.allclose(predict_item(m, it, rotation=r, tile=8), ref[:, 0], atol=1e-5)
+        assert np.allclose(predict_item(m, it, rotation=r, tile=8, output=1), ref[:, 1], atol=1e-5)
+    # beta-NLL: finite, ignores NaN labels, and larger for a worse mean
+    y = torch.tensor([[0.1], [float("nan")], [0.3]])
+    good = torch.tensor([[0.1, -2.0], [0.0, 0.0], [0.3, -2.0]])
+    bad = torch.tensor([[0.9, -2.0], [0.0, 0.0], [-0.5, -2.0]])
+    assert torch.isfinite(loss_terms(good, y)) and loss_terms(bad, y) > loss_terms(good, y)
+
+
+def test_two_channel_export_metadata_and_runner(tmp_path):
+    """Export writes input_channels/outputs/calibration; validate-md's runner (no onnx package) runs the file."""
+    from chimerax.defmap import preprocess as pp
+    from defmap_train.export import export_onnx
+    from defmap_train.model import build
+    from defmap_train.validate_md import OnnxModel
+    torch.manual_seed(0)
+    m = build("fcn", in_channels=2, outputs=2)
+    f = tmp_path / "m2.onnx"
+    dev = export_onnx(m, f, "toy-mapmodel", 5.0, extra={"calibration": {"sd_scale": 1.3, "anm_weight": 0.25}})
+    assert dev < 1e-5
+    om = OnnxModel(f)
+    assert om.channels == ["density", "model_density"] and om.kind == "map+model"
+    assert om.outputs == ["log10_rmsf_angstrom", "log_variance"] and om.calibration["sd_scale"] == 1.3
+    st = _toy_structure()
+    _, _, vals, x2i = _prep(st.xyz)
+    mean, sd = om.predict(vals, x2i, st.xyz, st.element, 3.0)
+    assert mean.shape == (len(st.xyz),) and np.isfinite(mean).all() and (sd > 0).all()
+    # equal to torch on the same two-channel lattice
+    prep = pp.prepare_points(vals, x2i, st.xyz, om.spec, map_resolution=3.0)
+    x = pp.stack_channels(prep, om.channels, st.xyz, pp.element_weights(st.element), om.spec)
+    from defmap_train.train import channel_patches
+    with torch.no_grad():
+        ref = m.eval()(torch.from_numpy(channel_patches(x, prep.centers))).numpy().reshape(-1, 2)
+    assert np.allclose(mean, ref[prep.point_to_center, 0], atol=1e-4)
+
+
+def test_label_deviations_change_the_profile_and_frames_agree():
+    """The deviations make labels depart from ANM; the frames' RMSF agrees with the exact label; temperature kept."""
+    from defmap_train.ensembles import Deviations, anm_record
+    st = _toy_structure(80)
+    plain = anm_record(st, np.random.default_rng(1), mean_ca_rmsf=1.0, n_frames=0)
+    dev = Deviations(strength=(1.0, 1.0), rock_probability=1.0)
+    rec = anm_record(st, np.random.default_rng(1), mean_ca_rmsf=1.0, n_frames=400, deviations=dev)
+    ca = st.ca_index()
+    assert abs(rec["rmsf"][ca].mean() - 1.0) < 1e-6
+    r = np.corrcoef(np.log(plain["rmsf"][ca]), np.log(rec["rmsf"][ca]))[0, 1]
+    assert r < 0.97
+    emp = np.sqrt((rec["frames"].astype(np.float64) ** 2).sum(axis=2).mean(axis=0))
+    assert np.corrcoef(emp, rec["rmsf"])[0, 1] > 0.9
+    assert abs(emp.mean() / rec["rmsf"].mean() - 1.0) < 0.1
+
+
+@pytest.mark.skipif(not (SHARED / "md_reference").is_dir(), reason="../shared/data/md_reference is not here")
+def test_md_reference_chains_load_with_their_rmsf():
+    """Every md_reference chain loads with one RMSF per residue (CHARMM HSD/HSE/HSP read as histidine)."""
+    from defmap_train.validate_md import load_chain, md_chains
+    names = md_chains(SHARED / "md_reference")
+    assert len(names) == 17
+    for n in names:
+        st, md = load_chain(SHARED / "md_reference", n)
+        assert len(md) == st.n_res and (md > 0).all()
