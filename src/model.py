@@ -90,6 +90,24 @@ def _ort():
     return onnxruntime
 
 
+_CUDA_PRELOADED = False
+
+
+def _preload_cuda(ort) -> None:
+    """Load CUDA and cuDNN from NVIDIA's pip packages (``pip install onnxruntime-gpu[cuda,cudnn]``), which are not on
+    the library path; a system CUDA install needs nothing.  Once per process, and only when those packages exist."""
+    global _CUDA_PRELOADED
+    if _CUDA_PRELOADED:
+        return
+    _CUDA_PRELOADED = True
+    import importlib.util
+    if hasattr(ort, "preload_dlls") and importlib.util.find_spec("nvidia") is not None:
+        try:
+            ort.preload_dlls()
+        except Exception:  # a broken CUDA install: the CUDA provider then fails to start, which we report
+            pass
+
+
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
     """Read a model's metadata without running it."""
     p = Path(path)
@@ -167,6 +185,7 @@ class Predictor:
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "gpu") and "CUDAExecutionProvider" in available:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            _preload_cuda(ort)
         if device == "auto":
             ort.set_default_logger_severity(4)  # a failed CUDA start is expected here; we report what runs
         so = ort.SessionOptions()
