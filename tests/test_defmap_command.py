@@ -131,6 +131,18 @@ def test_make_run_executes_cxc_script(tmp_path, random_model):
     assert (tmp_path / "out.defattr").read_text().count("\n\t") > 500
 
 
+def test_command_the_harness_lacks_is_one_line_error(tmp_path):
+    """A standard ChimeraX command the harness does not register fails with ChimeraX's own one-line error (the real
+    toolshed answers the lookup), not a traceback."""
+    script = tmp_path / "missing.cxc"
+    script.write_text("combine #1\n")
+    proc = subprocess.run([sys.executable, str(TOOLS / "headless.py"), str(script)], capture_output=True,
+                          text=True, encoding="utf-8", timeout=300)
+    assert proc.returncode == 1
+    assert "Error: Unknown command: combine #1" in proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+
+
 def test_bad_script_line_fails_make_run(tmp_path):
     script = tmp_path / "bad.cxc"
     script.write_text("defmap #1\n")
