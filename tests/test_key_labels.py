@@ -34,7 +34,7 @@ def label_blocks(key, min_gap_px: float) -> list[tuple[int, int]]:
     return blocks
 
 
-def check_key(session, tmp_path, tag: str) -> list[str]:
+def check_key(session, tmp_path, tag: str, sizes=SIZES) -> list[str]:
     from chimerax.color_key.model import get_model
     key = get_model(session, create=False)
     assert key is not None and key.display
@@ -42,7 +42,7 @@ def check_key(session, tmp_path, tag: str) -> list[str]:
     assert 2 <= len(labels) <= 3, labels
     assert all(len(t.split(".")[-1]) <= 3 for t in labels), labels  # no three-decimal clutter like -0.220
     report = []
-    for w, h in SIZES:
+    for w, h in sizes:
         run(session, f"save {tmp_path / f'{tag}_{w}.png'} width {w} height {h} supersample 1", log=False)
         em = key.font_size * key._texture_pixel_scale * 96 / 72  # font height in texture pixels
         blocks = label_blocks(key, min_gap_px=0.3 * em)
@@ -71,6 +71,10 @@ def test_voxel_and_structure_mode_keys_are_readable_from_400_px(cx, tmp_path):
     s = run(cx, f"open {pdb}", log=False)[0]
     run(cx, f"defmap #1 structure #{s.id_string}")
     report += check_key(cx, tmp_path, "structure")
+    # compare: diverging key centred on 0 (the narrowest window is the hardest case)
+    second = run(cx, f"open {emd}", log=False)[0]
+    run(cx, f"defmap compare #1,{second.id_string} structure #{s.id_string}")
+    report += check_key(cx, tmp_path, "compare", sizes=SIZES[:1])
     print("\n".join(report))
 
 
