@@ -16,7 +16,6 @@ from chimerax.core.commands import (
     IntArg,
     SaveFileNameArg,
     StringArg,
-    register,
 )
 from chimerax.core.errors import UserError
 
@@ -585,14 +584,3 @@ def defmap_desc():
                  ("profile", SaveFileNameArg), ("save_csv", SaveFileNameArg), ("save_structure", SaveFileNameArg),
                  ("bfactor", EnumOf(("value", "z"))), ("normal_modes", BoolArg)],
         synopsis="predict protein dynamics (log10 RMSF) from a cryo-EM map")
-
-
-def register_command(name: str, logger) -> None:
-    """Register one command (``ChimeraX :: Command`` line of bundle_info.xml); the toolshed calls this lazily."""
-    from . import compare, fragments, models_cmd
-    table = {"defmap": (defmap_desc, defmap),
-             "defmap models": (models_cmd.defmap_models_desc, models_cmd.defmap_models),
-             "defmap compare": (compare.defmap_compare_desc, compare.defmap_compare),
-             "defmap fragments": (fragments.defmap_fragments_desc, fragments.defmap_fragments)}
-    desc, func = table[name]
-    register(name, desc(), func, logger=logger)
