@@ -13,16 +13,19 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from chimerax.core.commands import BoolArg, CmdDesc, ColormapArg, ColormapRangeArg, EnumOf, FloatArg, StringArg
 from chimerax.core.errors import UserError
 
-from . import cmd as dm_cmd
 from .common import no_value_color
 from .export import output_path
 from .keylabels import tidy_key
 from .progress import Progress
+
+if TYPE_CHECKING:  # cmd.py imports this module to register the command; at run time cmd is imported lazily
+    from .cmd import StructureResult
 
 DIFF_PALETTE = "blue-white-red"  # diverging: blue = more rigid in the second state, red = more flexible
 THREE_TO_ONE = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
@@ -44,8 +47,8 @@ class ChainMatch:
 
 @dataclass
 class CompareResult:
-    first: dm_cmd.StructureResult
-    second: dm_cmd.StructureResult
+    first: StructureResult
+    second: StructureResult
     residues1: list
     residues2: list
     values1: np.ndarray
@@ -206,11 +209,12 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
     atoms2 = structure if to is None else to
     if len(atoms2) == 0:
         raise UserError("The 'to' specification matches no atoms")
+    from .cmd import predict_structure
     progress = Progress(session, "DEFMap compare")
-    r1 = dm_cmd.predict_structure(session, maps[0], structure, model, map_resolution, device,
-                                  progress=progress.span(0.0, 0.45, f"first map {maps[0].name}: "))
-    r2 = dm_cmd.predict_structure(session, maps[1], atoms2, model, map_resolution, device,
-                                  progress=progress.span(0.45, 0.9, f"second map {maps[1].name}: "))
+    r1 = predict_structure(session, maps[0], structure, model, map_resolution, device,
+                           progress=progress.span(0.0, 0.45, f"first map {maps[0].name}: "))
+    r2 = predict_structure(session, maps[1], atoms2, model, map_resolution, device,
+                           progress=progress.span(0.45, 0.9, f"second map {maps[1].name}: "))
     progress.update(0.9, "matching residues")
     pairs, chains = match_residues(r1.residues, r1.residue_values, r2.residues, r2.residue_values,
                                    logger=session.logger)
