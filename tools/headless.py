@@ -93,7 +93,12 @@ def _nogui_log_class():
             return True
 
         def status(self, msg, color, secondary):
-            return False
+            """As ChimeraX's own nogui log: primary status messages (progress of long runs) go to stdout."""
+            if secondary:
+                return False
+            if msg:
+                print(f"STATUS:\n{msg}", file=self.stream or sys.stdout, flush=True)
+            return True
     return NoGuiLog
 
 
