@@ -15,7 +15,7 @@ from scipy import stats
 
 from .dataset import Item, list_samples, load_item
 from .export import load_checkpoint, save_checkpoint
-from .train import atom_predictions, pearson, predict_item, train
+from .train import atom_predictions, is_main, pearson, predict_item, train
 
 LABELS = ("ANM normal-mode ensembles of PDB structures (per-atom RMSF at a sampled temperature), simulated "
           "ensemble-average maps with domain randomization; not MD")
@@ -62,6 +62,8 @@ def train_final(data: Path, out: Path, *, resolution: float, arch: str, minutes:
                  "maps": len(t_items), "init": str(init) if init else None, "lr": lr,
                  "date": time.strftime("%Y-%m-%d")})
     ck = out / f"{arch}_{resolution:g}A.pt"
+    if not is_main():  # under torchrun, rank 0 alone checkpoints and prints
+        return ck
     save_checkpoint(ck, model, arch, resolution, info)
     print(f"{ck}: best validation atom r {info['best_val_r']:.3f} after {info['steps']} steps ({info['seconds']} s)")
     return ck

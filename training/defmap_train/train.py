@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +24,44 @@ from .model import build
 
 BOX = 10
 LO = BOX // 2
+
+
+# ------------------------------------------------------------------ distributed data parallel (torchrun)
+
+def rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", 0))
+
+
+def is_main() -> bool:
+    """Rank 0 alone validates, checkpoints, logs and prints."""
+    return rank() == 0
+
+
+def _init_distributed() -> tuple[int, int, torch.device, bool]:
+    """(rank, world size, device, whether this call created the process group).  torchrun sets WORLD_SIZE/RANK/
+    LOCAL_RANK and the rendezvous; NCCL on GPUs (one per local rank), gloo on CPU."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    cuda = torch.cuda.is_available()
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if cuda else torch.device("cpu")
+    if world <= 1:
+        return 0, 1, device, False
+    created = not torch.distributed.is_initialized()
+    if created:
+        if cuda:
+            torch.cuda.set_device(device)
+        torch.distributed.init_process_group(backend="nccl" if cuda else "gloo")
+    return torch.distributed.get_rank(), torch.distributed.get_world_size(), device, created
+
+
+def _shard(n: int, part: tuple[int, int] | None) -> tuple[int, int]:
+    """Rows [lo, hi) of a global batch of n that rank part[0] of part[1] computes (all of it when not sharded)."""
+    if part is None:
+        return 0, n
+    r, w = part
+    return r * n // w, (r + 1) * n // w
 
 
 def label_grid(item: Item) -> np.ndarray:
@@ -50,16 +89,21 @@ class CropSampler:
         self.weights = np.array([len(d[2]) for d in self.data], dtype=np.float64)
         self.weights /= self.weights.sum()
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, n: int, part: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A global batch of n crops; with part=(rank, world) every rank draws the same random numbers and keeps
+        only its share, so the ranks together see exactly the one-process batch."""
         xs, ys = [], []
         o = self.out
-        for k in self.rng.choice(len(self.data), n, p=self.weights):
+        lo, hi = _shard(n, part)
+        for i, k in enumerate(self.rng.choice(len(self.data), n, p=self.weights)):
             grid, lab, starts = self.data[k]
             s = starts[self.rng.integers(len(starts))] - self.rng.integers(0, o, 3)
             s = np.clip(s, 0, np.array(lab.shape) - o)
             x = grid[s[0]:s[0] + o + BOX - 1, s[1]:s[1] + o + BOX - 1, s[2]:s[2] + o + BOX - 1][None, None]
             y = lab[s[0]:s[0] + o, s[1]:s[1] + o, s[2]:s[2] + o][None, None]
             r = int(self.rng.integers(24))
+            if not lo <= i < hi:
+                continue
             xs.append(np.ascontiguousarray(ROTATIONS[r](x)))
             ys.append(np.ascontiguousarray(ROTATIONS[r](y)))
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
@@ -75,17 +119,40 @@ class PatchSampler:
         self.weights = np.array([len(c) for _, c, _ in self.items], dtype=np.float64)
         self.weights /= self.weights.sum()
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self, n: int, part: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """A global batch of n patches; with part=(rank, world) every rank draws the same random numbers and
+        extracts only its share of the rows, so the ranks together see exactly the one-process batch."""
         xs, ys = [], []
         counts = np.bincount(self.rng.choice(len(self.items), n, p=self.weights), minlength=len(self.items))
+        lo, hi, row = *_shard(n, part), 0
         for (grid, centers, labels), c in zip(self.items, counts):
             if c == 0:
                 continue
             sel = self.rng.integers(len(centers), size=c)
+            rot = int(self.rng.integers(24))
+            sel, row = sel[max(lo - row, 0):max(hi - row, 0)], row + c
+            if len(sel) == 0:
+                continue
             p = channel_patches(grid, centers[sel])
-            xs.append(np.ascontiguousarray(ROTATIONS[int(self.rng.integers(24))](p)))
+            xs.append(np.ascontiguousarray(ROTATIONS[rot](p)))
             ys.append(labels[sel])
         return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys).astype(np.float32)[:, None])
+
+
+def _global_loss(loss: torch.Tensor, mask: torch.Tensor, world: int) -> tuple[float, int]:
+    """(loss, labelled voxels) of the global batch: the mean of the ranks' losses (equal to the one-process loss when
+    every rank has as many labels, as with the patch sampler) and the sum of their label counts."""
+    if world <= 1:
+        return float(loss.item()), int(mask.sum())
+    t = torch.stack([loss.detach().double(), mask.sum().double()])
+    torch.distributed.all_reduce(t)
+    return float(t[0]) / world, int(t[1])
+
+
+def _from_rank0(elapsed: float, done: bool, stop: bool, device: torch.device) -> tuple[float, bool, bool]:
+    t = torch.tensor([elapsed, float(done), float(stop)], dtype=torch.float64, device=device)
+    torch.distributed.broadcast(t, 0)
+    return float(t[0]), bool(t[1]), bool(t[2])
 
 
 def channel_patches(grid: np.ndarray, centers: np.ndarray) -> np.ndarray:
@@ -177,14 +244,25 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
 
     Validation runs every `eval_every` steps if given, else every `eval_seconds` of wall clock (a validation pass
     costs seconds on 2 cores, so a step-based cadence would spend a third of a short budget on it).
+
+    Under torchrun (WORLD_SIZE > 1) this is DistributedDataParallel: every rank draws the same global batch of
+    `batch` and computes its share of the rows, gradients are averaged across ranks, rank 0's clock sets the learning
+    rate and the stop, and rank 0 alone validates and writes the log (callers check `is_main()` before writing).
     """
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    rank_, world, device, created = _init_distributed()
+    part = (rank_, world) if world > 1 else None
+    main = rank_ == 0
     model = build(arch, channels, outputs)
     if init is not None:
         model.load_state_dict(init)
+    model.to(device)
+    net = model
+    if world > 1:  # DDP broadcasts rank 0's initial weights and averages gradients in backward()
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     if sampler == "crops":  # FCN only: every labelled output voxel of a random crop
         if arch != "fcn":
             raise ValueError("the crops sampler needs the fully convolutional network")
@@ -194,18 +272,21 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0, best, best_state, bad, hist = time.time(), -np.inf, copy.deepcopy(model.state_dict()), 0, []
     last_eval = t0
+    log = log if main else None
     if log:
         Path(log).parent.mkdir(parents=True, exist_ok=True)
     logf = open(log, "a") if log else None  # noqa: SIM115
     step, seen = 0, 0
     budget = minutes * 60.0
+    elapsed = 0.0
     for step in range(1, max_steps + 1):
-        frac = min(1.0, (time.time() - t0) / budget)
+        frac = min(1.0, (elapsed if world > 1 else time.time() - t0) / budget)  # rank 0's clock under DDP
         for g in opt.param_groups:  # cosine decay over the time budget
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
         model.train()
-        x, y = sampler_obj.batch(batch)
-        pred = model(x)
+        x, y = sampler_obj.batch(batch, part)
+        x, y = x.to(device), y.to(device)
+        pred = net(x)
         if pred.dim() != y.dim():  # FCN on single patches: (N,K,1,1,1) -> (N,K)
             pred = pred.reshape(len(y), -1)
         m = torch.isfinite(y)
@@ -213,12 +294,15 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
         opt.zero_grad()
         loss.backward()
         opt.step()
-        seen += int(m.sum())
+        step_loss, step_seen = _global_loss(loss, m, world)
+        seen += step_seen
         done = time.time() - t0 >= budget or step == max_steps
         due = step % eval_every == 0 if eval_every else time.time() - last_eval >= eval_seconds
-        if due or done:
-            r = validate(model, val_items) if val_items else float(-loss.item())
-            rec = {"step": step, "seconds": round(time.time() - t0, 1), "loss": float(loss.item()), "val_r": r,
+        stop = False
+        if main and (due or done):
+            r = (validate(model if device.type == "cpu" else copy.deepcopy(model).cpu(), val_items) if val_items
+                 else -step_loss)
+            rec = {"step": step, "seconds": round(time.time() - t0, 1), "loss": step_loss, "val_r": r,
                    "labelled_patches_seen": seen}
             hist.append(rec)
             last_eval = time.time()
@@ -229,14 +313,18 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
                 best, best_state, bad = r, copy.deepcopy(model.state_dict()), 0
             else:
                 bad += 1
-            if bad >= patience:
-                break
-        if done:
+            stop = bad >= patience
+        if world > 1:  # every rank stops (and sets its learning rate) on rank 0's word
+            elapsed, done, stop = _from_rank0(time.time() - t0, done, stop, device)
+        if stop or done:
             break
     if logf:
         logf.close()
+    if created:  # a rank that tears down while another still talks to it aborts the job (gloo)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     model.load_state_dict(best_state)
-    model.eval()
+    model.cpu().eval()
     return model, {"arch": arch, "sampler": sampler,
                    "steps": step, "seconds": round(time.time() - t0, 1), "best_val_r": best,
                    "labelled_patches_seen": seen, "history": hist}
