@@ -527,6 +527,9 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
     t0 = time.perf_counter()
     dyn = make_dynamics_volume(session, volume, prep, preds, f"{volume.name} DEFMap dynamics")
     stages["mapping"] = time.perf_counter() - t0
+    if color and volume.display and not volume.surfaces:
+        # contour surfaces are computed at the next redraw; a script (open MAP; defmap #1) gets there first
+        volume.update_drawings()
     if color and not volume.surfaces:
         session.logger.warning(f"Map {volume.name} has no surface to color; show it as a surface and run "
                                f"'color sample #{volume.id_string} map #{dyn.id_string}'")
