@@ -26,7 +26,7 @@ os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
 # Commands each bundle registers in real ChimeraX (bundle_info.xml); registered here by bundle, as the toolshed would.
 BUNDLE_COMMANDS = {
     "map": ["volume", "molmap", "measure mapvalues", "measure mapstats"],
-    "surface": ["surface", "surface close", "color sample", "color zone"],
+    "surface": ["surface", "color sample", "color zone"],  # "surface" registers all surface subcommands
     "color_key": ["key"],
     "label": ["2dlabels"],
 }
