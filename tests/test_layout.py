@@ -15,7 +15,7 @@ CHIMERAX_FREE = ("preprocess", "model", "onnx_format", "rotations", "sparse", "n
 def _imports(path: Path) -> tuple[set[str], set[str]]:
     """(sibling modules, other top-level packages) that a module imports, at any depth of its code."""
     own, other = set(), set()
-    for n in ast.walk(ast.parse(path.read_text())):
+    for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(n, ast.ImportFrom) and n.level == 1:
             own.update([n.module.split(".")[0]] if n.module else [a.name for a in n.names])
         elif isinstance(n, ast.ImportFrom) and n.module:
