@@ -131,25 +131,23 @@ def test_make_run_executes_cxc_script(tmp_path, random_model):
     assert (tmp_path / "out.defattr").read_text().count("\n\t") > 500
 
 
-def test_command_the_harness_lacks_is_one_line_error(tmp_path):
-    """A standard ChimeraX command the harness does not register fails with ChimeraX's own one-line error (the real
-    toolshed answers the lookup), not a traceback."""
-    script = tmp_path / "missing.cxc"
-    script.write_text("combine #1\n")
-    proc = subprocess.run([sys.executable, str(TOOLS / "headless.py"), str(script)], capture_output=True,
+def _run_script(tmp_path, text: str) -> subprocess.CompletedProcess:
+    """``make run``'s harness on a one-off script."""
+    script = tmp_path / "script.cxc"
+    script.write_text(text)
+    return subprocess.run([sys.executable, str(TOOLS / "headless.py"), str(script)], capture_output=True,
                           text=True, encoding="utf-8", timeout=300)
+
+
+@pytest.mark.parametrize("line, message", [("defmap #1", "Error:"),
+                                           ("combine #1", "Error: Unknown command: combine #1")])
+def test_bad_script_line_fails_make_run_with_one_line(tmp_path, line, message):
+    """A bad line, or a standard ChimeraX command the harness does not register, stops the script with a one-line
+    error (for the missing command, ChimeraX's own: the real toolshed answers the lookup), not a traceback."""
+    proc = _run_script(tmp_path, line + "\n")
     assert proc.returncode == 1
-    assert "Error: Unknown command: combine #1" in proc.stderr
+    assert message in proc.stderr
     assert "Traceback" not in proc.stderr + proc.stdout
-
-
-def test_bad_script_line_fails_make_run(tmp_path):
-    script = tmp_path / "bad.cxc"
-    script.write_text("defmap #1\n")
-    proc = subprocess.run([sys.executable, str(TOOLS / "headless.py"), str(script)], capture_output=True,
-                          text=True, encoding="utf-8", timeout=300)
-    assert proc.returncode == 1
-    assert "Error:" in proc.stderr
 
 
 def test_no_model_installed_is_one_sentence(cx, monkeypatch, tmp_path):
