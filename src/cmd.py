@@ -22,7 +22,7 @@ from chimerax.core.errors import UserError
 from . import model as dm_model
 from . import nma
 from . import preprocess as pp
-from .common import DEFAULT_PALETTE
+from .common import DEFAULT_PALETTE, RESIDUE_ATOMS, residue_subset_means
 from .common import default_palette as _default_palette
 from .common import first_line as _first_line
 from .common import no_value_color as _no_value_color
@@ -33,6 +33,7 @@ from .progress import Progress
 from .progress import silent as silent_progress
 
 _PREDICTORS: dict[tuple, dm_model.Predictor] = {}
+RESIDUE_ATOMS_DEFAULT = "backbone"  # best on md_reference (training/reports/validate_md_shipped.md)
 
 
 @dataclass
@@ -56,6 +57,8 @@ class StructureResult:
     files: dict = field(default_factory=dict)  # outputs written: kind -> path
     map_residue_values: np.ndarray | None = None  # the map-only prediction, when normal modes were combined
     nma_residue_values: np.ndarray | None = None  # log10 ANM fluctuation per residue (NaN: no C-alpha)
+    atom_sd: np.ndarray | None = None  # predicted SD per atom (models with a variance output, x calibrated scale)
+    residue_atoms: str = "heavy"  # which atoms' values a residue value averages: ca, backbone or heavy
 
     def as_dict(self) -> dict:
         res = self.residues
@@ -117,11 +120,11 @@ def get_predictor(info: dm_model.ModelInfo, device: str, logger=None) -> dm_mode
     return p
 
 
-def _resolve(model, map_resolution) -> dm_model.ModelInfo:
+def _resolve(model, map_resolution, structure: bool = False) -> dm_model.ModelInfo:
     if map_resolution is not None and not (0 < map_resolution < 100):
         raise UserError(f"mapResolution must be between 0 and 100 Å, not {map_resolution:g}")
     try:
-        return dm_model.resolve_model(model, map_resolution)
+        return dm_model.resolve_model(model, map_resolution, structure)
     except dm_model.ModelError as e:
         raise UserError(str(e)) from None
 
@@ -212,7 +215,8 @@ def _model_faults_as_user_errors(func):
 
 @_model_faults_as_user_errors
 def predict_structure(session, volume, atoms, model=None, map_resolution=None, device="auto", batch_size=None,
-                      attribute="defmap", rotations: int = 1, progress: Progress | None = None) -> StructureResult:
+                      attribute="defmap", rotations: int = 1, progress: Progress | None = None,
+                      residue_atoms: str = RESIDUE_ATOMS_DEFAULT) -> StructureResult:
     """Predict per-atom values for heavy atoms of one structure; sets no attributes (see :func:`store_attributes`)."""
     progress = progress or silent_progress()
     progress.update(0.0, "reading map")
@@ -224,7 +228,9 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     heavy = atoms.filter(atoms.element_numbers != 1)
     if len(heavy) == 0:
         raise UserError("The structure has no heavy (non-hydrogen) atoms to score")
-    info = _resolve(model, map_resolution)
+    info = _resolve(model, map_resolution, structure=True)
+    if info.has_variance:  # the variance head is the uncertainty: one pass, no rotations
+        rotations = 1
     # atoms in the map's own coordinate frame
     xyz = volume.scene_position.inverse().transform_points(heavy.scene_coords)
     values, xyz_to_ijk, inside = _map_region(volume, xyz, info.spec, map_resolution)
@@ -240,6 +246,9 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
         raise UserError(f"The map region is too large to process: {e}") from None
     except ValueError as e:
         raise UserError(f"Cannot use map {volume.name}: {e}") from None
+    if len(info.channels) > 1:  # the fitted model's own density on the same lattice (preprocess.model_density)
+        prep.grid.values = pp.stack_channels(prep, info.channels, xyz, pp.element_weights(heavy.element_names),
+                                             info.spec)
     stages["preprocess"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictor.seconds = 0.0
@@ -250,6 +259,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
         per_rotation[:, k] = predictor.predict_centers(prep.grid, prep.centers, batch_size, rotation=k)
     progress.update(0.95, "residue means")
     preds = per_rotation.mean(axis=1)
+    log_var = predictor.last_log_variance if info.has_variance else None
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
     t0 = time.perf_counter()
@@ -257,12 +267,21 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     atom_vals = preds[prep.point_to_center[scored]]
     scored_atoms = heavy.filter(scored)
     res_list, res_vals = _residue_means(scored_atoms, atom_vals)
+    if residue_atoms != "heavy":
+        if residue_atoms not in RESIDUE_ATOMS:
+            raise UserError(f"residueAtoms must be one of {', '.join(RESIDUE_ATOMS)}, not {residue_atoms!r}")
+        res_vals = residue_subset_means(scored_atoms, atom_vals, res_list, res_vals, residue_atoms)
+    atom_sd = None
+    if log_var is not None:
+        atom_sd = np.exp(0.5 * log_var[prep.point_to_center[scored]]) * float(info.calibration.get("sd_scale", 1.0))
     stages["mapping"] = time.perf_counter() - t0
     return StructureResult(structure=structures[0], model=info, provider=predictor.provider, atoms=scored_atoms,
                            atom_values=atom_vals, residues=res_list, residue_values=res_vals,
                            outside_atoms=int((~scored).sum()), patches=len(prep.centers),
                            seconds=time.perf_counter() - t_start, stages=stages, attribute=attribute,
-                           atom_rotation_values=per_rotation[prep.point_to_center[scored]] if rotations > 1 else None)
+                           atom_rotation_values=per_rotation[prep.point_to_center[scored]] if rotations > 1 else None,
+                           atom_sd=atom_sd, residue_atoms=residue_atoms)
+
 
 
 def add_normal_modes(result: StructureResult) -> None:
@@ -282,7 +301,7 @@ def add_normal_modes(result: StructureResult) -> None:
     nma_vals = np.full(len(result.residues), np.nan)
     nma_vals[pos[pos >= 0]] = fluct[pos >= 0]
     map_vals = np.asarray(result.residue_values, dtype=np.float64)
-    combined = nma.combine(map_vals, nma_vals)
+    combined = nma.combine(map_vals, nma_vals, float(result.model.calibration.get("anm_weight", 1.0)))
     result.atom_values = result.atom_values + (combined - map_vals)[result.residues.indices(result.atoms.residues)]
     result.map_residue_values, result.nma_residue_values, result.residue_values = map_vals, nma_vals, combined
     result.stages["normal_modes"] = time.perf_counter() - t0
@@ -405,7 +424,7 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     """Voxel-mode prediction at lattice voxels above the map's surface level."""
     progress = progress or silent_progress()
     progress.update(0.0, "reading map")
-    info = _resolve(model, map_resolution)
+    info = _resolve(model, map_resolution, structure=False)
     values, xyz_to_ijk, ijk_to_xyz = _map_arrays(volume)
     _check_finite(volume, values)
     if level is None:
@@ -474,7 +493,7 @@ def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, 
 def defmap(session, map, structure=None, model=None, map_resolution=None, device="auto", color=True,
            palette=None, range=None, key=True, attribute="defmap", batch_size=None, level=None, dense=None,
            return_json=False, uncertainty=False, profile=None, save_csv=None, save_structure=None,
-           bfactor="value", normal_modes=False):
+           bfactor="value", normal_modes=False, residue_atoms=RESIDUE_ATOMS_DEFAULT):
     """Predict residue dynamics (log10 RMSF, Å) of a fitted model from a cryo-EM map, or per voxel without one."""
     outputs = {"uncertainty": uncertainty, "profile": profile, "saveCsv": save_csv, "saveStructure": save_structure,
                "normalModes": normal_modes}
@@ -498,7 +517,8 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
                             else "DEFMap")
         result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute,
                                    rotations=len(dm_model.ROTATIONS) if uncertainty else 1,
-                                   progress=progress.span(0.0, 0.85 if normal_modes else 0.9))
+                                   progress=progress.span(0.0, 0.85 if normal_modes else 0.9),
+                                   residue_atoms=residue_atoms)
         if normal_modes:
             progress.update(0.85, "normal modes")
             add_normal_modes(result)
@@ -585,5 +605,6 @@ def defmap_desc():
                  ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg), ("batch_size", IntArg),
                  ("level", FloatArg), ("dense", BoolArg), ("uncertainty", BoolArg),
                  ("profile", SaveFileNameArg), ("save_csv", SaveFileNameArg), ("save_structure", SaveFileNameArg),
-                 ("bfactor", EnumOf(("value", "z"))), ("normal_modes", BoolArg)],
+                 ("bfactor", EnumOf(("value", "z"))), ("normal_modes", BoolArg),
+                 ("residue_atoms", EnumOf(RESIDUE_ATOMS))],
         synopsis="predict protein dynamics (log10 RMSF) from a cryo-EM map")

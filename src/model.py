@@ -21,6 +21,8 @@ from .rotations import ROTATIONS, rotate_patches  # noqa: F401  (ROTATIONS: trai
 META_KEY = "defmap"
 FORMAT_VERSION = 1
 OUTPUTS = ("log10_rmsf_angstrom",)
+VARIANCE_OUTPUT = "log_variance"  # optional second output: log of the predicted variance of log10 RMSF
+INPUT_CHANNELS = ("density", "model_density")  # the map; the fitted model's own density (preprocess.model_density)
 MODEL_DIR_ENV = "DEFMAP_MODEL_PATH"
 PACKAGE_MODEL_DIR = Path(__file__).resolve().parent / "onnx_models"
 
@@ -40,16 +42,28 @@ class ModelInfo:
     flops_per_patch: float | None = None
     metrics: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    channels: tuple = ("density",)  # input channels, in order
+    outputs: tuple = ("log10_rmsf_angstrom",)  # output channels, in order
+    calibration: dict = field(default_factory=dict)  # sd_scale, anm_weight (fitted on the simulated CV)
 
     @property
     def resolution(self) -> float:
         return self.spec.filter_resolution
 
+    @property
+    def needs_structure(self) -> bool:
+        """True when the model reads the fitted model's density as a second channel (structure mode only)."""
+        return "model_density" in self.channels
+
+    @property
+    def has_variance(self) -> bool:
+        return VARIANCE_OUTPUT in self.outputs
+
     def summary(self) -> dict:
         return {"name": self.name, "path": str(self.path), "resolution": self.resolution,
                 "voxel_size": self.spec.voxel_size, "box": self.spec.box, "output": self.output,
                 "fully_convolutional": self.fully_convolutional, "description": self.description,
-                "metrics": self.metrics}
+                "metrics": self.metrics, "channels": list(self.channels), "outputs": list(self.outputs)}
 
 
 def make_metadata(name: str, spec: FeatureSpec, *, fully_convolutional: bool, description: str = "",
@@ -76,11 +90,20 @@ def parse_metadata(path: Path, props: dict[str, str]) -> ModelInfo:
         output = str(meta["output"])
         if output not in OUTPUTS:
             raise ValueError(f"output '{output}' is not one of {', '.join(OUTPUTS)}")
+        channels = tuple(str(c) for c in (meta.get("input_channels") or ["density"]))
+        if channels[0] != "density" or any(c not in INPUT_CHANNELS for c in channels) or len(set(channels)) < len(
+                channels):
+            raise ValueError(f"input_channels {list(channels)} must start with 'density' and use only "
+                             f"{', '.join(INPUT_CHANNELS)}")
+        outputs = tuple(str(c) for c in (meta.get("outputs") or [output]))
+        if outputs[0] != output or any(o not in OUTPUTS + (VARIANCE_OUTPUT,) for o in outputs[1:]):
+            raise ValueError(f"outputs {list(outputs)} must start with '{output}'")
         return ModelInfo(path=path, name=str(meta.get("name") or path.stem), spec=spec, output=output,
                          fully_convolutional=bool(meta.get("fully_convolutional", False)),
                          description=str(meta.get("description", "")),
                          flops_per_patch=meta.get("flops_per_patch"), metrics=dict(meta.get("metrics") or {}),
-                         training=dict(meta.get("training") or {}))
+                         training=dict(meta.get("training") or {}), channels=channels, outputs=outputs,
+                         calibration=dict(meta.get("calibration") or {}))
     except (KeyError, TypeError, ValueError) as e:
         raise ModelError(f"Model {path.name} has inconsistent DEFMap metadata: {e}") from None
 
@@ -143,28 +166,43 @@ def installed_models() -> list[ModelInfo]:
     return sorted(found, key=lambda m: (m.resolution, m.name))
 
 
-def choose_model(models: list[ModelInfo], map_resolution: float | None) -> ModelInfo:
-    """The sharpest model trained at or coarser than the map's resolution (the coarsest if none is)."""
+def choose_model(models: list[ModelInfo], map_resolution: float | None, structure: bool = False) -> ModelInfo:
+    """The sharpest model trained at or coarser than the map's resolution (the coarsest if none is).
+
+    Without a structure (voxel mode) only map-only models qualify; with one, models that also read the fitted model's
+    density (``needs_structure``) are preferred whenever any is installed."""
     if not models:
         raise ModelError("No DEFMap model is installed; give one with 'model PATH' or set DEFMAP_MODEL_PATH")
+    kind = [m for m in models if m.needs_structure == structure]
+    if not kind and not structure:
+        raise ModelError("No map-only DEFMap model is installed (voxel mode has no fitted model for the models that "
+                         "read one); give one with 'model PATH'")
+    models = kind or models
     if map_resolution is None:
         return models[0]
     ok = [m for m in models if m.resolution >= map_resolution - 1e-6]
     return ok[0] if ok else models[-1]
 
 
-def resolve_model(name_or_path: str | None, map_resolution: float | None) -> ModelInfo:
+def resolve_model(name_or_path: str | None, map_resolution: float | None, structure: bool = False) -> ModelInfo:
     if name_or_path is None:
-        return choose_model(installed_models(), map_resolution)
+        return choose_model(installed_models(), map_resolution, structure)
     p = Path(os.path.expanduser(name_or_path))
     if p.suffix == ".onnx" or p.exists():
-        return read_model_info(p)
+        return _fits_mode(read_model_info(p), structure)
     models = installed_models()
     for m in models:
         if name_or_path in (m.name, m.path.stem, m.path.name):
-            return m
+            return _fits_mode(m, structure)
     names = ", ".join(m.name for m in models) or "none"
     raise ModelError(f"No installed model is named '{name_or_path}' (installed: {names})")
+
+
+def _fits_mode(info: ModelInfo, structure: bool) -> ModelInfo:
+    if info.needs_structure and not structure:
+        raise ModelError(f"Model {info.name} also reads the fitted model's density, so it needs a structure; voxel "
+                         "mode needs a map-only model")
+    return info
 
 
 DENSE_TILE = 32  # dense tiles of 32³ outputs: 16-64 ran at the same GFLOP/s; a 32 tile needs ~50 MB of activations
@@ -218,21 +256,23 @@ class Predictor:
         self.input_name = inp[0].name
         box = info.spec.box
         try:  # one empty patch: the network must give exactly one value for the box its metadata promises
-            empty = np.zeros((1, 1, box, box, box), np.float32)
+            empty = np.zeros((1, len(info.channels), box, box, box), np.float32)
             probe = np.asarray(self.session.run(None, {self.input_name: empty})[0])
         except Exception as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             raise ModelError(f"Model {info.path.name} cannot run on a {box}³ patch, the box in its metadata: "
                              f"{first}") from None
-        if probe.size != 1:
-            raise ModelError(f"Model {info.path.name} gives {probe.size} values per {box}³ patch instead of one, so "
-                             "its network does not match the box in its metadata")
+        if probe.size != len(info.outputs):
+            raise ModelError(f"Model {info.path.name} gives {probe.size} values per {box}³ patch instead of "
+                             f"{len(info.outputs)}, so its network does not match the box and outputs in its metadata")
         self.default_batch = 1024 if self.provider == "CUDAExecutionProvider" else 256
         self.seconds = 0.0
         self.patches = 0
         self.flops = 0.0  # network FLOPs executed (2 x multiply-adds), for GFLOP/s reports
         self.method = ""  # how the last prediction ran: patches, dense or shared
         self._chain = None  # layers of a conv-chain model (chimerax.defmap.sparse), read on first use
+        # a model with a variance output: log-variance per centre of the last prediction (None otherwise)
+        self.last_log_variance: np.ndarray | None = None
 
     def conv_layers(self):
         """The model as a chain of valid 3-D convolutions (sparse.ConvLayer list), or None if it is not one."""
@@ -256,7 +296,9 @@ class Predictor:
         weighting by their measured speed advantage (``DENSE_SPEEDUP``): when centres fill most of the lattice."""
         layers = self.conv_layers() if self.provider == "CPUExecutionProvider" else None
         if not layers or len(centers) == 0:
-            if allow_dense and self.info.fully_convolutional and len(centers):
+            # two-channel or two-output models are not plain conv chains: dense tiles are their fast exact path
+            multi = len(self.info.channels) > 1 or len(self.info.outputs) > 1
+            if (allow_dense or (multi and rotation == 0)) and self.info.fully_convolutional and len(centers):
                 return self.predict_dense(grid, centers)
             return self.predict_patches(grid, centers, batch_size, rotation)
         from .sparse import SparseConvNet
@@ -297,16 +339,23 @@ class Predictor:
         from .preprocess import iter_patch_batches
         bs = int(batch_size or self.default_batch)
         out = np.empty(len(centers), dtype=np.float32)
+        k = len(self.info.outputs)
+        lv = np.empty(len(centers), dtype=np.float32) if k > 1 else None
         s = 0
-        for batch in iter_patch_batches(grid.values, centers, self.info.spec.box, bs):
+        chans = _channels(grid.values)
+        for batches in zip(*(iter_patch_batches(c, centers, self.info.spec.box, bs) for c in chans)):
+            batch = batches[0] if len(batches) == 1 else np.concatenate(batches, axis=1)
             if rotation:
                 batch = np.ascontiguousarray(rotate_patches(batch, rotation))
             y = self._run(batch).reshape(len(batch), -1)
-            if y.shape[1] != 1:
+            if y.shape[1] != k:
                 raise ModelError(f"Model {self.info.path.name} gives {y.shape[1]} values per {self.info.spec.box}³ "
-                                 "patch instead of one, so its network does not match the box in its metadata")
+                                 f"patch instead of {k}, so its network does not match the box in its metadata")
             out[s:s + len(batch)] = y[:, 0]
+            if lv is not None:
+                lv[s:s + len(batch)] = y[:, 1]
             s += len(batch)
+        self.last_log_variance = lv
         self.patches += len(centers)
         self.flops += len(centers) * self._flops_per_patch()
         self.method = "patches"
@@ -321,7 +370,7 @@ class Predictor:
         box = self.info.spec.box
         starts = np.asarray(centers) - box // 2
         t0 = np.unique(starts // tile, axis=0) * tile
-        ext = np.minimum(t0 + tile + box - 1, np.array(grid.values.shape)) - t0
+        ext = np.minimum(t0 + tile + box - 1, np.array(grid.values.shape[-3:])) - t0
         shapes, counts = np.unique(ext, axis=0, return_counts=True)
         return float(sum(c * chain_flops(layers, tuple(sh)) for sh, c in zip(shapes, counts)))
 
@@ -335,22 +384,31 @@ class Predictor:
         lo = box // 2
         starts = centers - lo  # output voxel o holds the patch that starts at o
         out = np.empty(len(centers), dtype=np.float32)
+        lv = np.empty(len(centers), dtype=np.float32) if len(self.info.outputs) > 1 else None
+        x = np.stack(_channels(grid.values))  # (C, z, y, x)
         tile_of = starts // tile
         order = np.lexsort(tile_of.T[::-1])
         keys = tile_of[order]
         breaks = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
         for grp in np.split(order, breaks):
             t0 = tile_of[grp[0]] * tile
-            sub = grid.values[t0[0]:t0[0] + tile + box - 1, t0[1]:t0[1] + tile + box - 1,
-                              t0[2]:t0[2] + tile + box - 1]
-            y = self._run(np.ascontiguousarray(sub[None, None], dtype=np.float32))[0, 0]
+            sub = x[:, t0[0]:t0[0] + tile + box - 1, t0[1]:t0[1] + tile + box - 1, t0[2]:t0[2] + tile + box - 1]
+            y = self._run(np.ascontiguousarray(sub[None], dtype=np.float32))[0]
             rel = starts[grp] - t0
-            out[grp] = y[rel[:, 0], rel[:, 1], rel[:, 2]]
+            out[grp] = y[0][rel[:, 0], rel[:, 1], rel[:, 2]]
+            if lv is not None:
+                lv[grp] = y[1][rel[:, 0], rel[:, 1], rel[:, 2]]
             if layers:
-                self.flops += chain_flops(layers, sub.shape)
+                self.flops += chain_flops(layers, sub.shape[1:])
+        self.last_log_variance = lv
         self.patches += len(centers)
         self.method = "dense"
         return out
 
     def close(self) -> None:
         self.session = None
+
+
+def _channels(values: np.ndarray) -> list[np.ndarray]:
+    """A grid's input channels: a 3-D map is one channel, a (C, z, y, x) stack (preprocess.stack_channels) is C."""
+    return [values] if values.ndim == 3 else list(values)

@@ -15,13 +15,24 @@ import numpy as np
 
 
 def residue_rotation_sd(result) -> np.ndarray:
-    """SD over rotations of each residue's mean prediction; zeros when only one orientation was run."""
+    """Each residue's SD: from the model's variance output when it has one (mean of the residue's atom SDs, already
+    scaled by the calibration fitted on the simulated CV); else the SD over rotations of the residue's mean
+    prediction (zeros when only one orientation was run)."""
+    if getattr(result, "atom_sd", None) is not None:
+        return _residue_values(result, result.atom_sd)
     per = result.atom_rotation_values
     if per is None or per.shape[1] < 2:
         return np.zeros(len(result.residues))
-    from .common import residue_means  # result.residues are result.atoms.unique_residues, in that order
-    means = np.stack([residue_means(result.atoms, per[:, k])[1] for k in range(per.shape[1])], axis=1)
+    means = np.stack([_residue_values(result, per[:, k]) for k in range(per.shape[1])], axis=1)
     return means.std(axis=1)
+
+
+def _residue_values(result, atom_values: np.ndarray) -> np.ndarray:
+    """Residue values over the same atoms as the result's residue values (residueAtoms)."""
+    from .common import residue_means, residue_subset_means  # result.residues = result.atoms.unique_residues
+    means = residue_means(result.atoms, atom_values)[1]
+    return residue_subset_means(result.atoms, atom_values, result.residues, means,
+                                getattr(result, "residue_atoms", "heavy"))
 
 
 def store_uncertainty(session, result) -> None:

@@ -100,6 +100,25 @@ def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
     return out
 
 
+def init_from_onnx(path: Path, in_channels: int, outputs: int, logvar0: float = -3.8) -> dict:
+    """A state dict for build('fcn', in_channels, outputs) from an exported one-channel FCN: its weights read the map
+    channel, the model channel starts at zero weight, the log-variance output at zero weight and bias ``logvar0``."""
+    import onnx
+    import torch
+    from onnx import numpy_helper
+    w = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in onnx.load(str(path)).graph.initializer}
+    first = w["net.0.weight"]
+    if in_channels > first.shape[1]:
+        pad = torch.zeros(first.shape[0], in_channels - first.shape[1], *first.shape[2:])
+        w["net.0.weight"] = torch.cat([first, pad], dim=1)
+    last = max(int(k.split(".")[1]) for k in w)
+    if outputs > w[f"net.{last}.weight"].shape[0]:
+        lw, lb = w[f"net.{last}.weight"], w[f"net.{last}.bias"]
+        w[f"net.{last}.weight"] = torch.cat([lw, torch.zeros(outputs - lw.shape[0], *lw.shape[1:])])
+        w[f"net.{last}.bias"] = torch.cat([lb, torch.full((outputs - lb.shape[0],), logvar0)])
+    return w
+
+
 def run(a) -> dict:
     data, out, ens = Path(a.data), Path(a.out), Path(a.ensembles)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,8 +128,10 @@ def run(a) -> dict:
     res = float(a.resolution)
     results: dict = {"command": "defmap-train " + " ".join(sys.argv[1:]), "folds": folds, "kinds": {}}
     kinds = a.kinds.split(",")
+    results["init"] = a.init_onnx or None
     for kind in kinds:
         ch = KINDS[kind]
+        init = init_from_onnx(Path(a.init_onnx), ch, 2) if a.init_onnx else None
         rows = []
         for k, test in enumerate(folds if a.cv_minutes > 0 else []):
             ck = out / "cv" / f"{kind}_fold{k}.pt"
@@ -121,7 +142,8 @@ def run(a) -> dict:
                 tr, va = split_proteins(rest, 0.15, k)
                 model, info = train(load_items([f for p in tr for f in groups[p]], res),
                                     load_items([groups[p][0] for p in va], res), minutes=a.cv_minutes, seed=k,
-                                    channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl")
+                                    channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl", init=init,
+                                    eval_seconds=a.eval_seconds)
                 save_checkpoint(ck, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
                 print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
             for p in test:
@@ -138,7 +160,8 @@ def run(a) -> dict:
             tr, va = split_proteins(proteins, 0.15, 0)
             model, info = train(load_items([f for p in tr for f in groups[p]], res),
                                 load_items([groups[p][0] for p in va], res), minutes=a.minutes, seed=0,
-                                channels=ch, outputs=2, log=out / f"{kind}_{res:g}A.jsonl")
+                                channels=ch, outputs=2, log=out / f"{kind}_{res:g}A.jsonl", init=init,
+                                eval_seconds=a.eval_seconds)
             save_checkpoint(ckf, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
             print(f"{kind} final: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
         if ckf.exists():
@@ -174,4 +197,7 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
     t.add_argument("--cv-minutes", type=float, default=3.5, help="per fold model (0: no CV)")
     t.add_argument("--minutes", type=float, default=5.0, help="final model (0: none)")
     t.add_argument("--eval-maps", type=int, default=2)
+    t.add_argument("--eval-seconds", type=float, default=60.0, help="validation cadence (wall clock)")
+    t.add_argument("--init-onnx", help="start from an exported one-channel FCN (e.g. the shipped 5 Å model); the "
+                   "CV then is not fully protein-disjoint: that model saw every training protein (old labels)")
     t.set_defaults(fn=lambda a: run(a))

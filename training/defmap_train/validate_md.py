@@ -337,6 +337,7 @@ def markdown(result: dict) -> str:
         s = result["summary"][v]
         lines.append("| **mean** | | | " + " | ".join(f"**{_f(s.get(k))}**" for k, _ in cols) + " |")
         lines.append("")
+    lines += targets(result["summary"])
     lines += ["### Residue value: which atoms (map-only model, mean r over chains)", "",
               "| maps | " + " | ".join(t for _, t in ATOM_COLUMNS) + " |", "|---|" + "---|" * len(ATOM_COLUMNS)]
     for v in VARIANTS:
@@ -344,6 +345,26 @@ def markdown(result: dict) -> str:
             s = result["summary"][v]
             lines.append(f"| {v} | " + " | ".join(_f(s.get(k)) for k, _ in ATOM_COLUMNS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def targets(summary: dict) -> list[str]:
+    """Issue 11's done criteria, each with the measured numbers (mean per-residue r over the chains)."""
+    def g(v, k):
+        return summary.get(v, {}).get(k, float("nan"))
+    rows = [("hard: map + model ≥ ANM + 0.05", g("hard", "map+model"), g("hard", "anm") + 0.05),
+            ("frames: map + model ≥ ANM + 0.05", g("frames", "map+model"), g("frames", "anm") + 0.05),
+            ("clean: map + model ≥ raw intensity", g("clean", "map+model"), g("clean", "raw")),
+            ("hard: map + model ≥ raw intensity + 0.15", g("hard", "map+model"), g("hard", "raw") + 0.15),
+            ("hard: map-only ≥ raw intensity + 0.15", g("hard", "map"), g("hard", "raw") + 0.15)]
+    sp = [g(v, "map+model_sd_spearman") for v in VARIANTS if v in summary]
+    sp = [x for x in sp if np.isfinite(x)]
+    rows.append(("Spearman(SD, abs error) ≥ 0.3 (mean over map kinds)", float(np.mean(sp)) if sp else float("nan"),
+                 0.3))
+    out = ["### Issue 11 targets", "", "| target | measured | needed | met |", "|---|---|---|---|"]
+    for name, got, need in rows:
+        met = "–" if not (np.isfinite(got) and np.isfinite(need)) else ("yes" if got >= need else "no")
+        out.append(f"| {name} | {_f(got)} | {_f(need)} | {met} |")
+    return out + [""]
 
 
 def _f(x) -> str:

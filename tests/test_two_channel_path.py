@@ -1,0 +1,158 @@
+"""Issue 11 in the bundle: models that read the fitted model's density as a second channel and give a variance.
+
+A stand-in with the shipped architecture (2 input channels, 2 outputs: mean and log-variance) and fixed random
+weights, built with onnx.helper; the bundle reads it without the onnx package (onnx_format).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from chimerax.core.commands import run
+from chimerax.core.errors import UserError
+
+from chimerax.defmap import model as dm_model
+from chimerax.defmap import preprocess as pp
+
+from .helpers import LEAKY_ALPHA, add_map, shared_path, simulate_map
+
+SPEC = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
+LAYERS = ((2, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 4), (16, 8, 1), (8, 2, 1))
+
+
+def two_channel_model(path, seed=0, calibration=None):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    rng = np.random.default_rng(seed)
+    nodes, inits, x = [], [], "density"
+    for i, (cin, cout, k) in enumerate(LAYERS):
+        gain = 0.25 if i == len(LAYERS) - 1 else 1.0
+        w = rng.normal(0, gain * np.sqrt(2.0 / (cin * k ** 3)), (cout, cin, k, k, k)).astype(np.float32)
+        b = rng.normal(0, 0.05, cout).astype(np.float32)
+        if i == len(LAYERS) - 1:
+            b[1] = -3.0  # log-variance around exp(-3)
+        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
+        last = i == len(LAYERS) - 1
+        y = "log10_rmsf" if last else f"c{i}"
+        nodes.append(helper.make_node("Conv", [x, f"W{i}", f"B{i}"], [y], kernel_shape=[k] * 3))
+        if not last:
+            nodes.append(helper.make_node("LeakyRelu", [y], [f"a{i}"], alpha=LEAKY_ALPHA))
+            y = f"a{i}"
+        x = y
+    graph = helper.make_graph(
+        nodes, "two-channel",
+        [helper.make_tensor_value_info("density", TensorProto.FLOAT, ["N", 2, "D", "H", "W"])],
+        [helper.make_tensor_value_info("log10_rmsf", TensorProto.FLOAT, ["N", 2, "d", "h", "w"])],
+        initializer=inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    meta = json.loads(dm_model.make_metadata("standin-mapmodel-5A", SPEC, fully_convolutional=True)["defmap"])
+    meta.update({"input_channels": ["density", "model_density"], "outputs": ["log10_rmsf_angstrom", "log_variance"],
+                 "calibration": calibration or {"sd_scale": 1.5, "anm_weight": 0.5}})
+    m.metadata_props.append(onnx.StringStringEntryProto(key="defmap", value=json.dumps(meta)))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model2(tmp_path_factory):
+    return two_channel_model(tmp_path_factory.mktemp("m2") / "mapmodel5.onnx")
+
+
+@pytest.fixture(scope="module")
+def prepared():
+    from .helpers import read_heavy_atoms
+    xyz = read_heavy_atoms(shared_path("structures", "1aku.pdb"))
+    m, origin = simulate_map(xyz, np.full(len(xyz), 1.0), resolution=5.0, voxel=1.2)
+    x2i, _ = pp.grid_transforms(origin, (1.2, 1.2, 1.2))
+    prep = pp.prepare_points(m, x2i, xyz, SPEC)
+    return prep, xyz
+
+
+def test_metadata_channels_outputs_calibration(model2):
+    info = dm_model.read_model_info(model2)
+    assert info.channels == ("density", "model_density") and info.needs_structure
+    assert info.outputs == ("log10_rmsf_angstrom", "log_variance") and info.has_variance
+    assert info.calibration["sd_scale"] == 1.5
+    plain = dm_model.ModelInfo(model2, "x", SPEC, "log10_rmsf_angstrom", True)
+    assert dm_model.choose_model([plain, info], 4.0, structure=True) is info
+    assert dm_model.choose_model([plain, info], 4.0, structure=False) is plain
+    with pytest.raises(dm_model.ModelError, match="map-only"):
+        dm_model.choose_model([info], 4.0, structure=False)
+    with pytest.raises(dm_model.ModelError, match="needs a structure"):
+        dm_model.resolve_model(str(model2), 4.0, structure=False)
+
+
+def test_dense_equals_patches_with_two_channels_and_a_variance(model2, prepared):
+    prep, xyz = prepared
+    info = dm_model.read_model_info(model2)
+    p = dm_model.Predictor(info, device="cpu")
+    grid = pp.Grid(pp.stack_channels(prep, info.channels, xyz, np.full(len(xyz), 6.0), info.spec),
+                   prep.grid.origin, prep.grid.voxel_size)
+    dense = p.predict_dense(grid, prep.centers)
+    lv_dense = p.last_log_variance.copy()
+    patches = p.predict_patches(grid, prep.centers)
+    assert np.allclose(dense, patches, atol=1e-5) and np.allclose(lv_dense, p.last_log_variance, atol=1e-5)
+    assert p.predict_centers(grid, prep.centers) is not None and p.method == "dense"  # not a plain conv chain
+    assert np.isfinite(lv_dense).all() and lv_dense.std() > 0
+
+
+def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2, tmp_path):
+    from chimerax.pdb import open_pdb
+    pdb = shared_path("md_reference", "1ail_A.pdb")
+    s = open_pdb(cx, str(pdb))[0][0]
+    cx.models.add([s])
+    heavy = s.atoms.filter(s.atoms.element_numbers != 1)
+    values, origin = simulate_map(heavy.coords, np.full(len(heavy), 1.0), resolution=5.0, noise=0.2, seed=2)
+    v = add_map(cx, values, origin)
+    res = run(cx, f"defmap #{v.id_string} structure #{s.id_string} model {model2} uncertainty true color false")
+    assert res.atom_sd is not None and res.atom_rotation_values is None  # one pass, SD from the variance head
+    info = dm_model.read_model_info(model2)
+    # the same numbers by hand: preprocess, model channel, dense run
+    prep = pp.prepare_points(values, pp.grid_transforms(origin, (1.0,) * 3)[0], heavy.coords, info.spec)
+    x = pp.stack_channels(prep, info.channels, heavy.coords, pp.element_weights(heavy.element_names), info.spec)
+    p = dm_model.Predictor(info, device="cpu")
+    want = p.predict_dense(pp.Grid(x, prep.grid.origin, prep.grid.voxel_size), prep.centers)
+    sd_want = np.exp(0.5 * p.last_log_variance) * 1.5
+    assert np.allclose(res.atom_values, want[prep.point_to_center], atol=1e-5)
+    assert np.allclose(res.atom_sd, sd_want[prep.point_to_center], atol=1e-5)
+    sds = np.array([r.defmap_sd for r in res.residues])
+    assert (sds > 0).all()
+    # residueAtoms ca: the residue value is the C-alpha's own value
+    ca = run(cx, f"defmap #{v.id_string} structure #{s.id_string} model {model2} residueAtoms ca color false "
+                 "attribute dca")
+    by_atom = dict(zip(ca.atoms, ca.atom_values))
+    for r, val in list(zip(ca.residues, ca.residue_values))[:10]:
+        assert val == pytest.approx(by_atom[r.find_atom("CA")], abs=1e-6)
+    # normalModes uses the model's fitted ANM weight
+    nm = run(cx, f"defmap #{v.id_string} structure #{s.id_string} model {model2} normalModes true color false "
+                 "attribute dnm")
+    from chimerax.defmap import nma
+    ok = np.isfinite(nm.nma_residue_values)
+    want_c = nma.combine(nm.map_residue_values, nm.nma_residue_values, 0.5)
+    assert np.allclose(nm.residue_values[ok], want_c[ok])
+    with pytest.raises(UserError, match="needs a structure"):
+        run(cx, f"defmap #{v.id_string} model {model2}")
+
+
+def test_two_channel_model_runs_without_the_onnx_package(model2, tmp_path):
+    """ChimeraX ships no onnx package: metadata, channels and the variance come through onnx_format + onnxruntime."""
+    import subprocess
+    import sys
+    code = (
+        "import sys; sys.modules['onnx'] = None\n"
+        "import numpy as np\n"
+        "from chimerax.defmap import model as m, preprocess as pp\n"
+        f"info = m.read_model_info({str(model2)!r})\n"
+        "assert info.needs_structure and info.has_variance\n"
+        "p = m.Predictor(info, device='cpu')\n"
+        "x = np.abs(np.random.default_rng(0).normal(size=(2, 24, 24, 24))).astype(np.float32)\n"
+        "c = np.array([[8, 9, 10], [12, 12, 12]])\n"
+        "y = p.predict_centers(pp.Grid(x, np.zeros(3), 1.5), c)\n"
+        "assert np.isfinite(y).all() and p.last_log_variance is not None\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
