@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import zlib
@@ -299,6 +300,13 @@ def main(argv: list[str] | None = None) -> None:
     s.set_defaults(fn=cmd_smoke)
     a = ap.parse_args(argv)
     a.fn(a)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        # under torchrun the work is done and the process group destroyed, yet about 1 exit in 10 aborted in
+        # interpreter teardown ("terminate called without an active exception", torch 2.13 gloo, CPU), which
+        # torchrun reports as a failed job: leave without the teardown
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 if __name__ == "__main__":
