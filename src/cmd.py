@@ -254,9 +254,13 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     predictor.seconds = 0.0
     per_rotation = np.empty((len(prep.centers), rotations), dtype=np.float64)
     for k in range(rotations):
-        progress.update(0.2 + 0.75 * k / rotations, f"inference on {len(prep.centers):,} patches"
-                        + (f", rotation {k + 1}/{rotations}" if rotations > 1 else ""))
-        per_rotation[:, k] = predictor.predict_centers(prep.grid, prep.centers, batch_size, rotation=k)
+        stage = f"inference on {len(prep.centers):,} patches"
+        if rotations > 1:
+            stage += f", rotation {k + 1}/{rotations}"
+        part = progress.span(0.2 + 0.75 * k / rotations, 0.2 + 0.75 * (k + 1) / rotations)
+        part.update(0.0, stage)
+        per_rotation[:, k] = predictor.predict_centers(prep.grid, prep.centers, batch_size, rotation=k,
+                                                       progress=lambda f, part=part, stage=stage: part.update(f, stage))
     progress.update(0.95, "residue means")
     preds = per_rotation.mean(axis=1)
     log_var = predictor.last_log_variance if info.has_variance else None
@@ -452,13 +456,19 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     use_dense = info.fully_convolutional if dense is None else dense
     if use_dense and not info.fully_convolutional:
         raise UserError(f"Model {info.name} is not fully convolutional; use dense false")
-    progress.update(0.2, f"inference on {len(prep.centers):,} voxels")
+    stage = f"inference on {len(prep.centers):,} voxels"
+    part = progress.span(0.2, 1.0)
+    part.update(0.0, stage)
+
+    def done(f: float) -> None:
+        part.update(f, stage)
     if dense is None:  # fastest exact method: shared features, or dense tiles when the centres fill the lattice
-        preds = predictor.predict_centers(prep.grid, prep.centers, batch_size, allow_dense=info.fully_convolutional)
+        preds = predictor.predict_centers(prep.grid, prep.centers, batch_size, allow_dense=info.fully_convolutional,
+                                          progress=done)
     elif use_dense:
-        preds = predictor.predict_dense(prep.grid, prep.centers)
+        preds = predictor.predict_dense(prep.grid, prep.centers, progress=done)
     else:
-        preds = predictor.predict_patches(prep.grid, prep.centers, batch_size)
+        preds = predictor.predict_patches(prep.grid, prep.centers, batch_size, progress=done)
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
     return preds, prep, predictor, stages, float(level)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -205,6 +206,7 @@ def _fits_mode(info: ModelInfo, structure: bool) -> ModelInfo:
     return info
 
 
+Progress = Callable[[float], None]  # called with the fraction of centres done (status-line progress)
 DENSE_TILE = 32  # dense tiles of 32³ outputs: 16-64 ran at the same GFLOP/s; a 32 tile needs ~50 MB of activations
 DENSE_SPEEDUP = 1.7  # dense valid convolutions run ~1.7x the GFLOP/s of shared-feature gathers (tests/benchmarks)
 
@@ -289,18 +291,19 @@ class Predictor:
         return float(self.info.flops_per_patch or 0.0)
 
     def predict_centers(self, grid: Grid, centers: np.ndarray, batch_size: int | None = None,
-                        rotation: int = 0, allow_dense: bool = False) -> np.ndarray:
+                        rotation: int = 0, allow_dense: bool = False, progress: Progress | None = None) -> np.ndarray:
         """One prediction per centre voxel by the fastest exact method: shared-feature evaluation on the CPU when
         the model is a plain conv chain (chimerax.defmap.sparse), otherwise batched per-patch evaluation.  With
         ``allow_dense``, dense tiles (:meth:`predict_dense`) are used instead when they need fewer FLOPs after
-        weighting by their measured speed advantage (``DENSE_SPEEDUP``): when centres fill most of the lattice."""
+        weighting by their measured speed advantage (``DENSE_SPEEDUP``): when centres fill most of the lattice.
+        ``progress`` (if given) is called with the fraction of centres done, after each batch, tile or block."""
         layers = self.conv_layers() if self.provider == "CPUExecutionProvider" else None
         if not layers or len(centers) == 0:
             # two-channel or two-output models are not plain conv chains: dense tiles are their fast exact path
             multi = len(self.info.channels) > 1 or len(self.info.outputs) > 1
             if (allow_dense or (multi and rotation == 0)) and self.info.fully_convolutional and len(centers):
-                return self.predict_dense(grid, centers)
-            return self.predict_patches(grid, centers, batch_size, rotation)
+                return self.predict_dense(grid, centers, progress=progress)
+            return self.predict_patches(grid, centers, batch_size, rotation, progress)
         from .sparse import SparseConvNet
         if getattr(self, "_sparse", None) is None:
             self._sparse = SparseConvNet(layers, threads=self.threads)
@@ -308,11 +311,11 @@ class Predictor:
             starts = np.asarray(centers) - self.info.spec.box // 2
             shared = self._sparse.estimate_flops(grid.values.shape, starts)
             if self.dense_flops(grid, centers) < DENSE_SPEEDUP * shared:
-                return self.predict_dense(grid, centers)
+                return self.predict_dense(grid, centers, progress=progress)
         net = self._sparse.rotated(rotation)
         t0 = time.perf_counter()
         f0 = net.flops
-        out = net.predict(grid.values, np.asarray(centers) - self.info.spec.box // 2)
+        out = net.predict(grid.values, np.asarray(centers) - self.info.spec.box // 2, progress)
         self.seconds += time.perf_counter() - t0
         self.flops += net.flops - f0
         self.patches += len(centers)
@@ -334,7 +337,7 @@ class Predictor:
         return y
 
     def predict_patches(self, grid: Grid, centers: np.ndarray, batch_size: int | None = None,
-                        rotation: int = 0) -> np.ndarray:
+                        rotation: int = 0, progress: Progress | None = None) -> np.ndarray:
         """One prediction per centre voxel, streamed in batches so memory stays flat."""
         from .preprocess import iter_patch_batches
         bs = int(batch_size or self.default_batch)
@@ -355,6 +358,8 @@ class Predictor:
             if lv is not None:
                 lv[s:s + len(batch)] = y[:, 1]
             s += len(batch)
+            if progress:
+                progress(s / len(centers))
         self.last_log_variance = lv
         self.patches += len(centers)
         self.flops += len(centers) * self._flops_per_patch()
@@ -374,7 +379,8 @@ class Predictor:
         shapes, counts = np.unique(ext, axis=0, return_counts=True)
         return float(sum(c * chain_flops(layers, tuple(sh)) for sh, c in zip(shapes, counts)))
 
-    def predict_dense(self, grid: Grid, centers: np.ndarray, tile: int = DENSE_TILE) -> np.ndarray:
+    def predict_dense(self, grid: Grid, centers: np.ndarray, tile: int = DENSE_TILE,
+                      progress: Progress | None = None) -> np.ndarray:
         """Fully convolutional evaluation: whole tiles in one pass, equal to per-patch evaluation at each centre."""
         if not self.info.fully_convolutional:
             raise ModelError(f"Model {self.info.name} is not fully convolutional, so it cannot run densely")
@@ -390,6 +396,7 @@ class Predictor:
         order = np.lexsort(tile_of.T[::-1])
         keys = tile_of[order]
         breaks = np.flatnonzero(np.any(np.diff(keys, axis=0) != 0, axis=1)) + 1
+        done = 0
         for grp in np.split(order, breaks):
             t0 = tile_of[grp[0]] * tile
             sub = x[:, t0[0]:t0[0] + tile + box - 1, t0[1]:t0[1] + tile + box - 1, t0[2]:t0[2] + tile + box - 1]
@@ -400,13 +407,20 @@ class Predictor:
                 lv[grp] = y[1][rel[:, 0], rel[:, 1], rel[:, 2]]
             if layers:
                 self.flops += chain_flops(layers, sub.shape[1:])
+            done += len(grp)
+            if progress:
+                progress(done / len(centers))
         self.last_log_variance = lv
         self.patches += len(centers)
         self.method = "dense"
         return out
 
     def close(self) -> None:
+        """Drop this predictor's onnxruntime sessions (the model's and the shared-feature stages') now, rather than
+        whenever the interpreter's teardown gets to them."""
         self.session = None
+        self._sparse = None
+        self._chain = None
 
 
 def _channels(values: np.ndarray) -> list[np.ndarray]:

@@ -15,6 +15,7 @@ with centres.  Measured on 6EZ8 (2 shared cores): 64³ blocks recompute ~3 % of 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +158,10 @@ class SparseConvNet:
                 m = _dilate(m, self.stages[i][0].k)
         return total
 
-    def predict(self, values: np.ndarray, starts_zyx: np.ndarray) -> np.ndarray:
-        """Network output for the patch starting at each (z, y, x) voxel of ``values``."""
+    def predict(self, values: np.ndarray, starts_zyx: np.ndarray,
+                progress: Callable[[float], None] | None = None) -> np.ndarray:
+        """Network output for the patch starting at each (z, y, x) voxel of ``values``; ``progress`` gets the
+        fraction of starts done after each block."""
         starts = np.asarray(starts_zyx, dtype=np.int64).reshape(-1, 3)
         out = np.empty(len(starts), dtype=np.float32)
         if len(starts) == 0:
@@ -169,11 +172,15 @@ class SparseConvNet:
         key = starts // self.block
         order = np.lexsort(key.T[::-1])
         breaks = np.flatnonzero(np.any(np.diff(key[order], axis=0) != 0, axis=1)) + 1
+        done = 0
         for grp in np.split(order, breaks):
             t0 = key[grp[0]] * self.block
             t1 = np.minimum(t0 + self.block + self.extent - 1, shape)
             region = np.ascontiguousarray(values[t0[0]:t1[0], t0[1]:t1[1], t0[2]:t1[2]], dtype=np.float32)
             out[grp] = self._predict_block(region, starts[grp] - t0)
+            done += len(grp)
+            if progress:
+                progress(done / len(starts))
         return out
 
     def _predict_block(self, region: np.ndarray, rel: np.ndarray) -> np.ndarray:

@@ -143,3 +143,18 @@ def test_shared_memory_stays_flat_with_map_size(tmp_path):
         peaks.append(peak)
     assert peaks[1] < 1.5 * peaks[0] + (8 << 20), [p / 2**20 for p in peaks]
     assert peaks[1] < 150 << 20
+
+
+def test_every_method_reports_progress_up_to_all_centres(fcn_model, prepared):
+    """Status-line progress inside one inference call: per batch, tile or block, rising to 1 (issue 13)."""
+    prep = prepared[1]
+    pred = dm_model.Predictor(dm_model.read_model_info(fcn_model), "cpu")
+    sparse_net = sparse.SparseConvNet(sparse.conv_chain(fcn_model), block=16)
+    runs = {"patches": lambda p: pred.predict_patches(prep.grid, prep.centers, batch_size=256, progress=p),
+            "dense": lambda p: pred.predict_dense(prep.grid, prep.centers, tile=16, progress=p),
+            "shared": lambda p: sparse_net.predict(prep.grid.values, prep.centers - SPEC.box // 2, p)}
+    for method, call in runs.items():
+        seen: list[float] = []
+        call(seen.append)
+        assert len(seen) >= 3, (method, seen)
+        assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0) and seen[0] < 1.0, (method, seen)
