@@ -11,6 +11,8 @@ import numpy as np
 from scipy import linalg, sparse
 from scipy.spatial import cKDTree
 
+from .preprocess import available_memory
+
 CUTOFF = 15.0  # Å, C-alpha ANM as in the training labels and the ATLAS baseline
 LEAF = 96  # C-alpha atoms per leaf of the nested-dissection tree (48-160 cost about the same on 6EZ8)
 DENSE_FALLBACK_NODES = 3000  # degenerate geometry (e.g. collinear atoms): dense eigendecomposition up to this size
@@ -92,7 +94,7 @@ def anm_msf(ca: np.ndarray, cutoff: float = CUTOFF) -> np.ndarray:
     if avail is not None and need > avail:
         big = max(len(p) for p in parts)
         raise MemoryError(f"normal modes of {n:,} C-alpha atoms (largest connected part {big:,}) would need about "
-                          f"{need / 2 ** 30:.1f} GB of memory; {avail / 2 ** 30:.1f} GB is available")
+                          f"{need / 2 ** 30:.1f} GiB of memory, but only {avail / 2 ** 30:.1f} GiB is available")
     for idx, plan in zip(parts, plans):
         out[idx] = _msf_connected(ca[idx], plan)
     if not np.isfinite(out).any():
@@ -106,22 +108,6 @@ def memory_estimate(ca: np.ndarray, cutoff: float = CUTOFF) -> float:
     labels = _components(ca, cutoff)
     return max((_Plan(ca[labels == k], cutoff).nbytes for k in np.unique(labels) if (labels == k).sum() >= 4),
                default=0.0)
-
-
-def available_memory() -> float | None:
-    """Bytes available to this process now (Linux MemAvailable, or psutil), None when unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024.0
-    except OSError:
-        pass
-    try:
-        import psutil
-        return float(psutil.virtual_memory().available)
-    except Exception:  # pragma: no cover - no way to tell
-        return None
 
 
 class _Plan:

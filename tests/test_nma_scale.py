@@ -81,7 +81,8 @@ def test_refuses_with_the_memory_it_would_need(monkeypatch):
     need = nma.memory_estimate(ca)
     assert 1e6 < need < 2e8
     monkeypatch.setattr(nma, "available_memory", lambda: need / 2)
-    with pytest.raises(MemoryError, match=r"300 C-alpha atoms .* would need about 0\.\d GB of memory; 0\.\d GB is"):
+    msg = r"300 C-alpha atoms .* would need about 0\.\d GiB of memory, but only 0\.\d GiB is available"
+    with pytest.raises(MemoryError, match=msg):
         nma.anm_msf(ca)
     monkeypatch.setattr(nma, "available_memory", lambda: need * 2)
     assert np.isfinite(nma.anm_msf(ca)).all()
@@ -96,3 +97,15 @@ def test_memory_estimate_bounds_the_measured_peak():
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert peak <= nma.memory_estimate(ca) <= 6 * peak, (peak, nma.memory_estimate(ca))
+
+
+def test_defmap_refuses_normal_modes_naming_the_memory_and_changes_nothing(cx, monkeypatch):
+    from chimerax.core.commands import run
+    from chimerax.core.errors import UserError
+    run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
+    run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
+    monkeypatch.setattr(nma, "available_memory", lambda: 1e6)
+    with pytest.raises(UserError, match=r"normalModes: .* C-alpha atoms .* would need about \d+\.\d GiB of memory"):
+        run(cx, "defmap #1 structure #2 normalModes true")
+    s = cx.models.list(model_id=(2,))[0]
+    assert all(getattr(r, "defmap", None) is None for r in s.residues)

@@ -1,6 +1,7 @@
 """`make bench`: DEFMap speed, memory and FLOP efficiency in a real headless ChimeraX session.
 
-    .venv/bin/python tests/benchmarks/bench.py             # full: cases 6ez8, emd3488, voxel200; median of 3 repeats
+    .venv/bin/python tests/benchmarks/bench.py             # full: 6ez8, emd3488, voxel200 (median of 3 repeats),
+                                                           # complex8, voxel400 (at scale, 1 repeat)
     .venv/bin/python tests/benchmarks/bench.py --quick     # small cases, 1 repeat (< 60 s; run by make test)
 
 Every case runs in a fresh subprocess (so its peak RSS is its own): boot ChimeraX headless, open the data, run the
@@ -22,6 +23,14 @@ that cuts one patch per atom at labelled voxels (no de-duplication), Keras-style
 our end-to-end time (ours also includes setting attributes, coloring and logging, which the reference does not do).
 For voxel mode the reference loops over every lattice voxel above the level and predicts per patch; when that would
 take more than a minute, it is timed on a random subset of patches and scaled (``reference_extrapolated``).
+
+At scale (``complex8``: eight copies of 6EZ8, 163,928 atoms, 20,968 C-alpha, with a 5 Å molmap; ``voxel400``: that
+map resampled to 400³, voxel mode) the reference-style pipeline is not run (``reference_ratio`` null) and one measured
+repeat follows the warm-up.  Structure cases also run the command once with ``normalModes true`` and once with
+``uncertainty true`` (``variants``: the run with the median time of ``--repeats`` runs (1 at scale; the first run
+of an option is not a warm-up: its imports count), its stages, and peak RSS, VmHWM reset before the runs).  At
+scale, peak RSS counts from after the data are opened (the booted session and the open data are resident, their
+setup is not).
 
 The last line of output is one JSON array holding one object per case, with keys
 case, seconds, peak_rss_mb, patches_per_s, gflops, flop_efficiency, reference_ratio (and more detail).
@@ -48,7 +57,10 @@ sys.path.insert(0, str(ROOT / "tools"))  # the headless harness (not part of the
 SHARED = ROOT.parent / "shared" / "data"
 SHIPPED_MODEL = ROOT / "onnx_models" / "defmap_5A.onnx"
 KEYS = ("case", "seconds", "peak_rss_mb", "patches_per_s", "gflops", "flop_efficiency", "reference_ratio")
-CASES = ("6ez8", "emd3488", "voxel200")
+CASES = ("6ez8", "emd3488", "voxel200", "complex8", "voxel400")
+SCALE_CASES = ("complex8", "voxel400")  # no reference-style run, one measured repeat
+STRUCTURE_CASES = ("6ez8", "emd3488", "complex8")
+COMPLEX_GAP = 5.0  # Å between the copies' bounding boxes in complex8 (copies touching: 2 networks of 4 copies)
 QUICK_CASES = ("emd3488", "voxel100")
 REF_BATCH = 32  # Keras Model.predict's default batch size, as DEFMap's 3dcnn_main.py used it
 
@@ -150,7 +162,57 @@ def open_case(session, case: str, quick: bool):
         return (f"#{v.id_string} level {level:.6g}",
                 f"voxel mode on EMD-3488 {'resampled to ' if case == 'voxel200' else ''}{_dims(v)} "
                 f"({v.data.step[0]:.3g} Å), level {level:.3g}")
+    if case in ("complex8", "voxel400"):
+        s = complex8(session, o(SHARED / "structures" / "6ez8.pdb")[0])
+        run(session, f"molmap #{s.id_string} 5 gridSpacing 1.5", log=False)  # -> #2
+        v = session.models.list(model_id=(2,))[0]
+        if case == "complex8":
+            return (f"#2 structure #{s.id_string}",
+                    f"complex8: 8 copies of 6EZ8 ({s.num_atoms:,} atoms, {s.num_chains} chains), molmap 5 Å at 1.5 Å, "
+                    f"{_dims(v)}")
+        v2 = resampled(session, v, 400)  # -> 400³ at ~0.65 Å; the level: the molmap's own initial surface level
+        level = v.minimum_surface_level
+        run(session, f"close #{s.id_string},2", log=False)
+        return (f"#{v2.id_string} level {level:.6g}",
+                f"voxel mode on the complex8 molmap resampled to {_dims(v2)} ({v2.data.step[0]:.3g} Å), "
+                f"level {level:.3g}")
     raise SystemExit(f"bench: unknown case {case}")
+
+
+def complex8(session, s):
+    """Eight copies of structure s in one model, on a 2×2×2 grid (bounding boxes COMPLEX_GAP apart), chain IDs made
+    unique (6EZ8: A, B -> A..P), with ChimeraX's own Structure.copy/combine (the `combine` command's code)."""
+    base = s.copy()
+    xyz = base.atoms.coords.copy()
+    step = np.ptp(xyz, axis=0) + COMPLEX_GAP
+    ids = [c.chain_id for c in base.chains]
+    free = iter(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789" if c not in ids)
+    for k in range(1, 8):
+        c = base.copy()
+        c.atoms.coords = xyz + step * np.array([k & 1, (k >> 1) & 1, (k >> 2) & 1])
+        s.combine(c, {cid: next(free) for cid in ids}, s.scene_position)
+        c.delete()
+    base.delete()
+    return s
+
+
+def resampled(session, v, n: int):
+    """Volume v padded with zeros to a cube (at its high ends) and trilinearly resampled to n³, as 'volume resample'
+    would."""
+    from chimerax.map import volume_from_grid_data
+    from chimerax.map_data import ArrayGridData
+    from scipy import ndimage
+    m = v.full_matrix().astype(np.float32)
+    m = np.pad(m, [(0, max(m.shape) - k) for k in m.shape])
+    fine = ndimage.zoom(m, n / m.shape[0], order=1)  # corner-aligned: the samples span the same box
+    if v.data.step[0] != v.data.step[1] or v.data.step[1] != v.data.step[2]:
+        raise SystemExit("bench: resampled() expects a map with cubic voxels")
+    step = tuple(s * (k - 1) / (f - 1) for s, k, f in zip(v.data.step, m.shape[::-1], fine.shape[::-1]))
+    g = ArrayGridData(fine, origin=v.data.origin, step=step, name=f"{v.name} {n}^3")
+    v2 = volume_from_grid_data(g, session, style="surface", show_dialog=False)
+    v2.set_parameters(surface_levels=[v.minimum_surface_level])
+    v2.update_drawings()
+    return v2
 
 
 def _dims(v) -> str:
@@ -167,10 +229,15 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
     session = headless.boot()
     args, desc = open_case(session, case, quick)
     command = f"defmap {args} model {model}"
+    _reset_peak_rss()  # count from here: the open data stay resident, their setup (molmap, resampling) does not
+    scale = case in SCALE_CASES
+    repeats = 1 if scale else repeats
     runs, ref, rss_before_ref, hwm_reset = [], None, None, False
     # the reference runs after the first measured repeat, so a change in the load of this shared machine hits
     # both sides alike; its memory is kept out of the peak (VmHWM is reset after it where Linux allows)
     ref_after = 1 if repeats >= 2 else repeats
+    if scale:
+        ref_after = -1
     for i in range(repeats + 1):  # run 0 is a warm-up (onnxruntime sessions are created in it)
         t0, c0 = time.perf_counter(), time.process_time()
         res = run(session, command, log=False)
@@ -186,9 +253,28 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
             ref["cpu_seconds"] = time.process_time() - c0
             peaks.append(sgemm_peak_gflops())
             hwm_reset = _reset_peak_rss()
-    peak_rss_mb = max(rss_before_ref, _vm_hwm_mb() if hwm_reset else 0.0)
-    if not hwm_reset and repeats > ref_after:  # cannot separate the reference's memory from ours
+    if scale:
+        peak_rss_mb = _vm_hwm_mb() or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        ref = {"skipped": "the reference-style pipeline is not run at scale"}
+    else:
+        peak_rss_mb = max(rss_before_ref, _vm_hwm_mb() if hwm_reset else 0.0)
+    if not scale and not hwm_reset and repeats > ref_after:  # cannot separate the reference's memory from ours
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    variants = {}
+    if case in STRUCTURE_CASES and not quick:
+        for opt in ("normalModes true", "uncertainty true"):
+            hw = _reset_peak_rss()
+            vruns = []
+            for _ in range(repeats):  # median of the repeats, as for the plain command (1 at scale)
+                t0 = time.perf_counter()
+                res = run(session, f"{command} {opt}", log=False)
+                vruns.append((time.perf_counter() - t0, dict(res.stages)))
+            k = int(np.argsort([w for w, _ in vruns])[len(vruns) // 2])
+            variants[opt.split()[0]] = {
+                "seconds": round(vruns[k][0], 3), "stages": {n: round(v, 3) for n, v in vruns[k][1].items()},
+                "runs_seconds": [round(w, 3) for w, _ in vruns],
+                "peak_rss_mb": round(_vm_hwm_mb() if hw else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                                     / 1024.0, 1)}
     measured = runs[1:]
     wall = float(np.median([r["wall"] for r in measured]))
     cpu = float(np.median([r["cpu"] for r in measured]))
@@ -200,15 +286,21 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
     peak = max(p["peak"] for p in peaks)  # the higher sgemm figure: efficiency is, if anything, understated
     out = {"case": case, "seconds": round(wall, 3), "peak_rss_mb": round(peak_rss_mb, 1),
            "patches_per_s": round(patches / float(np.median(inf)), 1), "gflops": round(gflops, 2),
-           "flop_efficiency": round(gflops / peak, 4), "reference_ratio": round(ref["seconds"] / wall, 2),
-           "reference_ratio_cpu": round(ref["cpu_seconds"] / cpu, 2),
+           "flop_efficiency": round(gflops / peak, 4),
+           "reference_ratio": None if scale else round(ref["seconds"] / wall, 2),
+           "reference_ratio_cpu": None if scale else round(ref["cpu_seconds"] / cpu, 2),
            "stages": {k: round(v, 3) for k, v in stages.items()}, "first_run_seconds": round(runs[0]["wall"], 3),
            "cpu_seconds": round(cpu, 3), "repeats": repeats, "patches": patches, "method": measured[-1]["method"],
            "sgemm_peak_gflops": round(peak, 2), "sgemm_runs_gflops": [round(p["peak"], 2) for p in peaks],
-           "description": desc, "command": command, "reference_seconds": round(ref["seconds"], 3),
+           "description": desc, "command": command,
+           "reference_seconds": None if scale else round(ref["seconds"], 3),
            "reference": {k: (round(v, 3) if isinstance(v, float) and not k.startswith("max_abs") else v)
-                         for k, v in ref.items()},
+                         for k, v in ref.items()} if not scale else ref, "variants": variants,
            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    out["map_voxels"] = int(np.prod(_volume_of(session, args).data.size, dtype=np.int64))
+    if case in STRUCTURE_CASES:
+        st = res.structure
+        out["atoms"], out["ca_atoms"] = int(st.num_atoms), int((st.atoms.names == "CA").sum())
     return out
 
 
@@ -486,8 +578,16 @@ def fmt_table(results: list[dict]) -> str:
                      ("preprocess", "patches", "inference", "mapping", "coloring")),
                      f"{r['patches_per_s']:,.0f}", f"{r['peak_rss_mb']:.0f}", f"{r['gflops']:.1f}",
                      f"{r['sgemm_peak_gflops']:.1f}", f"{r['flop_efficiency']:.2f}",
-                     f"{r['reference_seconds']:.1f}" + ("*" if r["reference"].get("reference_extrapolated") else ""),
-                     f"{r['reference_ratio']:.1f}", f"{r['reference_ratio_cpu']:.1f}", r["method"]))
+                     *(("-", "-", "-") if r["reference_ratio"] is None else
+                       (f"{r['reference_seconds']:.1f}" + ("*" if r["reference"].get("reference_extrapolated") else ""),
+                        f"{r['reference_ratio']:.1f}", f"{r['reference_ratio_cpu']:.1f}")), r["method"]))
+        for name, v in r.get("variants", {}).items():
+            rows.append((f"  {r['case']} {name} true", f"{v['seconds']:.2f}",
+                         *(f"{v['stages'].get(k, 0.0):.3f}" for k in
+                           ("preprocess", "patches", "inference", "mapping", "coloring")),
+                         "", f"{v['peak_rss_mb']:.0f}", "", "", "", "", "", "",
+                         "normal_modes " + f"{v['stages']['normal_modes']:.3f} s" if "normal_modes" in v["stages"]
+                         else ""))
     w = [max(len(str(row[i])) for row in rows) for i in range(len(head))]
     return "\n".join("| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(row)) + " |" for row in rows)
 
@@ -499,6 +599,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", default=None, help="comma-separated subset of " + ", ".join(CASES + QUICK_CASES))
     ap.add_argument("--model", default=None, help="ONNX model (default: shipped 5 Å model, else a stand-in)")
     ap.add_argument("--levers", action="store_true", help="also measure each speed lever alone on case 6ez8")
+    ap.add_argument("--save", help="also write the JSON array to this file (tests/benchmarks/scaling.py reads it)")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
     a = ap.parse_args(argv)
     repeats = a.repeats or (1 if a.quick else 3)
@@ -531,7 +632,11 @@ def main(argv=None) -> int:
             results.append(r)
             print(f"bench: {case}: {r['description']}; {r['patches']:,} patches by '{r['method']}'; "
                   f"{r['seconds']:.2f} s end to end (first run {r['first_run_seconds']:.2f} s); "
-                  f"reference {r['reference_seconds']:.1f} s; case took {time.perf_counter() - t0:.0f} s", flush=True)
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB; "
+                  + ("" if r["reference_seconds"] is None else f"reference {r['reference_seconds']:.1f} s; ")
+                  + "".join(f"{k} true {v['seconds']:.2f} s, {v['peak_rss_mb']:.0f} MB; "
+                            for k, v in r.get("variants", {}).items())
+                  + f"case took {time.perf_counter() - t0:.0f} s", flush=True)
         if a.levers:
             proc = subprocess.run([sys.executable, __file__, "--case", "levers", "--model", str(model)],
                                   capture_output=True, text=True, encoding="utf-8", cwd=ROOT)
@@ -542,6 +647,8 @@ def main(argv=None) -> int:
                 return 1
             print(fmt_levers(json.loads(line[-1].split(" ", 1)[1])), flush=True)
         print(fmt_table(results))
+        if a.save:
+            Path(a.save).write_text(json.dumps(results, indent=1) + "\n")
         print(json.dumps(results))
     return 0
 
