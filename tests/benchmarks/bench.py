@@ -229,6 +229,8 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
     session = headless.boot()
     args, desc = open_case(session, case, quick)
     command = f"defmap {args} model {model}"
+    if " structure " in args:  # residue means over heavy atoms, as the reference (DEFMap's scripts) takes them
+        command += " residueAtoms heavy"
     _reset_peak_rss()  # count from here: the open data stay resident, their setup (molmap, resampling) does not
     scale = case in SCALE_CASES
     repeats = 1 if scale else repeats
