@@ -36,9 +36,10 @@ train-env: .venv/.defmap-train-env
 	touch $@
 
 # Two processes: torch importing inside a process that holds a ChimeraX session segfaulted in garbage collection.
+# -X faulthandler: should a test process ever crash (also at exit), its Python stack is printed.
 test: install train-env
-	$(PY) -m pytest -q training/tests
-	$(PY) -m pytest -q tests
+	$(PY) -X faulthandler -m pytest -q training/tests
+	$(PY) -X faulthandler -m pytest -q tests
 
 demo: install
 	$(PY) tools/demo.py

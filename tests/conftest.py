@@ -17,7 +17,9 @@ sys.path.insert(0, str(TOOLS))
 @pytest.fixture(scope="session")
 def session():
     import headless
-    return headless.boot()
+    s = headless.boot()
+    yield s
+    headless.shutdown(s)
 
 
 @pytest.fixture

@@ -233,7 +233,26 @@ def boot(offscreen: bool = True, log_stream=None):
     for package in INIT_BUNDLES:  # built-ins with customInit, as bootstrap_bundles would if it could list them
         importlib.import_module("chimerax." + package).bundle_api.initialize(session, session.toolshed._info(package))
     _register_commands(session)
+    import atexit
+    atexit.register(shutdown, session)
     return session
+
+
+def shutdown(session) -> None:
+    """What ChimeraX's own quit does before the interpreter goes (core/nogui.py and ui/gui.py ``quit``): cancel the
+    logger's status timers (daemon threads that would otherwise fire into a half-torn-down interpreter), fire
+    "app quit", and close the models and onnxruntime sessions while everything they refer to still exists.
+    Runs at exit (atexit) and from the tests' session fixture; a second call does nothing."""
+    if getattr(session, "_defmap_shut_down", False):
+        return
+    session._defmap_shut_down = True
+    session.logger.clear()
+    if "app quit" in getattr(session.triggers, "_triggers", {}):
+        session.triggers.activate_trigger("app quit", None)
+    session.models.close(session.models.list())
+    from chimerax.defmap.cmd import release_predictors
+    release_predictors()
+    session.logger.clear()  # closing may have shown a status
 
 
 def _register_commands(session):
