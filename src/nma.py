@@ -179,7 +179,8 @@ def _dissect(ca: np.ndarray, adj: sparse.csr_matrix, leaf: int) -> tuple[list[np
 
 def _ground(ca: np.ndarray, atoms: np.ndarray) -> np.ndarray | None:
     """Six coordinates whose fixing removes rigid-body motion (all of atom a, two of b, one of c; a, b, c among
-    `atoms`, far apart and not collinear), as indices into the 3N coordinates; None for degenerate geometry."""
+    `atoms`, far apart and not collinear), as indices into the 3N coordinates; None for degenerate geometry.  Fixing
+    them anywhere in the network leaves the rest of the Hessian positive definite, whichever tree node owns them."""
     if len(atoms) < 3:
         return None
     x = ca[atoms] - ca[atoms[0]]
@@ -210,7 +211,7 @@ def _msf_connected(ca: np.ndarray, plan: _Plan) -> np.ndarray:
     of ~500 for a dense inverse.  Degenerate geometry falls back to the dense eigendecomposition.
     """
     n = len(ca)
-    g = _ground(ca, plan.piv[0])
+    g = _ground(ca, np.arange(n))  # any three far-apart, non-collinear atoms of the part
     try:
         if g is None:
             raise linalg.LinAlgError("degenerate network geometry")

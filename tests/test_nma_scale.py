@@ -109,3 +109,21 @@ def test_defmap_refuses_normal_modes_naming_the_memory_and_changes_nothing(cx, m
         run(cx, "defmap #1 structure #2 normalModes true")
     s = cx.models.list(model_id=(2,))[0]
     assert all(getattr(r, "defmap", None) is None for r in s.residues)
+
+
+def test_thin_linker_between_domains_equals_dense():
+    """Two compact domains joined by a helical linker: the top separator is a handful of linker atoms; the
+    rigid-body grounding is chosen from the whole part, never from that separator alone."""
+    a, b = chain_walk(200, 8), chain_walk(200, 9)
+    a -= a.mean(0)
+    b -= b.mean(0)
+    k = np.arange(1, 31)
+    helix = np.stack([1.5 * k, 2.3 * np.cos(np.radians(100 * k)), 2.3 * np.sin(np.radians(100 * k))], axis=1)
+    link = a[np.argmax(a[:, 0])] + helix
+    b += link[-1] + [3.8, 0, 0] - b[np.argmin(b[:, 0])]
+    ca = np.vstack([a, link, b])
+    assert len(np.unique(nma._components(ca, nma.CUTOFF))) == 1
+    plan = nma._Plan(ca, nma.CUTOFF, leaf=64)
+    assert len(plan.piv[0]) < 20  # the cut goes through the linker
+    got, want = nma._msf_connected(ca, plan), dense_msf(ca)
+    assert np.allclose(got, want, rtol=1e-8), np.abs(got / want - 1).max()
