@@ -126,24 +126,30 @@ def fcn_flops_per_patch(box: int = 10, layers=FCN_LAYERS) -> float:
     return total
 
 
-def fcn_onnx_model(path: Path, spec, seed: int = 0, name: str = "standin-fcn-5A", layers=FCN_LAYERS) -> Path:
+def fcn_onnx_model(path: Path, spec, seed: int = 0, name: str = "standin-fcn-5A", layers=FCN_LAYERS,
+                   last_bias: dict[int, float] | None = None, metadata: dict | None = None) -> Path:
     """A stand-in with the shipped architecture and random (He-scaled) weights, until training's models land.
 
-    Input ``density`` (N,1,D,H,W), output ``log10_rmsf`` (N,1,D-9,H-9,W-9) for the default layers; LeakyReLU between
-    convolutions, no activation after the last one.
+    Input ``density`` (N,C,D,H,W), output ``log10_rmsf`` (N,K,D-9,H-9,W-9) for the default layers, C and K the first
+    layer's inputs and the last layer's outputs; LeakyReLU between convolutions, none after the last one.
+    ``last_bias`` sets chosen output channels' biases; ``metadata`` adds keys to the DEFMap metadata JSON.
     """
+    import json
+
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from chimerax.defmap.model import make_metadata
+    from chimerax.defmap.model import META_KEY, make_metadata
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "density"
     for i, (cin, cout, k) in enumerate(layers):
-        gain = 0.25 if i == len(layers) - 1 else 1.0  # outputs spread like log10 RMSF (SD ~0.3), not ~1
+        last = i == len(layers) - 1
+        gain = 0.25 if last else 1.0  # outputs spread like log10 RMSF (SD ~0.3), not ~1
         w = rng.normal(0, gain * np.sqrt(2.0 / (cin * k ** 3)), (cout, cin, k, k, k)).astype(np.float32)
         b = rng.normal(0, 0.05, cout).astype(np.float32)
+        for ch, v in (last_bias or {}).items() if last else ():
+            b[ch] = v
         inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
-        last = i == len(layers) - 1
         y = "log10_rmsf" if last else f"c{i}"
         nodes.append(helper.make_node("Conv", [x, f"W{i}", f"B{i}"], [y], kernel_shape=[k] * 3))
         if not last:
@@ -152,13 +158,16 @@ def fcn_onnx_model(path: Path, spec, seed: int = 0, name: str = "standin-fcn-5A"
         x = y
     graph = helper.make_graph(
         nodes, name,
-        [helper.make_tensor_value_info("density", TensorProto.FLOAT, ["N", 1, "D", "H", "W"])],
-        [helper.make_tensor_value_info("log10_rmsf", TensorProto.FLOAT, ["N", 1, "d", "h", "w"])],
+        [helper.make_tensor_value_info("density", TensorProto.FLOAT, ["N", layers[0][0], "D", "H", "W"])],
+        [helper.make_tensor_value_info("log10_rmsf", TensorProto.FLOAT, ["N", layers[-1][1], "d", "h", "w"])],
         initializer=inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
-    for k, v in make_metadata(name, spec, fully_convolutional=True, description="stand-in: shipped architecture, "
-                              "random weights", flops_per_patch=fcn_flops_per_patch(spec.box, layers)).items():
+    meta = make_metadata(name, spec, fully_convolutional=True, description="stand-in: shipped architecture, "
+                         "random weights", flops_per_patch=fcn_flops_per_patch(spec.box, layers))
+    if metadata:
+        meta[META_KEY] = json.dumps({**json.loads(meta[META_KEY]), **metadata}, sort_keys=True)
+    for k, v in meta.items():
         m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(m)
     onnx.save(m, str(path))

@@ -6,8 +6,6 @@ weights, built with onnx.helper; the bundle reads it without the onnx package (o
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 from chimerax.core.commands import run
@@ -16,45 +14,18 @@ from chimerax.core.errors import UserError
 from chimerax.defmap import model as dm_model
 from chimerax.defmap import preprocess as pp
 
-from .helpers import LEAKY_ALPHA, add_map, shared_path, simulate_map
+from .helpers import add_map, fcn_onnx_model, shared_path, simulate_map
 
 SPEC = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
 LAYERS = ((2, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 4), (16, 8, 1), (8, 2, 1))
 
 
 def two_channel_model(path, seed=0, calibration=None):
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    rng = np.random.default_rng(seed)
-    nodes, inits, x = [], [], "density"
-    for i, (cin, cout, k) in enumerate(LAYERS):
-        gain = 0.25 if i == len(LAYERS) - 1 else 1.0
-        w = rng.normal(0, gain * np.sqrt(2.0 / (cin * k ** 3)), (cout, cin, k, k, k)).astype(np.float32)
-        b = rng.normal(0, 0.05, cout).astype(np.float32)
-        if i == len(LAYERS) - 1:
-            b[1] = -3.0  # log-variance around exp(-3)
-        inits += [numpy_helper.from_array(w, f"W{i}"), numpy_helper.from_array(b, f"B{i}")]
-        last = i == len(LAYERS) - 1
-        y = "log10_rmsf" if last else f"c{i}"
-        nodes.append(helper.make_node("Conv", [x, f"W{i}", f"B{i}"], [y], kernel_shape=[k] * 3))
-        if not last:
-            nodes.append(helper.make_node("LeakyRelu", [y], [f"a{i}"], alpha=LEAKY_ALPHA))
-            y = f"a{i}"
-        x = y
-    graph = helper.make_graph(
-        nodes, "two-channel",
-        [helper.make_tensor_value_info("density", TensorProto.FLOAT, ["N", 2, "D", "H", "W"])],
-        [helper.make_tensor_value_info("log10_rmsf", TensorProto.FLOAT, ["N", 2, "d", "h", "w"])],
-        initializer=inits)
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    meta = json.loads(dm_model.make_metadata("standin-mapmodel-5A", SPEC, fully_convolutional=True)["defmap"])
-    meta.update({"input_channels": ["density", "model_density"], "outputs": ["log10_rmsf_angstrom", "log_variance"],
-                 "calibration": calibration or {"sd_scale": 1.5, "anm_weight": 0.5}})
-    m.metadata_props.append(onnx.StringStringEntryProto(key="defmap", value=json.dumps(meta)))
-    onnx.checker.check_model(m)
-    onnx.save(m, str(path))
-    return path
+    """The shipped architecture reading map + model density and giving mean and log-variance (around exp(-3))."""
+    return fcn_onnx_model(path, SPEC, seed=seed, name="standin-mapmodel-5A", layers=LAYERS, last_bias={1: -3.0},
+                          metadata={"input_channels": ["density", "model_density"],
+                                    "outputs": ["log10_rmsf_angstrom", "log_variance"],
+                                    "calibration": calibration or {"sd_scale": 1.5, "anm_weight": 0.5}})
 
 
 @pytest.fixture(scope="module")
