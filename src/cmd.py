@@ -218,6 +218,8 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
                       attribute="defmap", rotations: int = 1, progress: Progress | None = None,
                       residue_atoms: str = RESIDUE_ATOMS_DEFAULT) -> StructureResult:
     """Predict per-atom values for heavy atoms of one structure; sets no attributes (see :func:`store_attributes`)."""
+    if residue_atoms not in RESIDUE_ATOMS:  # before any work (Python callers; the command's EnumOf checks too)
+        raise UserError(f"residueAtoms must be one of {', '.join(RESIDUE_ATOMS)}, not {residue_atoms!r}")
     progress = progress or silent_progress()
     progress.update(0.0, "reading map")
     t_start = time.perf_counter()
@@ -271,10 +273,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     atom_vals = preds[prep.point_to_center[scored]]
     scored_atoms = heavy.filter(scored)
     res_list, res_vals = _residue_means(scored_atoms, atom_vals)
-    if residue_atoms != "heavy":
-        if residue_atoms not in RESIDUE_ATOMS:
-            raise UserError(f"residueAtoms must be one of {', '.join(RESIDUE_ATOMS)}, not {residue_atoms!r}")
-        res_vals = residue_subset_means(scored_atoms, atom_vals, res_list, res_vals, residue_atoms)
+    res_vals = residue_subset_means(scored_atoms, atom_vals, res_list, res_vals, residue_atoms)
     atom_sd = None
     if log_var is not None:
         atom_sd = np.exp(0.5 * log_var[prep.point_to_center[scored]]) * float(info.calibration.get("sd_scale", 1.0))
