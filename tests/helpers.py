@@ -174,6 +174,16 @@ def fcn_onnx_model(path: Path, spec, seed: int = 0, name: str = "standin-fcn-5A"
     return path
 
 
+def simulated_1aku(voxel: float = 1.2):
+    """1AKU's heavy atoms and a 5 Å map simulated from them (RMSF 1 Å everywhere): (xyz, map, xyz_to_ijk,
+    ijk_to_xyz), the small shared case of the inference-path tests."""
+    from chimerax.defmap import preprocess as pp
+    xyz = read_heavy_atoms(shared_path("structures", "1aku.pdb"))
+    m, origin = simulate_map(xyz, np.full(len(xyz), 1.0), resolution=5.0, voxel=voxel)
+    xyz_to_ijk, ijk_to_xyz = pp.grid_transforms(origin, (voxel,) * 3)
+    return xyz, m, xyz_to_ijk, ijk_to_xyz
+
+
 def add_map(session, values, origin, name="sim"):
     """A simulated map as a ChimeraX volume (1 Å voxels)."""
     from chimerax.map import volume_from_grid_data

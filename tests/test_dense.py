@@ -12,7 +12,7 @@ from chimerax.defmap import model as dm_model
 from chimerax.defmap import preprocess as pp
 from chimerax.defmap import sparse
 
-from .helpers import FCN_LAYERS, fcn_flops_per_patch, fcn_onnx_model, read_heavy_atoms, shared_path, simulate_map
+from .helpers import FCN_LAYERS, fcn_flops_per_patch, fcn_onnx_model, shared_path, simulated_1aku
 
 TOL = 1e-5
 SPEC = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
@@ -33,9 +33,7 @@ def fcn_model(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared():
-    xyz = read_heavy_atoms(shared_path("structures", "1aku.pdb"))
-    m, origin = simulate_map(xyz, np.full(len(xyz), 1.0), resolution=5.0, voxel=1.2)
-    xyz_to_ijk, ijk_to_xyz = pp.grid_transforms(origin, (1.2, 1.2, 1.2))
+    xyz, m, xyz_to_ijk, ijk_to_xyz = simulated_1aku()
     atoms = pp.prepare_points(m, xyz_to_ijk, xyz, SPEC)
     voxels = pp.prepare_voxels(m, xyz_to_ijk, ijk_to_xyz, SPEC, level=float(np.quantile(m, 0.9)))
     return atoms, voxels

@@ -14,7 +14,7 @@ from chimerax.core.errors import UserError
 from chimerax.defmap import model as dm_model
 from chimerax.defmap import preprocess as pp
 
-from .helpers import add_map, fcn_onnx_model, shared_path, simulate_map
+from .helpers import add_map, fcn_onnx_model, shared_path, simulate_map, simulated_1aku
 
 SPEC = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
 LAYERS = ((2, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 4), (16, 8, 1), (8, 2, 1))
@@ -35,10 +35,7 @@ def model2(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prepared():
-    from .helpers import read_heavy_atoms
-    xyz = read_heavy_atoms(shared_path("structures", "1aku.pdb"))
-    m, origin = simulate_map(xyz, np.full(len(xyz), 1.0), resolution=5.0, voxel=1.2)
-    x2i, _ = pp.grid_transforms(origin, (1.2, 1.2, 1.2))
+    xyz, m, x2i, _ = simulated_1aku()
     prep = pp.prepare_points(m, x2i, xyz, SPEC)
     return prep, xyz
 
