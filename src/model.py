@@ -293,13 +293,15 @@ class Predictor:
     def predict_centers(self, grid: Grid, centers: np.ndarray, batch_size: int | None = None,
                         rotation: int = 0, allow_dense: bool = False, progress: Progress | None = None) -> np.ndarray:
         """One prediction per centre voxel by the fastest exact method: shared-feature evaluation on the CPU when
-        the model is a plain conv chain (chimerax.defmap.sparse), otherwise batched per-patch evaluation.  With
+        the model is a plain conv chain (chimerax.defmap.sparse; any number of input channels and outputs),
+        otherwise batched per-patch evaluation (or dense tiles, for unrotated multi-channel/output models).  With
         ``allow_dense``, dense tiles (:meth:`predict_dense`) are used instead when they need fewer FLOPs after
         weighting by their measured speed advantage (``DENSE_SPEEDUP``): when centres fill most of the lattice.
-        ``progress`` (if given) is called with the fraction of centres done, after each batch, tile or block."""
+        ``progress`` (if given) is called with the fraction of centres done, after each batch, tile or block.
+        A model with a variance output sets ``last_log_variance`` (None otherwise), as every method does."""
         layers = self.conv_layers() if self.provider == "CPUExecutionProvider" else None
         if not layers or len(centers) == 0:
-            # two-channel or two-output models are not plain conv chains: dense tiles are their fast exact path
+            # off the CPU (or not a conv chain), dense tiles are the fast exact path of multi-channel/output models
             multi = len(self.info.channels) > 1 or len(self.info.outputs) > 1
             if (allow_dense or (multi and rotation == 0)) and self.info.fully_convolutional and len(centers):
                 return self.predict_dense(grid, centers, progress=progress)
@@ -307,9 +309,12 @@ class Predictor:
         from .sparse import SparseConvNet
         if getattr(self, "_sparse", None) is None:
             self._sparse = SparseConvNet(layers, threads=self.threads)
+        nch = 1 if grid.values.ndim == 3 else grid.values.shape[0]
+        if nch != self._sparse.cin:
+            raise ModelError(f"Model {self.info.path.name} reads {self._sparse.cin} input channel(s), not {nch}")
         if allow_dense and rotation == 0:
             starts = np.asarray(centers) - self.info.spec.box // 2
-            shared = self._sparse.estimate_flops(grid.values.shape, starts)
+            shared = self._sparse.estimate_flops(grid.values.shape[-3:], starts)
             if self.dense_flops(grid, centers) < DENSE_SPEEDUP * shared:
                 return self.predict_dense(grid, centers, progress=progress)
         net = self._sparse.rotated(rotation)
@@ -320,6 +325,10 @@ class Predictor:
         self.flops += net.flops - f0
         self.patches += len(centers)
         self.method = "shared"
+        if out.ndim == 2:  # (n, K): mean, then log-variance
+            self.last_log_variance = np.ascontiguousarray(out[:, 1]) if len(self.info.outputs) > 1 else None
+            return np.ascontiguousarray(out[:, 0])
+        self.last_log_variance = None
         return out
 
     def _run(self, x: np.ndarray) -> np.ndarray:

@@ -64,7 +64,9 @@ def test_dense_equals_patches_with_two_channels_and_a_variance(model2, prepared)
     lv_dense = p.last_log_variance.copy()
     patches = p.predict_patches(grid, prep.centers)
     assert np.allclose(dense, patches, atol=1e-5) and np.allclose(lv_dense, p.last_log_variance, atol=1e-5)
-    assert p.predict_centers(grid, prep.centers) is not None and p.method == "dense"  # not a plain conv chain
+    shared = p.predict_centers(grid, prep.centers)  # a plain conv chain: shared features (test_sparse_channels)
+    assert p.method == "shared" and np.allclose(shared, dense, atol=1e-5)
+    assert np.allclose(p.last_log_variance, lv_dense, atol=1e-5)
     assert np.isfinite(lv_dense).all() and lv_dense.std() > 0
 
 
