@@ -102,9 +102,12 @@ def _dataset_one(args) -> str:
         return f"{dst.name} exists"
     rng = np.random.default_rng(seed_of("map", name, k, hard))
     t = time.time()
-    sim = simulate_map(rec, rng, Randomization() if hard else CLEAN)
+    rnd = Randomization(min_frames=10) if hard else CLEAN
+    sim = simulate_map(rec, rng, rnd)
     x2i, _ = grid_transforms(sim.origin, (sim.voxel_size,) * 3)
-    sample = make_sample(sim.values, x2i, sim.voxel_size, rec, sim.resolution, rng, resolutions)
+    # the model a user would have fitted into this map: at the mean of the frames it averages
+    fitted = {**rec, "xyz": sim.model_xyz} if sim.model_xyz is not None else rec
+    sample = make_sample(sim.values, x2i, sim.voxel_size, fitted, sim.resolution, rng, resolutions)
     sample["map_params"] = json.dumps(sim.params)
     np.savez(dst, **sample)
     return f"{dst.name}: {sim.resolution:.1f} Å, {time.time() - t:.1f} s"

@@ -52,7 +52,10 @@ class Deviations:
     along the chain plus one smooth in space (over C-alpha positions), extra-mobile segments (loops, termini: graded
     toward the free end), stiffened segments, and with ``rock_probability`` a rigid-body rocking of one part (a
     sequence-contiguous domain or, for multi-chain structures, one chain) about its interface with the rest.  None of
-    these are a function of the structure, so only the map can show them.
+    these are a function of the structure, so only the map can show them.  Two motions are not harmonic, as in MD:
+    the rocking is an exact rotation (flexible parts trace arcs, so their mean positions sit off the density), and with
+    ``jump_probability`` a mobile segment or terminus hops between two substates (its mean position lies between two
+    density lobes).  A model fitted into such a map sits at those mean positions.
     """
 
     chain_sd: tuple[float, float] = (0.05, 0.22)  # log10 SD of the along-chain field
@@ -68,15 +71,29 @@ class Deviations:
     stiff_segments: tuple[int, int] = (0, 2)
     stiff_length: tuple[int, int] = (5, 20)
     stiff_log10: tuple[float, float] = (-0.3, -0.1)
+    jump_probability: float = 0.5  # per mobile segment or terminus: it also hops between two substates
+    jump_angstrom: tuple[float, float] = (0.8, 2.5)  # half the distance between the two substates
     rock_probability: float = 0.5
-    rock_degrees: tuple[float, float] = (1.5, 5.0)  # SD of the rocking rotation (per axis)
+    rock_degrees: tuple[float, float] = (1.5, 8.0)  # SD of the rocking rotation (per axis; applied exactly)
     rock_shift: tuple[float, float] = (0.0, 0.5)  # Å, SD of the rigid translation (per axis)
     strength: tuple[float, float] = (0.3, 1.0)  # per-protein factor on all of the above (some stay near ANM)
     anm_exponent: tuple[float, float] = (1.0, 1.6)  # ANM's C-alpha RMSF profile raised to this power (MD's range
     # of log RMSF over residues is wider than ANM's at the same correlation)
+    mean_ca_rmsf: tuple[float, float] = (0.5, 3.5)  # Å, log-uniform: ATLAS 300 K (0.7-2.3) to mdCATH 320 K (up to 3.8)
 
 
 NO_DEVIATIONS = None
+
+
+def rotation_matrices(rotvec: np.ndarray) -> np.ndarray:
+    """(F, 3, 3) rotations for (F, 3) rotation vectors (Rodrigues)."""
+    th = np.linalg.norm(rotvec, axis=1)
+    k = rotvec / np.maximum(th, 1e-12)[:, None]
+    kx = np.zeros((len(k), 3, 3))
+    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    kx -= kx.transpose(0, 2, 1)
+    s, c = np.sin(th)[:, None, None], np.cos(th)[:, None, None]
+    return np.eye(3)[None] + s * kx + (1 - c) * kx @ kx
 
 
 def _smooth_1d(n: int, length: float, rng: np.random.Generator) -> np.ndarray:
@@ -100,13 +117,26 @@ def _segment(n: int, length_range, rng: np.random.Generator) -> slice:
 
 
 def deviation_fields(st: Structure, ca: np.ndarray, dev: Deviations, rng: np.random.Generator) -> tuple[
-        np.ndarray, dict | None, dict]:
-    """(log10 amplitude factor per residue, rocking part or None, a JSON-able description)."""
+        np.ndarray, dict | None, list[np.ndarray], dict]:
+    """(log10 amplitude factor per residue, rocking part or None, two-substate jumps as per-residue (n, 3) half-
+    displacements, a JSON-able description)."""
     n = len(ca)
     # chain breaks: fields and segments run per chain
     chains = np.asarray(st.chain_of_res)
     logf = np.zeros(n)
     info: dict = {"segments": []}
+    jumps: list[np.ndarray] = []
+
+    def maybe_jump(sel: np.ndarray, weight: np.ndarray) -> None:
+        if rng.random() < dev.jump_probability:
+            d = rng.standard_normal(3)
+            d *= rng.uniform(*dev.jump_angstrom) / np.linalg.norm(d)
+            j = np.zeros((n, 3))
+            j[sel] = weight[:, None] * d[None]
+            jumps.append(j)
+            info["segments"].append(["jump", int(np.min(sel)), int(np.max(sel)) + 1,
+                                     round(float(np.linalg.norm(d)), 3)])
+
     csd = rng.uniform(*dev.chain_sd)
     ssd = rng.uniform(*dev.space_sd)
     logf += ssd * _smooth_space(ca, rng.uniform(*dev.space_length), rng)
@@ -123,6 +153,7 @@ def deviation_fields(st: Structure, ca: np.ndarray, dev: Deviations, rng: np.ran
                 sel = idx[:ln] if end == 0 else idx[::-1][:ln]
                 logf[sel] += ramp
                 info["segments"].append(["terminus", str(c), int(end)])
+                maybe_jump(sel, ramp / ramp.max())
     for kind, nrange, lrange, arange in (("mobile", dev.mobile_segments, dev.mobile_length, dev.mobile_log10),
                                          ("stiff", dev.stiff_segments, dev.stiff_length, dev.stiff_log10)):
         for _ in range(int(rng.integers(nrange[0], nrange[1] + 1))):
@@ -131,6 +162,8 @@ def deviation_fields(st: Structure, ca: np.ndarray, dev: Deviations, rng: np.ran
             w = np.sin(np.linspace(0, np.pi, sl.stop - sl.start + 2)[1:-1]) ** 0.5  # soft edges
             logf[sl] += amp * w
             info["segments"].append([kind, int(sl.start), int(sl.stop), round(float(amp), 3)])
+            if kind == "mobile":
+                maybe_jump(np.arange(sl.start, sl.stop), w)
     rock = None
     if n >= 40 and rng.random() < dev.rock_probability:
         uniq = list(dict.fromkeys(chains.tolist()))
@@ -151,8 +184,9 @@ def deviation_fields(st: Structure, ca: np.ndarray, dev: Deviations, rng: np.ran
     if rock is not None:
         rock["sigma"] *= k
         rock["shift"] *= k
+    jumps = [j * k for j in jumps]
     info.update({"chain_sd": float(csd), "space_sd": float(ssd), "strength": float(k)})
-    return logf, rock, info
+    return logf, rock, jumps, info
 
 
 def anm_record(st: Structure, rng: np.random.Generator, mean_ca_rmsf: float | None = None, n_frames: int = 100,
@@ -160,16 +194,17 @@ def anm_record(st: Structure, rng: np.random.Generator, mean_ca_rmsf: float | No
     """Normal-mode ensemble: residues move with their C-alpha (ANM at a temperature), side chains add local motion.
 
     The temperature is set through ``mean_ca_rmsf`` (Å): the ANM's kT/γ is scaled so the mean C-alpha RMSF equals it
-    (drawn log-uniformly in 0.5–2 Å when None, the range ATLAS MD shows).  Side-chain atoms get extra isotropic motion
-    growing with distance from the C-alpha and with exposure.  ``rmsf`` is the exact ensemble value; ``frames`` are
-    samples of the same distribution.
+    (drawn log-uniformly when None: 0.5–2 Å, ATLAS's range, for plain ANM labels; ``deviations.mean_ca_rmsf``
+    else).  Side-chain atoms get extra isotropic motion growing with distance from the C-alpha and with exposure.
+    ``rmsf`` is the exact ensemble value; ``frames`` are samples of the same distribution.
     """
     ca_idx = st.ca_index()
     ca = st.xyz[ca_idx]
     w, v = anm_modes(ca, cutoff)
     msf_ca = (v.reshape(len(ca), 3, -1) ** 2 / w).sum(axis=(1, 2))
     if mean_ca_rmsf is None:
-        mean_ca_rmsf = float(np.exp(rng.uniform(np.log(0.5), np.log(2.0))))
+        lo, hi = (0.5, 2.0) if deviations is None else deviations.mean_ca_rmsf
+        mean_ca_rmsf = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
     scale = (mean_ca_rmsf / np.sqrt(msf_ca).mean()) ** 2  # kT / gamma
     expo = burial_exposure(st.xyz)
     d_ca = np.linalg.norm(st.xyz - ca[st.res_index], axis=1)
@@ -177,9 +212,9 @@ def anm_record(st: Structure, rng: np.random.Generator, mean_ca_rmsf: float | No
     sc_sigma = np.where(backbone, 0.05 + 0.1 * expo, (0.1 + 0.35 * expo) * d_ca / 2.5)  # per-axis Å
     sc_sigma *= np.sqrt(mean_ca_rmsf)  # hotter ensembles move side chains more too
     if deviations is None:
-        amp, rock, dev_info = np.ones(len(ca)), None, None
+        amp, rock, jumps, dev_info = np.ones(len(ca)), None, [], None
     else:
-        logf, rock, dev_info = deviation_fields(st, ca, deviations, rng)
+        logf, rock, jumps, dev_info = deviation_fields(st, ca, deviations, rng)
         gamma = rng.uniform(*deviations.anm_exponent)
         lca = 0.5 * np.log10(msf_ca)
         logf += (gamma - 1.0) * (lca - lca.mean())
@@ -191,6 +226,8 @@ def anm_record(st: Structure, rng: np.random.Generator, mean_ca_rmsf: float | No
         in_part = rock["residues"][st.res_index]
         r2 = ((st.xyz - rock["pivot"]) ** 2).sum(axis=1)
         msf = msf + in_part * (2.0 * rock["sigma"] ** 2 * r2 + 3.0 * rock["shift"] ** 2)
+    for j in jumps:  # +-j with equal weight: variance |j|^2
+        msf = msf + (j ** 2).sum(axis=1)[st.res_index]
     # keep the drawn temperature: rescale so the mean C-alpha RMSF is mean_ca_rmsf again
     g = mean_ca_rmsf / np.sqrt(msf[ca_idx]).mean() if deviations is not None else 1.0
     rmsf = g * np.sqrt(msf)
@@ -204,7 +241,10 @@ def anm_record(st: Structure, rng: np.random.Generator, mean_ca_rmsf: float | No
             om = rng.standard_normal((n_frames, 3)) * rock["sigma"]
             sh = rng.standard_normal((n_frames, 3)) * rock["shift"]
             rel = st.xyz - rock["pivot"]
-            frames += in_part[None, :, None] * (np.cross(om[:, None, :], rel[None]) + sh[:, None, :])
+            turned = np.einsum("fij,nj->fni", rotation_matrices(om), rel) - rel[None]  # arcs, not tangents
+            frames += in_part[None, :, None] * (turned + sh[:, None, :])
+        for j in jumps:
+            frames += rng.choice([-1.0, 1.0], n_frames)[:, None, None] * j[st.res_index][None]
         frames *= g
     rec = _record(st, rmsf, frames, "anm" if deviations is None else "anm_deviations")
     rec["anm"] = json.dumps({"cutoff": cutoff, "mean_ca_rmsf": mean_ca_rmsf, "kT_over_gamma": scale,

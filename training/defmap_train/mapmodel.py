@@ -128,10 +128,17 @@ def run(a) -> dict:
     res = float(a.resolution)
     results: dict = {"command": "defmap-train " + " ".join(sys.argv[1:]), "folds": folds, "kinds": {}}
     kinds = a.kinds.split(",")
-    results["init"] = a.init_onnx or None
+    results["init"] = a.init_onnx or a.init_checkpoint or None
+    if a.init_onnx and a.init_checkpoint:
+        raise SystemExit("give --init-onnx or --init-checkpoint, not both")
+    if a.init_checkpoint and len(kinds) != 1:
+        raise SystemExit("--init-checkpoint fine-tunes one kind: give --kinds too")
+    borrowed = json.loads(Path(a.calibration_from).read_text())["kinds"] if a.calibration_from else {}
     for kind in kinds:
         ch = KINDS[kind]
         init = init_from_onnx(Path(a.init_onnx), ch, 2) if a.init_onnx else None
+        if a.init_checkpoint:  # fine-tune (e.g. 6 and 7 Å from the 5 Å final model of the same kind)
+            init = load_checkpoint(Path(a.init_checkpoint))[0].state_dict()
         rows = []
         for k, test in enumerate(folds if a.cv_minutes > 0 else []):
             ck = out / "cv" / f"{kind}_fold{k}.pt"
@@ -143,13 +150,17 @@ def run(a) -> dict:
                 model, info = train(load_items([f for p in tr for f in groups[p]], res),
                                     load_items([groups[p][0] for p in va], res), minutes=a.cv_minutes, seed=k,
                                     channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl", init=init,
-                                    eval_seconds=a.eval_seconds)
+                                    eval_seconds=a.eval_seconds, threads=a.threads)
                 save_checkpoint(ck, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
                 print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
             for p in test:
                 for f in groups[p][:a.eval_maps]:
                     rows.append(item_rows(model, load_item(f, res), ens))
         summ = summarize(rows) if rows else {}
+        fitted_on = "protein-disjoint CV of the simulated training set (not md_reference)"
+        if not summ and kind in borrowed:  # no CV at this resolution: the calibration of the run it comes from
+            summ = {k2: v for k2, v in borrowed[kind].get("cv", {}).items()}
+            fitted_on += f", at the resolution of {a.calibration_from}"
         results["kinds"][kind] = {"cv": summ}
         if summ:
             print(f"{kind} CV: residue r {summ['residue_r']:.3f} (ANM of the structure {summ['anm_r']:.3f}), "
@@ -161,13 +172,13 @@ def run(a) -> dict:
             model, info = train(load_items([f for p in tr for f in groups[p]], res),
                                 load_items([groups[p][0] for p in va], res), minutes=a.minutes, seed=0,
                                 channels=ch, outputs=2, log=out / f"{kind}_{res:g}A.jsonl", init=init,
-                                eval_seconds=a.eval_seconds)
+                                eval_seconds=a.eval_seconds, threads=a.threads)
             save_checkpoint(ckf, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
             print(f"{kind} final: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
         if ckf.exists():
             model, ck = load_checkpoint(ckf)
             cal = {"sd_scale": summ.get("sd_scale", 1.0), "anm_weight": summ.get("anm_weight", 0.0),
-                   "fitted_on": "protein-disjoint CV of the simulated training set (not md_reference)"}
+                   "fitted_on": fitted_on}
             metrics = {k2: v for k2, v in summ.items() if not k2.startswith("_")}
             name = f"defmap-{'mapmodel' if ch == 2 else 'map'}-{res:g}A"
             dst = out / "onnx" / f"{name}.onnx"
@@ -175,7 +186,7 @@ def run(a) -> dict:
                               training={k2: v for k2, v in ck.get("info", {}).items() if k2 != "history"},
                               description=_describe(ch, res), extra={"calibration": cal})
             print(f"{dst}: parity {dev:.1e}", flush=True)
-    (out / "train2.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
+    (out / f"train2_{res:g}A.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     return results
 
 
@@ -198,6 +209,11 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
     t.add_argument("--minutes", type=float, default=5.0, help="final model (0: none)")
     t.add_argument("--eval-maps", type=int, default=2)
     t.add_argument("--eval-seconds", type=float, default=60.0, help="validation cadence (wall clock)")
+    t.add_argument("--init-checkpoint", help="fine-tune from a train2 checkpoint of the same kind (e.g. the 5 Å "
+                   "final model for 6 or 7 Å); the fine-tuned model has seen every training protein")
+    t.add_argument("--calibration-from", help="a train2_<res>A.json whose CV calibration (sd_scale, anm_weight) "
+                   "the exported models take when this run has no CV")
+    t.add_argument("--threads", type=int, default=None, help="torch threads (two kinds in parallel: 1 each)")
     t.add_argument("--init-onnx", help="start from an exported one-channel FCN (e.g. the shipped 5 Å model); the "
                    "CV then is not fully protein-disjoint: that model saw every training protein (old labels)")
     t.set_defaults(fn=lambda a: run(a))

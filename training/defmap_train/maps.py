@@ -26,6 +26,7 @@ class SimMap:
     voxel_size: float
     resolution: float  # nominal (what a user would type)
     params: dict
+    model_xyz: np.ndarray | None = None  # where a model fitted into this map sits: the mean of the frames averaged
 
 
 @dataclass
@@ -43,6 +44,8 @@ class Randomization:
     voxel_size: tuple[float, float] = (0.7, 1.6)
     padding: tuple[float, float] = (4.0, 20.0)  # Å of box around the atoms
     n_frames: int = 50
+    min_frames: int | None = None  # if set, average a random number of frames in [min_frames, n_frames] (real maps
+    # come from finite ensembles; md_reference has 10-20 snapshots)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,9 +114,14 @@ def simulate_map(rec: dict, rng: np.random.Generator, rnd: Randomization = Rando
     levels = [r_nom] if spread <= 0 else [r_nom, r_nom + spread / 2, r_nom + spread]
     frames = rec.get("frames")
     blurred = []
-    if frames is not None and len(frames) and rnd.n_frames:
+    model_xyz = xyz
+    use_frames = frames is not None and len(frames) > 0 and rnd.n_frames > 0
+    if use_frames:
         k = min(rnd.n_frames, len(frames))
+        if rnd.min_frames is not None and k > rnd.min_frames:
+            k = int(rng.integers(rnd.min_frames, k + 1))
         sel = rng.choice(len(frames), k, replace=False)
+        model_xyz = xyz + frames[sel].astype(np.float64).mean(axis=0)
         pts = (xyz[None] + frames[sel].astype(np.float64)).reshape(-1, 3)
         base = splat(pts, np.tile(w / k, k), lo, shape, vs)
         for r in levels:
@@ -159,8 +167,10 @@ def simulate_map(rec: dict, rng: np.random.Generator, rnd: Randomization = Rando
     m = m * np.exp(rng.normal(0, 1)) + rng.normal(0, 0.1) * m.std()
     params = {"resolution": r_nom, "voxel_size": vs, "local_res_spread": spread, "residue_damage_sd": dmg_sd,
               "smooth_damage_sd": sm_sd, "snr": snr, "noise_slope": slope, "bfactor": bfac, "lowpassed": lowpassed,
-              "masked": masked, "source": "frames" if frames is not None and rnd.n_frames else "debye_waller"}
-    return SimMap(m.astype(np.float32), lo, vs, r_nom, params)
+              "masked": masked, "source": "frames" if use_frames else "debye_waller"}
+    if use_frames:
+        params["frames"] = int(k)
+    return SimMap(m.astype(np.float32), lo, vs, r_nom, params, model_xyz)
 
 
 def read_mrc(path) -> tuple[np.ndarray, np.ndarray, float]:

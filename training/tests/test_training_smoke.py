@@ -68,6 +68,30 @@ def test_debye_waller_equals_frame_average():
     assert np.corrcoef(a.values.ravel(), b.values.ravel())[0, 1] > 0.995
 
 
+def test_frame_maps_come_with_the_model_at_the_frames_mean():
+    """A map averaged from k frames (k drawn in [min_frames, n_frames]) comes with the model a user would fit into
+    it: the mean position of those k frames, not the structure the ensemble was made from."""
+    from defmap_train.maps import CLEAN, Randomization, simulate_map
+    rng = np.random.default_rng(3)
+    n = 40
+    xyz = rng.uniform(0, 20, (n, 3))
+    frames = rng.normal(0, 1.0, (60, n, 3)) + np.array([2.0, 0.0, 0.0])  # every frame shifted by +2 Å in x
+    rec = {"xyz": xyz, "element": np.array(["C"] * n), "atom_name": np.array(["CA"] * n), "frames": frames,
+           "res_index": np.arange(n), "res_name": np.array(["ALA"] * n), "rmsf": np.full(n, 1.7)}
+    rnd = Randomization(**{**CLEAN.to_dict(), "n_frames": 50, "min_frames": 10})
+    counts = set()
+    for seed in range(6):
+        sim = simulate_map(rec, np.random.default_rng(seed), rnd, resolution=5.0)
+        k = sim.params["frames"]
+        counts.add(k)
+        assert 10 <= k <= 50
+        shift = (sim.model_xyz - xyz).mean(axis=0)
+        assert abs(shift[0] - 2.0) < 4.0 / np.sqrt(k * n) + 0.05 and np.all(np.abs(shift[1:]) < 0.5)
+    assert len(counts) > 1
+    plain = simulate_map({k2: v for k2, v in rec.items() if k2 != "frames"}, np.random.default_rng(0), rnd, 5.0)
+    assert np.array_equal(plain.model_xyz, xyz)
+
+
 @needs_shared
 def test_anm_record_frames_match_rmsf():
     from defmap_train.ensembles import anm_record

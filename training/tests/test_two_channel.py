@@ -3,6 +3,7 @@ ONNX export with channels in the metadata), the label engine's deviations, and v
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -111,12 +112,14 @@ def test_two_channel_export_metadata_and_runner(tmp_path):
     assert np.allclose(mean, ref[prep.point_to_center, 0], atol=1e-4)
 
 
-def test_label_deviations_change_the_profile_and_frames_agree():
-    """The deviations make labels depart from ANM; the frames' RMSF agrees with the exact label; temperature kept."""
+@pytest.mark.parametrize("jump", [0.0, 1.0])
+def test_label_deviations_change_the_profile_and_frames_agree(jump):
+    """The deviations make labels depart from ANM; the frames' RMSF (exact rotations, two-substate jumps) agrees with
+    the exact label; temperature kept."""
     from defmap_train.ensembles import Deviations, anm_record
     st = _toy_structure(80)
     plain = anm_record(st, np.random.default_rng(1), mean_ca_rmsf=1.0, n_frames=0)
-    dev = Deviations(strength=(1.0, 1.0), rock_probability=1.0)
+    dev = Deviations(strength=(1.0, 1.0), rock_probability=1.0, jump_probability=jump, mobile_segments=(2, 2))
     rec = anm_record(st, np.random.default_rng(1), mean_ca_rmsf=1.0, n_frames=400, deviations=dev)
     ca = st.ca_index()
     assert abs(rec["rmsf"][ca].mean() - 1.0) < 1e-6
@@ -125,6 +128,7 @@ def test_label_deviations_change_the_profile_and_frames_agree():
     emp = np.sqrt((rec["frames"].astype(np.float64) ** 2).sum(axis=2).mean(axis=0))
     assert np.corrcoef(emp, rec["rmsf"])[0, 1] > 0.9
     assert abs(emp.mean() / rec["rmsf"].mean() - 1.0) < 0.1
+    assert (any(s[0] == "jump" for s in json.loads(rec["anm"])["deviations"]["segments"])) == (jump > 0)
 
 
 @pytest.mark.skipif(not (SHARED / "md_reference").is_dir(), reason="../shared/data/md_reference is not here")
