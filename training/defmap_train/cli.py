@@ -289,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     vm.add_argument("--chains", default="", help="comma-separated subset (default: all)")
     vm.add_argument("--out", default=str(HERE / "reports" / "validate_md"),
                     help="writes OUT.json and OUT.md ('' to print only)")
+    vm.add_argument("--docs", nargs="*", help="files whose validate-md block to regenerate (README.md, MODEL_CARD)")
+    vm.add_argument("--train-json", nargs="*", help="train2_<res>A.json files: their CV's ANM-vs-label r goes "
+                    "beside the table")
     vm.set_defaults(fn=cmd_validate_md)
     ec = sub.add_parser("engine-check", help="label engine vs md_reference: log-RMSF spread and r with ANM")
     ec.add_argument("--ensembles", default=str(DEFAULT_DATA / "ensembles"))

@@ -1,0 +1,38 @@
+"""validate-md regenerates the README / MODEL_CARD block from its own result and train2's CV JSON."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch", reason="training needs torch (make train-env)")
+
+
+def _result() -> dict:
+    s = {"raw": 0.6, "anm": 0.7, "map": 0.75, "map+model": 0.8, "map+model+anm_fitted": 0.81,
+         "map+model_sd_spearman": 0.2, "chains": 17}
+    return {"command": "defmap-train validate-md --models x", "models": ["onnx/defmap_5A.onnx"],
+            "residue_atoms": "backbone", "maps_per_variant": 2, "summary": {"hard": s, "clean": dict(s)}}
+
+
+def test_docs_block_replaces_only_the_marked_text(tmp_path):
+    from defmap_train.validate_md import DOC_BEGIN, DOC_END, docs_block, update_docs
+    tj = tmp_path / "train2_5A.json"
+    tj.write_text(json.dumps({"kinds": {"map+model": {"cv": {"proteins": 54, "residue_r": 0.66, "anm_r": 0.61,
+                                                               "coverage68_calibrated": 0.68, "sd_scale": 1.1,
+                                                               "anm_weight": 0.5}}}}))
+    doc = tmp_path / "README.md"
+    doc.write_text(f"before\n{DOC_BEGIN}\nold table\n{DOC_END}\nafter\n")
+    update_docs([doc], docs_block(_result(), [tj]))
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith(f"{DOC_END}\nafter\n") and "old table" not in text
+    assert "| 0.600 | 0.700 | 0.750 | 0.800 | 0.810 | 0.200 |" in text
+    assert "ANM of the structure vs the same labels 0.610" in text
+    assert "| hard: map + model ≥ ANM + 0.05 | 0.800 | 0.750 | yes |" in text
+    update_docs([doc], docs_block(_result(), [tj]))  # idempotent
+    assert doc.read_text() == text
+    bare = tmp_path / "CARD.md"
+    bare.write_text("no markers\n")
+    with pytest.raises(SystemExit, match="no <!-- validate-md:begin -->"):
+        update_docs([bare], "x")
