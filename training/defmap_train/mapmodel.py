@@ -30,7 +30,7 @@ from .export import export_onnx, load_checkpoint, save_checkpoint
 from .train import atom_predictions, pearson, predict_item, train
 
 KINDS = {"map": 1, "map+model": 2}
-WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # w of z(ANM); past 1 the prior outweighs the map
 BACKBONE = ("N", "CA", "C", "O")
 
 
@@ -180,8 +180,8 @@ def run(a) -> dict:
             cal = {"sd_scale": summ.get("sd_scale", 1.0), "anm_weight": summ.get("anm_weight", 0.0),
                    "fitted_on": fitted_on}
             metrics = {k2: v for k2, v in summ.items() if not k2.startswith("_")}
-            name = f"defmap-{'mapmodel' if ch == 2 else 'map'}-{res:g}A"
-            dst = out / "onnx" / f"{name}.onnx"
+            name = f"defmap-{'mapmodel-' if ch == 2 else ''}{res:g}A"  # map-only keeps the old names (defmap-5A)
+            dst = out / "onnx" / f"{name.replace('-', '_')}.onnx"  # as shipped: defmap_5A.onnx, defmap_mapmodel_5A.onnx
             dev = export_onnx(model, dst, name, res, metrics=metrics,
                               training={k2: v for k2, v in ck.get("info", {}).items() if k2 != "history"},
                               description=_describe(ch, res), extra={"calibration": cal})
