@@ -9,24 +9,36 @@ from chimerax.core.errors import UserError
 
 from . import model as dm_model
 
+# CV metrics worth a column (a model's metadata may carry many more)
+SHOWN_METRICS = ("residue_r", "atom_r", "anm_r", "coverage68_calibrated", "baseline_residue_r")
+
 
 def defmap_models(session, map_resolution: float | None = None, return_json: bool = False):
-    """List models in $DEFMAP_MODEL_PATH and the bundle; mark the one ``mapResolution`` would choose."""
+    """List models in $DEFMAP_MODEL_PATH and the bundle; mark the ones ``mapResolution`` would choose (structure mode
+    prefers the map + model kind, voxel mode needs a map-only one)."""
     if map_resolution is not None and not (0 < map_resolution < 100):
         raise UserError(f"mapResolution must be between 0 and 100 Å, not {map_resolution:g}")
     models = dm_model.installed_models()
-    chosen = dm_model.choose_model(models, map_resolution) if models and map_resolution is not None else None
+    chosen = voxel = None
+    if models and map_resolution is not None:
+        chosen = dm_model.choose_model(models, map_resolution, structure=True)
+        try:
+            voxel = dm_model.choose_model(models, map_resolution, structure=False)
+        except dm_model.ModelError:  # only map + model models installed: voxel mode has none
+            voxel = None
     rows = []
     for m in models:
-        metrics = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}"
-                            for k, v in m.metrics.items())
-        mark = " ◀" if chosen is not None and m.path == chosen.path else ""
+        shown = {k: v for k, v in m.metrics.items() if k in SHOWN_METRICS} or m.metrics
+        metrics = ", ".join(f"{k} {v:.3g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in shown.items())
+        modes = [w for w, c in (("structure", chosen), ("voxel", voxel)) if c is not None and m.path == c.path]
+        mark = f" ◀ {' and '.join(modes)}" if modes else ""
         rows.append(f"<tr><td>{escape(m.name)}{mark}</td><td>{m.resolution:g} Å</td><td>{m.spec.voxel_size:g} Å, "
                     f"{m.spec.box}³</td><td>{'yes' if m.fully_convolutional else 'no'}</td>"
                     f"<td>{escape(metrics) or '—'}</td><td>{escape(m.description) or '—'}</td>"
                     f"<td>{escape(str(m.path))}</td></tr>")
     if models:
-        pick = (f"; ◀ is the model chosen for a {map_resolution:g} Å map" if chosen is not None else "")
+        pick = (f"; ◀ marks the models chosen for a {map_resolution:g} Å map in structure and voxel mode"
+                if chosen is not None else "")
         html = ("<table border=1 cellpadding=4 style='border-collapse:collapse'>"
                 f"<caption>DEFMap models ({len(models)}){pick}</caption>"
                 "<tr><th>name</th><th>trained at</th><th>voxel, box</th><th>dense</th><th>metrics</th>"
@@ -38,6 +50,7 @@ def defmap_models(session, map_resolution: float | None = None, return_json: boo
         return models
     from chimerax.core.commands import ArrayJSONEncoder, JSONResult
     data = {"models": [m.summary() for m in models], "chosen": None if chosen is None else chosen.name,
+            "chosen_voxel": None if voxel is None else voxel.name,
             "search_path": [str(d) for d in dm_model.model_dirs()]}
     return JSONResult(ArrayJSONEncoder().encode(data), models)
 

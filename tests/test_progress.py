@@ -8,7 +8,7 @@ import time
 import pytest
 from chimerax.core.commands import run
 
-from .helpers import shared_path
+from .helpers import fcn_onnx_model, shared_path
 
 PERCENT = re.compile(r"… (\d+)%$")
 
@@ -49,12 +49,15 @@ def test_throttle_shows_at_most_one_update_per_interval_and_always_the_final_mes
     assert p.shown[-1] == "T: part: x … 90%"  # 0.75 of the whole is below the 0.9 already reported
 
 
-def test_uncertainty_run_reports_throttled_progress_then_what_finished(cx, statuses):
-    """24 rotations of 5ME2 in EMD-3488 take seconds: several percent updates, spaced in time, then the summary."""
+def test_uncertainty_run_reports_throttled_progress_then_what_finished(cx, statuses, tmp_path):
+    """24 rotations of 5ME2 in EMD-3488 (a model without a variance output) take seconds: several percent updates,
+    spaced in time, then the summary."""
+    from chimerax.defmap.preprocess import FeatureSpec
+    model = fcn_onnx_model(tmp_path / "fcn5.onnx", FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0), seed=3)
     run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
     s = run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)[0]
     t0 = time.monotonic()
-    run(cx, f"defmap #1 structure #{s.id_string} uncertainty true")
+    run(cx, f"defmap #1 structure #{s.id_string} model {model} uncertainty true")
     seconds = time.monotonic() - t0
     msgs, steps, finals = progress_and_final(statuses, "DEFMap")
     assert len(steps) >= 3, (seconds, msgs)
@@ -67,6 +70,17 @@ def test_uncertainty_run_reports_throttled_progress_then_what_finished(cx, statu
     assert len(steps) <= seconds / DEFAULT_INTERVAL + 1
     assert msgs[-1][1] == finals[-1] and "570 residues" in finals[-1]  # the last message says what finished
     print(f"{seconds:.1f} s, {len(steps)} progress messages: " + " | ".join(m for _, m, _ in steps))
+
+
+def test_uncertainty_with_the_shipped_variance_models_is_one_pass(cx, statuses):
+    """The shipped models output a log-variance: uncertainty true is one inference pass, with no rotations."""
+    run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
+    s = run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)[0]
+    res = run(cx, f"defmap #1 structure #{s.id_string} uncertainty true color false")
+    assert res.model.has_variance and res.atom_sd is not None and (res.atom_sd > 0).all()
+    msgs, steps, finals = progress_and_final(statuses, "DEFMap")
+    assert not any("rotation" in m for _, m, _ in steps), msgs
+    assert "570 residues" in finals[-1]
 
 
 def test_voxel_mode_compare_and_fragments_end_with_a_finished_status(cx, statuses, tmp_path):

@@ -101,7 +101,8 @@ def test_wheel_metadata_has_one_bundle_line_and_the_commands(client):
     cpu = next(r for r in requires if r.split()[1] == "onnxruntime")
     assert "platform_machine" in gpu and "darwin" in cpu  # CUDA wheels only where they exist
     # a plain build from a clean checkout carries the models, their card and the help page
-    for f in ("defmap_5A.onnx", "defmap_6A.onnx", "defmap_7A.onnx", "MODEL_CARD.md"):
+    for f in ("defmap_5A.onnx", "defmap_6A.onnx", "defmap_7A.onnx", "defmap_mapmodel_5A.onnx",
+              "defmap_mapmodel_6A.onnx", "defmap_mapmodel_7A.onnx", "MODEL_CARD.md"):
         assert f"chimerax/defmap/onnx_models/{f}" in names
     assert "chimerax/defmap/docs/user/commands/defmap.html" in names
     assert not any(n.endswith(("headless.py", "demo.py")) for n in names), "test harness shipped in the wheel"
@@ -147,9 +148,10 @@ def test_toolshed_registers_defmap_from_the_installed_wheel(client, client_run):
 
 def test_defmap_runs_with_the_shipped_models_without_onnx(client_run, session):
     r, _ = client_run
-    assert [m["name"] for m in r["models"]] == ["defmap-5A", "defmap-6A", "defmap-7A"]
+    assert [m["name"] for m in r["models"]] == ["defmap-5A", "defmap-mapmodel-5A", "defmap-6A", "defmap-mapmodel-6A",
+                                                "defmap-7A", "defmap-mapmodel-7A"]
     assert all("site-packages/chimerax/defmap/onnx_models" in m["path"] for m in r["models"])
-    assert r["models_json"]["chosen"] == "defmap-6A"
+    assert r["models_json"]["chosen"] == "defmap-mapmodel-6A" and r["models_json"]["chosen_voxel"] == "defmap-6A"
     assert r["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider")
     # the same command in this (development) environment gives the same values
     from chimerax.core.commands import run
@@ -160,7 +162,7 @@ def test_defmap_runs_with_the_shipped_models_without_onnx(client_run, session):
     here = run(session, "defmap #1 structure #2 mapResolution 3.2")
     ids = [[x.chain_id, int(x.number)] for x in here.residues]
     run(session, "close")
-    assert here.model.name == r["model"] == "defmap-5A"
+    assert here.model.name == r["model"] == "defmap-mapmodel-5A"  # structure mode reads map + model
     assert ids == [row[:2] for row in r["residues"]]
     diff = np.abs(np.array([row[2] for row in r["residues"]]) - here.residue_values)
     assert diff.max() <= 1e-6, diff.max()

@@ -16,6 +16,7 @@ from chimerax.defmap import preprocess as pp
 
 from .helpers import (
     add_map,
+    fcn_onnx_model,
     linear_onnx_model,
     read_heavy_atoms,
     shared_path,
@@ -319,7 +320,7 @@ def test_models_lists_metadata_and_map_resolution_picks_sharpest_adequate_model(
     assert [m["name"] for m in j["models"]] == ["const-5A", "const-6A", "const-7A"]
     assert [m["resolution"] for m in j["models"]] == [5.0, 6.0, 7.0]
     assert j["models"][0]["box"] == 6 and j["models"][0]["description"] == "test model"
-    assert j["chosen"] == "const-6A"
+    assert j["chosen"] == j["chosen_voxel"] == "const-6A"  # map-only models only: structure mode takes them too
     pdb = shared_path("structures", "1a28.pdb")
     xyz = read_heavy_atoms(pdb, chain="A")
     m, origin = simulate_map(xyz, np.ones(len(xyz)), resolution=4.0)
@@ -339,17 +340,19 @@ def test_models_lists_metadata_and_map_resolution_picks_sharpest_adequate_model(
 def test_batch_cxc_example_runs_with_make_run(tmp_path, cx):
     """examples/batch.cxc over EMD-3488 with two fitted models and a simulated 6 Å map; CSVs match an in-process run.
 
-    Test models at 3.2 Å and 6 Å (named to sort before shipped models of equal resolution) keep the run fast and
-    independent of which models are shipped.
+    Map + model test models (the kind structure mode picks) at 3.2 Å and 6 Å, named to sort before shipped models of
+    equal resolution, keep the run fast and independent of which models are shipped.
     """
     shared_path("emdb", "emd_3488.mrc")
     mdir = tmp_path / "models"
     mdir.mkdir()
-    spec = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=3.2)
-    random_model = linear_onnx_model(mdir / "random3.onnx", np.random.default_rng(2).normal(0, 0.01, 1000), -0.1,
-                                     spec, "a-random-3.2A")
-    linear_onnx_model(mdir / "random6.onnx", np.random.default_rng(3).normal(0, 0.01, 1000), -0.1,
-                      pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=6.0), "a-random-6A")
+
+    def mapmodel(path, res, seed, name):
+        return fcn_onnx_model(path, pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=res), seed=seed,
+                              name=name, layers=((2, 8, 3), (8, 8, 3), (8, 16, 3), (16, 16, 4), (16, 8, 1), (8, 1, 1)),
+                              metadata={"input_channels": ["density", "model_density"]})
+    random_model = mapmodel(mdir / "random3.onnx", 3.2, 2, "a-random-3.2A")
+    mapmodel(mdir / "random6.onnx", 6.0, 3, "a-random-6A")
     out = ROOT / "batch_output"
     import os
     import shutil

@@ -298,6 +298,8 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
                     row[f"map_{atoms}"] = pearson(per_res(mean, atoms), truth)
             if sd is not None:
                 row[f"{kind}_sd_spearman"] = sd_error_spearman(pr, per_res(sd), truth)
+            # a diagnostic for the SD: does the predicted value itself (more flexible = less sure) rank the errors?
+            row[f"{kind}_value_spearman"] = sd_error_spearman(pr, pr, truth)
         if len(kind_pred) == 2:  # do the two kinds' disagreement rank the map + model errors? (a diagnostic)
             row["pair_sd_spearman"] = sd_error_spearman(kind_pred["map+model"],
                                                         np.abs(kind_pred["map+model"] - kind_pred["map"]), truth)
@@ -318,7 +320,8 @@ COLUMNS = [("raw", "raw intensity"), ("anm", "ANM (fitted model)"), ("map", "map
            ("map+model+anm_fitted", "map+model ⊕ w·ANM (w from CV)"),
            ("map+model_sd_spearman", "Spearman(SD, abs err)"),
            ("map_sd_spearman", "Spearman(SD, abs err) map-only"),
-           ("pair_sd_spearman", "Spearman(abs(map+model − map-only), abs err)")]
+           ("pair_sd_spearman", "Spearman(abs(map+model − map-only), abs err)"),
+           ("map+model_value_spearman", "Spearman(map+model prediction, abs err)")]
 ATOM_COLUMNS = [("map_ca", "C-alpha"), ("map_backbone", "backbone"), ("map_heavy", "heavy atoms")]
 
 
