@@ -32,6 +32,15 @@ of an option is not a warm-up: its imports count), its stages, and peak RSS, VmH
 scale, peak RSS counts from after the data are opened (the booted session and the open data are resident, their
 setup is not).
 
+Models: each case runs the model a user gets from ``defmap`` without ``model``: structure cases (6ez8, emd3488,
+complex8) the map + model kind ``onnx_models/defmap_mapmodel_5A.onnx`` (two input channels: the map and the fitted
+model's own density, computed in the preprocess stage; two outputs: mean log10 RMSF and log-variance, so
+``uncertainty true`` is the same single pass), voxel cases the map-only ``onnx_models/defmap_5A.onnx`` (one channel,
+two outputs).  The path is passed explicitly (``model PATH``) so ``$DEFMAP_MODEL_PATH`` cannot change what is measured;
+each case records it (``model``, ``model_name``, ``model_channels``, ``model_outputs``) and whether it is the one
+``defmap`` picks by default (``model_is_default``).  Without onnx_models/ both are stand-ins of the shipped
+architecture and channels/outputs with random weights; ``--model PATH`` runs every case with one model instead.
+
 The last line of output is one JSON array holding one object per case, with keys
 case, seconds, peak_rss_mb, patches_per_s, gflops, flop_efficiency, reference_ratio (and more detail).
 """
@@ -55,7 +64,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tools"))  # the headless harness (not part of the wheel)
 SHARED = ROOT.parent / "shared" / "data"
-SHIPPED_MODEL = ROOT / "onnx_models" / "defmap_5A.onnx"
+SHIPPED_MODEL = ROOT / "onnx_models" / "defmap_5A.onnx"  # map-only: what voxel mode picks by default
+SHIPPED_STRUCTURE_MODEL = ROOT / "onnx_models" / "defmap_mapmodel_5A.onnx"  # map + model: structure mode's default
+# the shipped architecture (tools: sparse.conv_chain on the shipped models), first layer's cin = input channels
+SHIPPED_LAYERS = ((16, 3), (32, 3), (64, 3), (64, 3), (128, 2), (64, 1), (2, 1))
 KEYS = ("case", "seconds", "peak_rss_mb", "patches_per_s", "gflops", "flop_efficiency", "reference_ratio")
 CASES = ("6ez8", "emd3488", "voxel200", "complex8", "voxel400")
 SCALE_CASES = ("complex8", "voxel400")  # no reference-style run, one measured repeat
@@ -66,17 +78,58 @@ REF_BATCH = 32  # Keras Model.predict's default batch size, as DEFMap's 3dcnn_ma
 
 
 # ------------------------------------------------------------------------------------------------------------- model
-def bench_model(tmpdir: Path) -> tuple[Path, str]:
-    """The shipped 5 Å model when it is there, else a stand-in of the same architecture with random weights."""
-    if SHIPPED_MODEL.is_file():
-        return SHIPPED_MODEL, f"shipped model {SHIPPED_MODEL.relative_to(ROOT)}"
+def bench_models(tmpdir: Path) -> tuple[dict[str, Path], str]:
+    """{"structure": model, "voxel": model}: the shipped 5 Å map + model and map-only models when they are there
+    (what ``defmap`` picks without ``model`` in each mode), else stand-ins of the same architecture, input channels
+    and outputs with random weights."""
+    if SHIPPED_MODEL.is_file() and SHIPPED_STRUCTURE_MODEL.is_file():
+        return ({"structure": SHIPPED_STRUCTURE_MODEL, "voxel": SHIPPED_MODEL},
+                f"shipped models: structure mode {_shown(SHIPPED_STRUCTURE_MODEL)} (map + model), "
+                f"voxel mode {_shown(SHIPPED_MODEL)} (map only)")
     sys.path.insert(0, str(ROOT))
     from chimerax.defmap.preprocess import FeatureSpec
     from tests.helpers import fcn_onnx_model
-    path = fcn_onnx_model(tmpdir / "standin_5A.onnx", FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0),
-                          seed=0)
-    return path, ("stand-in model (shipped architecture, random weights; "
-                  f"{SHIPPED_MODEL.relative_to(ROOT)} is not there yet)")
+    spec = FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
+    out = {}
+    for mode, channels, name in (("structure", ["density", "model_density"], "standin-mapmodel-5A"),
+                                 ("voxel", ["density"], "standin-5A")):
+        cin, layers = len(channels), []
+        for cout, k in SHIPPED_LAYERS:
+            layers.append((cin, cout, k))
+            cin = cout
+        out[mode] = fcn_onnx_model(tmpdir / f"{name}.onnx", spec, seed=0, name=name, layers=tuple(layers),
+                                   last_bias={1: -3.0},  # log-variance around exp(-3), as test_two_channel_path
+                                   metadata={"input_channels": channels,
+                                             "outputs": ["log10_rmsf_angstrom", "log_variance"],
+                                             "calibration": {"sd_scale": 1.0, "anm_weight": 1.0}})
+    return out, ("stand-in models (shipped architecture, channels and outputs, random weights; "
+                 f"{_shown(SHIPPED_STRUCTURE_MODEL)} / {_shown(SHIPPED_MODEL)} are not there)")
+
+
+def _shown(path: Path) -> str:
+    """The path relative to the repository when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def case_model(models: dict[str, Path], case: str) -> Path:
+    """Structure cases: the map + model kind; voxel cases and --levers (single-channel patches): map-only."""
+    return models["structure" if case in STRUCTURE_CASES else "voxel"]
+
+
+def model_record(model: Path, structure: bool) -> dict:
+    """Which model a case ran, and whether ``defmap`` without ``model`` would have picked the same file."""
+    from chimerax.defmap import model as dm_model
+    info = dm_model.read_model_info(model)
+    try:
+        default = dm_model.resolve_model(None, None, structure).path
+        is_default = default.resolve().read_bytes() == model.resolve().read_bytes()
+    except dm_model.ModelError:
+        is_default = False
+    return {"model": _shown(model), "model_name": info.name, "model_channels": list(info.channels),
+            "model_outputs": list(info.outputs), "model_is_default": bool(is_default)}
 
 
 # ----------------------------------------------------------------------------------------------------------- sgemm peak
@@ -298,7 +351,7 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
            "reference_seconds": None if scale else round(ref["seconds"], 3),
            "reference": {k: (round(v, 3) if isinstance(v, float) and not k.startswith("max_abs") else v)
                          for k, v in ref.items()} if not scale else ref, "variants": variants,
-           "load_average": [round(x, 2) for x in os.getloadavg()]}
+           "load_average": [round(x, 2) for x in os.getloadavg()], **model_record(model, case in STRUCTURE_CASES)}
     out["map_voxels"] = int(np.prod(_volume_of(session, args).data.size, dtype=np.int64))
     if case in STRUCTURE_CASES:
         st = res.structure
@@ -343,7 +396,10 @@ def reference_pipeline(session, case: str, res, predictor, args: str) -> dict:
         xyz = volume.scene_position.inverse().transform_points(heavy.scene_coords)
         inside = pp.points_inside_map(xyz, xyz_to_ijk, values.shape)
         prep = pp.prepare_points(values, xyz_to_ijk, xyz, spec, None, inside)
-        grid = prep.grid.values
+        if len(predictor.info.channels) > 1:  # the fitted model's density as the second channel, as the command
+            prep.grid.values = pp.stack_channels(prep, predictor.info.channels, xyz,
+                                                 pp.element_weights(heavy.element_names), spec)
+        grid = prep.grid.values if prep.grid.values.ndim == 4 else prep.grid.values[None]  # (C, z, y, x)
         t["preprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         # DEFMap create_dataset: a label grid (NaN where no atom), the list of every lattice voxel as a numpy array,
@@ -353,24 +409,25 @@ def reference_pipeline(session, case: str, res, predictor, args: str) -> dict:
         at_voxel: dict[tuple, list] = {}
         for a, (z, y, x) in zip(atom_ids, ijk.tolist()):
             at_voxel.setdefault((z, y, x), []).append(a)
-        label = np.full(grid.shape, np.nan, dtype=np.float32)
+        label = np.full(grid.shape[1:], np.nan, dtype=np.float32)
         label[tuple(ijk.T)] = 1.0
-        nz, ny, nx = grid.shape
+        nz, ny, nx = grid.shape[1:]
         center_list = np.asarray([(z, y, x) for z in range(hr, nz - hr + 1) for y in range(hr, ny - hr + 1)
                                   for x in range(hr, nx - hr + 1)])
         data, owners = [], []
         for center in center_list:
             if isnan(label[center[0]][center[1]][center[2]]):
                 continue
-            sub_voxel = grid[center[0] - hr:center[0] + hr, center[1] - hr:center[1] + hr,
+            sub_voxel = grid[:, center[0] - hr:center[0] + hr, center[1] - hr:center[1] + hr,
                              center[2] - hr:center[2] + hr]
             for a in at_voxel[(int(center[0]), int(center[1]), int(center[2]))]:
                 data.append(sub_voxel)
                 owners.append(a)
-        data = np.array(data, dtype=np.float32)[:, None]
+        data = np.array(data, dtype=np.float32)  # (N, C, box, box, box)
         t["patches"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        preds = np.concatenate([sess.run(None, {name: data[s:s + REF_BATCH]})[0].reshape(-1)
+        # output channel 0 is the mean (a model with a variance head gives (N, 2, 1, 1, 1): mean, log-variance)
+        preds = np.concatenate([sess.run(None, {name: data[s:s + REF_BATCH]})[0][:, 0].reshape(-1)
                                 for s in range(0, len(data), REF_BATCH)])
         t["inference"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -449,7 +506,8 @@ def _volume_of(session, args: str):
 
 # -------------------------------------------------------------------------------------------------------------- levers
 def run_levers(model: Path, subset: int = 2048) -> dict:
-    """Each speed lever measured alone on case 6ez8's grid and centres (same process, same model)."""
+    """Each speed lever measured alone on case 6ez8's grid and centres (same process, same model: the map-only one,
+    since the levers cut single-channel patches)."""
     import headless
     import onnxruntime as ort
 
@@ -500,7 +558,7 @@ def run_levers(model: Path, subset: int = 2048) -> dict:
                          "patches_per_s": len(sub) / dt, "gflops": len(sub) * fpp / dt / 1e9})
         bs = 256
         binding = sess.io_binding()
-        outbuf = np.empty((bs, 1, 1, 1, 1), np.float32)
+        outbuf = np.empty((bs, len(info.outputs), 1, 1, 1), np.float32)  # mean (and log-variance) channels
 
         def go_bound(sess=sess, name=name, bs=bs, binding=binding, outbuf=outbuf):
             for i in range(0, len(sub) - bs + 1, bs):
@@ -599,7 +657,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="small cases, 1 repeat (what make test runs)")
     ap.add_argument("--repeats", type=int, default=None, help="measured repeats per case (default 3; quick 1)")
     ap.add_argument("--cases", default=None, help="comma-separated subset of " + ", ".join(CASES + QUICK_CASES))
-    ap.add_argument("--model", default=None, help="ONNX model (default: shipped 5 Å model, else a stand-in)")
+    ap.add_argument("--model", default=None, help="one ONNX model for every case (default: the shipped 5 Å "
+                    "map + model model for structure cases and map-only model for voxel cases, else stand-ins)")
     ap.add_argument("--levers", action="store_true", help="also measure each speed lever alone on case 6ez8")
     ap.add_argument("--save", help="also write the JSON array to this file (tests/benchmarks/scaling.py reads it)")
     ap.add_argument("--case", help=argparse.SUPPRESS)  # internal: run one case in this process
@@ -614,15 +673,16 @@ def main(argv=None) -> int:
     cases = a.cases.split(",") if a.cases else list(QUICK_CASES if a.quick else CASES)
     with tempfile.TemporaryDirectory() as tmp:
         if a.model:
-            model, which = Path(a.model).resolve(), f"model {a.model}"
+            m = Path(a.model).resolve()
+            models, which = {"structure": m, "voxel": m}, f"model {a.model} (every case)"
         else:
-            model, which = bench_model(Path(tmp))
+            models, which = bench_models(Path(tmp))
         print(f"bench: {which}", flush=True)
         print(f"bench: machine {machine()}; load average {os.getloadavg()[0]:.2f} at start", flush=True)
         results = []
         for case in cases:
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, "--case", case, "--model", str(model),
+            proc = subprocess.run([sys.executable, __file__, "--case", case, "--model", str(case_model(models, case)),
                                    "--repeats", str(repeats)] + (["--quick"] if a.quick else []),
                                   capture_output=True, text=True, encoding="utf-8", cwd=ROOT)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
@@ -632,7 +692,8 @@ def main(argv=None) -> int:
                 return 1
             r = json.loads(line[-1].split(" ", 1)[1])
             results.append(r)
-            print(f"bench: {case}: {r['description']}; {r['patches']:,} patches by '{r['method']}'; "
+            print(f"bench: {case}: {r['description']}; model {r['model']}; {r['patches']:,} patches by "
+                  f"'{r['method']}'; "
                   f"{r['seconds']:.2f} s end to end (first run {r['first_run_seconds']:.2f} s); "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB; "
                   + ("" if r["reference_seconds"] is None else f"reference {r['reference_seconds']:.1f} s; ")
@@ -640,7 +701,8 @@ def main(argv=None) -> int:
                             for k, v in r.get("variants", {}).items())
                   + f"case took {time.perf_counter() - t0:.0f} s", flush=True)
         if a.levers:
-            proc = subprocess.run([sys.executable, __file__, "--case", "levers", "--model", str(model)],
+            proc = subprocess.run([sys.executable, __file__, "--case", "levers", "--model",
+                                   str(case_model(models, "levers"))],
                                   capture_output=True, text=True, encoding="utf-8", cwd=ROOT)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH-RESULT ")]
             if proc.returncode != 0 or not line:
