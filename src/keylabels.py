@@ -24,9 +24,12 @@ _CHIMERAX_DEFAULT_PLACEMENT = ((0.25, 0.05), (0.7, 0.08))  # ColorKeyModel's siz
 
 
 def label_texts(lo: float, hi: float, n: int = 3) -> list[str]:
-    """``n`` evenly spaced values from lo to hi, with two significant digits of the range (``-0.22 -0.01 0.19``)."""
+    """``n`` evenly spaced values from lo to hi, with two significant digits of the range (``-0.22 -0.01 0.19``) and,
+    for ranges below 10, at least two decimals: ChimeraX's key sizes its margin for the last label from the text's
+    ink box, which clipped a short last label such as ``0.3`` on saved images (seen in the demo picture)."""
     span = abs(hi - lo)
-    decimals = 2 if span == 0 or not math.isfinite(span) else min(max(0, 1 - math.floor(math.log10(span))), 6)
+    least = 2 if span < 10 else 0
+    decimals = 2 if span == 0 or not math.isfinite(span) else min(max(least, 1 - math.floor(math.log10(span))), 6)
     out = []
     for v in np.linspace(lo, hi, n):
         t = f"{v:.{decimals}f}"

@@ -83,4 +83,5 @@ def test_label_texts_use_two_significant_digits_of_the_range():
     assert label_texts(-0.2203, 0.1924) == ["-0.22", "-0.01", "0.19"]
     assert label_texts(-0.004, 0.004) == ["-0.0040", "0.0000", "0.0040"]
     assert label_texts(-2.5, 12.5) == ["-2", "5", "12"]
+    assert label_texts(-0.84, 0.33) == ["-0.84", "-0.26", "0.33"]  # not "0.3": ChimeraX's key clipped it
     assert label_texts(1.0, 1.0) == ["1.00", "1.00", "1.00"]

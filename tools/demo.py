@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     run(session, "lighting soft")
     run(session, "graphics silhouettes true")
     run(session, "set bgColor white")
-    run(session, "key pos 0.58,0.06 size 0.32,0.04 fontSize 18")
+    run(session, "key pos 0.52,0.06 size 0.32,0.04 fontSize 18")
     title = "DEFMap: predicted log10 RMSF (Å), EMD-3488 / 5ME2"
     run(session, f'2dlabels text "{title}" xpos 0.03 ypos 0.94 size 20 color black')
     png = out / "defmap_5me2.png"
