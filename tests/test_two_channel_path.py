@@ -25,7 +25,7 @@ def two_channel_model(path, seed=0, calibration=None):
     return fcn_onnx_model(path, SPEC, seed=seed, name="standin-mapmodel-5A", layers=LAYERS, last_bias={1: -3.0},
                           metadata={"input_channels": ["density", "model_density"],
                                     "outputs": ["log10_rmsf_angstrom", "log_variance"],
-                                    "calibration": calibration or {"sd_scale": 1.5, "anm_weight": 0.5}})
+                                    "calibration": calibration or {"sd_scale": 1.5, "anm_weight": 0.5, "sd_slope": 0.4}})
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +86,12 @@ def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2
     x = pp.stack_channels(prep, info.channels, heavy.coords, pp.element_weights(heavy.element_names), info.spec)
     p = dm_model.Predictor(info, device="cpu")
     want = p.predict_dense(pp.Grid(x, prep.grid.origin, prep.grid.voxel_size), prep.centers)
-    sd_want = np.exp(0.5 * p.last_log_variance) * 1.5
-    assert np.allclose(res.atom_values, want[prep.point_to_center], atol=1e-5)
-    assert np.allclose(res.atom_sd, sd_want[prep.point_to_center], atol=1e-5)
+    at = want[prep.point_to_center]
+    z = (at - at.mean()) / at.std()  # sd_slope: the SD grows with the prediction's z-score over the atoms
+    sd_want = np.exp(0.5 * p.last_log_variance[prep.point_to_center]) * 1.5 * np.exp(0.4 * z)
+    assert (prep.point_to_center >= 0).all()
+    assert np.allclose(res.atom_values, at, atol=1e-5)
+    assert np.allclose(res.atom_sd, sd_want, rtol=1e-4, atol=1e-6)
     sds = np.array([r.defmap_sd for r in res.residues])
     assert (sds > 0).all()
     # residueAtoms ca: the residue value is the C-alpha's own value

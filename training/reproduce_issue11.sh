@@ -36,4 +36,19 @@ b=$!
 wait $a
 wait $b
 $PY -m defmap_train validate-md --models "$(kind_dir map)/onnx" "$(kind_dir map+model)/onnx" \
-    --residue-atoms backbone --out reports/validate_md_v3
+    --residue-atoms backbone --out "$RUNS/validate_md"
+# the SD's slope on the prediction, fitted on the real-MD chains (the one number fitted there), then sd_scale refitted
+# on the simulated CV with it and all six models exported again (checkpoints exist: no training)
+for kind in map map+model; do
+    b=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['sd_slope'][sys.argv[2]]['sd_slope'])" \
+        "$RUNS/validate_md.json" "$kind")
+    out=$(kind_dir "$kind")
+    $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
+        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --sd-slope "$b"
+    for r in 6 7; do
+        $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution $r --cv-minutes 0 \
+            --minutes "$FT_MINUTES" --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train2_5A.json"
+    done
+done
+# to ship: cp $RUNS/*/onnx/*.onnx ../onnx_models/; cp $RUNS/{map,mapmodel}/train2_5A.json to
+# reports/train2_v3_{map,mapmodel}.json; then the validate-md --docs command in ../onnx_models/MODEL_CARD.md

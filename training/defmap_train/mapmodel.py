@@ -56,11 +56,12 @@ def anm_of(name: str, ensembles: Path) -> tuple[np.ndarray, np.ndarray]:
     return _ANM[name]
 
 
-def item_rows(model, it: Item, ensembles: Path) -> dict:
-    """Per-map metrics of one test map (residue level = mean over backbone atoms, the md_reference winner)."""
+def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0) -> dict:
+    """Per-map metrics of one test map (residue level = mean over backbone atoms, the md_reference winner).  The SD
+    is the head's, times exp(sd_slope x the prediction's z-score over the map's centres), as the bundle reports it."""
     mu = predict_item(model, it)
     lv = predict_item(model, it, output=1)
-    sd_c = np.exp(0.5 * lv)
+    sd_c = np.exp(0.5 * lv) * np.exp(sd_slope * zscore(mu))
     ok = np.isfinite(it.labels)
     anm, bb = anm_of(it.protein, ensembles)
     pa, sa = atom_predictions(it, mu), atom_predictions(it, sd_c)
@@ -155,8 +156,10 @@ def run(a) -> dict:
                 print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
             for p in test:
                 for f in groups[p][:a.eval_maps]:
-                    rows.append(item_rows(model, load_item(f, res), ens))
+                    rows.append(item_rows(model, load_item(f, res), ens, a.sd_slope))
         summ = summarize(rows) if rows else {}
+        if summ:
+            summ["sd_slope"] = a.sd_slope
         fitted_on = "protein-disjoint CV of the simulated training set (not md_reference)"
         if not summ and kind in borrowed:  # no CV at this resolution: the calibration of the run it comes from
             summ = {k2: v for k2, v in borrowed[kind].get("cv", {}).items()}
@@ -178,7 +181,10 @@ def run(a) -> dict:
         if ckf.exists():
             model, ck = load_checkpoint(ckf)
             cal = {"sd_scale": summ.get("sd_scale", 1.0), "anm_weight": summ.get("anm_weight", 0.0),
-                   "fitted_on": fitted_on}
+                   "sd_slope": summ.get("sd_slope", 0.0), "fitted_on": fitted_on}
+            if cal["sd_slope"]:
+                cal["sd_slope_fitted_on"] = ("the 17 md_reference chains (defmap-train validate-md, sd_slope); "
+                                             "sd_scale was fitted after it")
             metrics = {k2: v for k2, v in summ.items() if not k2.startswith("_")}
             name = f"defmap-{'mapmodel-' if ch == 2 else ''}{res:g}A"  # map-only keeps the old names (defmap-5A)
             dst = out / "onnx" / f"{name.replace('-', '_')}.onnx"  # as shipped: defmap_5A.onnx, defmap_mapmodel_5A.onnx
@@ -213,6 +219,8 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
                    "final model for 6 or 7 Å); the fine-tuned model has seen every training protein")
     t.add_argument("--calibration-from", help="a train2_<res>A.json whose CV calibration (sd_scale, anm_weight) "
                    "the exported models take when this run has no CV")
+    t.add_argument("--sd-slope", type=float, default=0.0, help="log SD grows by this times the prediction's z-score "
+                   "(fitted on real MD by validate-md); sd_scale and coverage are fitted with it on the CV")
     t.add_argument("--threads", type=int, default=None, help="torch threads (two kinds in parallel: 1 each)")
     t.add_argument("--init-onnx", help="start from an exported one-channel FCN (e.g. the shipped 5 Å model); the "
                    "CV then is not fully protein-disjoint: that model saw every training protein (old labels)")

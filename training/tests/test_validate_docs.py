@@ -27,7 +27,7 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
     update_docs([doc], docs_block(_result(), [tj]))
     text = doc.read_text()
     assert text.startswith("before\n") and text.endswith(f"{DOC_END}\nafter\n") and "old table" not in text
-    assert "| 0.600 | 0.700 | 0.750 | 0.800 | 0.810 | 0.200 |" in text
+    assert "| 0.600 | 0.700 | 0.750 | 0.800 | 0.810 | 0.200 |" in text  # the columns, in order
     assert "ANM of the structure vs the same labels 0.610" in text
     assert "| hard: map + model ≥ ANM + 0.05 | 0.800 | 0.750 | yes |" in text
     update_docs([doc], docs_block(_result(), [tj]))  # idempotent
@@ -36,3 +36,30 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
     bare.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- validate-md:begin -->"):
         update_docs([bare], "x")
+
+
+def test_sd_slope_fit_finds_errors_that_grow_with_the_prediction():
+    """fit_sd_slope: errors whose SD grows with the predicted value give a positive slope, constant errors about
+    zero; the leave-one-chain-out report refits without each chain."""
+    import numpy as np
+
+    from defmap_train.validate_md import fit_sd_slope, sd_slope_report
+
+    def per_res(v):
+        return np.asarray(v, dtype=float)
+
+    def maps(slope: float, seed: int, n: int = 4):
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            pred = rng.normal(0, 0.2, 300)
+            z = (pred - pred.mean()) / pred.std()
+            truth = pred + rng.normal(0, 0.1, 300) * np.exp(slope * z)
+            out.append(("hard", "map+model", (pred, np.full(300, 0.1), per_res, truth)))
+        return out
+
+    assert fit_sd_slope(maps(0.6, 1)) == pytest.approx(0.6, abs=0.15)
+    assert abs(fit_sd_slope(maps(0.0, 2))) <= 0.15
+    rep = sd_slope_report([{"chain": f"c{i}", "_fit": maps(0.6, 10 + i, 2)} for i in range(4)])
+    assert rep["map+model"]["sd_slope"] == pytest.approx(0.6, abs=0.15)
+    assert rep["map+model"]["loo_spearman"]["hard"] > 0.2
