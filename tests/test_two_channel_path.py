@@ -25,7 +25,8 @@ def two_channel_model(path, seed=0, calibration=None):
     return fcn_onnx_model(path, SPEC, seed=seed, name="standin-mapmodel-5A", layers=LAYERS, last_bias={1: -3.0},
                           metadata={"input_channels": ["density", "model_density"],
                                     "outputs": ["log10_rmsf_angstrom", "log_variance"],
-                                    "calibration": calibration or {"sd_scale": 1.5, "anm_weight": 0.5, "sd_slope": 0.4}})
+                                    "calibration": calibration or {"sd_scale": 1.5, "anm_weight": 0.5,
+                                                                   "sd_slope": 0.4}})
 
 
 @pytest.fixture(scope="module")
