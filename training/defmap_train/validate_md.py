@@ -166,7 +166,7 @@ class OnnxModel:
         """The SD the bundle reports (``cmd.predict_structure``): head SD x ``sd_scale`` x exp(``sd_slope`` x the
         prediction's z-score over the atoms)."""
         cal = self.calibration
-        return sd * float(cal.get("sd_scale", 1.0)) * np.exp(float(cal.get("sd_slope", 0.0)) * zscore(mean))
+        return sloped_sd(mean, sd, float(cal.get("sd_slope", 0.0))) * float(cal.get("sd_scale", 1.0))
 
     def predict(self, values, x2i, xyz, elements, map_resolution) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-atom (mean log10 RMSF, the head's raw SD or None)."""
@@ -325,24 +325,27 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
 SLOPES = np.round(np.arange(-1.0, 2.01, 0.05), 2)
 
 
-def _slope_terms(fit, b: float) -> tuple[float, int]:
-    """(sum of log SD, n) and the residuals' scale term of the Gaussian NLL of one map at slope b: per residue,
-    SD = residue mean of head SD x exp(b z(atom prediction)), error = MD minus the map's least-squares line."""
+def sloped_sd(mean: np.ndarray, sd: np.ndarray, b: float) -> np.ndarray:
+    """Per-atom SD x exp(b x the prediction's z-score over the atoms) (``sd_slope``; the bundle's formula)."""
+    return sd * np.exp(b * zscore(mean))
+
+
+def _slope_nll(fit, b: float) -> float:
+    """Gaussian NLL of one map's residue errors at slope b, the map's own scale profiled out: per residue, SD = residue
+    mean of ``sloped_sd``, error = MD minus the map's least-squares line on the prediction."""
     mean, sd, per_res, truth = fit
-    pr, s = per_res(mean), per_res(sd * np.exp(b * zscore(mean)))
+    pr, s = per_res(mean), per_res(sloped_sd(mean, sd, b))
     ok = np.isfinite(pr) & np.isfinite(s) & np.isfinite(truth) & (s > 0)
     a, c = np.polyfit(pr[ok], truth[ok], 1)
     e2 = (truth[ok] - (a * pr[ok] + c)) ** 2
-    n = int(ok.sum())
-    # per-map scale profiled out: NLL = sum log s + n/2 log(mean(e^2 / s^2))
-    return float(np.log(s[ok]).sum() + 0.5 * n * np.log(np.mean(e2 / s[ok] ** 2))), n
+    return float(np.log(s[ok]).sum() + 0.5 * ok.sum() * np.log(np.mean(e2 / s[ok] ** 2)))
 
 
 def fit_sd_slope(fits: list[tuple[str, str, tuple]]) -> float:
     """The slope b of log SD on the prediction's z-score that maximizes the Gaussian likelihood of the errors of
     these maps (each map's scale free): flexible residues are predicted less surely against MD, which the variance
     head (trained on simulated labels) does not know."""
-    nll = [sum(_slope_terms(f, b)[0] for _, _, f in fits) for b in SLOPES]
+    nll = [sum(_slope_nll(f, b) for _, _, f in fits) for b in SLOPES]
     return float(SLOPES[int(np.argmin(nll))])
 
 
@@ -359,7 +362,7 @@ def sd_slope_report(chains: list[dict]) -> dict:
             by_variant: dict[str, list[float]] = {}
             for v, _, (mean, sd, per_res, truth) in mine:
                 by_variant.setdefault(v, []).append(
-                    sd_error_spearman(per_res(mean), per_res(sd * np.exp(b * zscore(mean))), truth))
+                    sd_error_spearman(per_res(mean), per_res(sloped_sd(mean, sd, b)), truth))
             for v, xs in by_variant.items():
                 loo.setdefault(v, []).append(float(np.nanmean(xs)))
         out[kind] = {"sd_slope": fit_sd_slope([x for xs in per_chain.values() for x in xs]),
