@@ -276,11 +276,8 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     res_vals = residue_subset_means(scored_atoms, atom_vals, res_list, res_vals, residue_atoms)
     atom_sd = None
     if log_var is not None:
-        # head SD x sd_scale (68 % coverage on the simulated CV) x exp(sd_slope z): on real MD, flexible residues
-        # are predicted less surely (slope fitted on md_reference by defmap-train validate-md; 0 when absent)
-        slope = float(info.calibration.get("sd_slope", 0.0))
-        atom_sd = (np.exp(0.5 * log_var[prep.point_to_center[scored]]) * float(info.calibration.get("sd_scale", 1.0))
-                   * np.exp(slope * nma.zscore(atom_vals)))
+        atom_sd = dm_model.calibrated_sd(np.exp(0.5 * log_var[prep.point_to_center[scored]]), atom_vals,
+                                         info.calibration)
     stages["mapping"] = time.perf_counter() - t0
     return StructureResult(structure=structures[0], model=info, provider=predictor.provider, atoms=scored_atoms,
                            atom_values=atom_vals, residues=res_list, residue_values=res_vals,

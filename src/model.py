@@ -206,6 +206,15 @@ def _fits_mode(info: ModelInfo, structure: bool) -> ModelInfo:
     return info
 
 
+def calibrated_sd(head_sd: np.ndarray, prediction: np.ndarray, calibration: dict) -> np.ndarray:
+    """The SD a variance model reports: its head's SD x ``sd_scale`` (68 % coverage on the simulated CV) x
+    exp(``sd_slope`` x the prediction's z-score over the scored atoms): on real MD flexible residues are predicted
+    less surely (the slope is fitted on md_reference by ``defmap-train validate-md``; 0 when absent)."""
+    from .nma import zscore
+    slope = float(calibration.get("sd_slope", 0.0))
+    return head_sd * float(calibration.get("sd_scale", 1.0)) * np.exp(slope * zscore(prediction))
+
+
 Progress = Callable[[float], None]  # called with the fraction of centres done (status-line progress)
 DENSE_TILE = 32  # dense tiles of 32³ outputs: 16-64 ran at the same GFLOP/s; a 32 tile needs ~50 MB of activations
 DENSE_SPEEDUP = 1.7  # dense valid convolutions run ~1.7x the GFLOP/s of shared-feature gathers (tests/benchmarks)

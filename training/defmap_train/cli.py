@@ -106,7 +106,7 @@ def _dataset_one(args) -> str:
     sim = simulate_map(rec, rng, rnd)
     x2i, _ = grid_transforms(sim.origin, (sim.voxel_size,) * 3)
     # the model a user would have fitted into this map: at the mean of the frames it averages
-    fitted = {**rec, "xyz": sim.model_xyz} if sim.model_xyz is not None else rec
+    fitted = {**rec, "xyz": sim.model_xyz}
     sample = make_sample(sim.values, x2i, sim.voxel_size, fitted, sim.resolution, rng, resolutions)
     sample["map_params"] = json.dumps(sim.params)
     np.savez(dst, **sample)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from chimerax.defmap.model import calibrated_sd
 from chimerax.defmap.nma import anm_log_fluctuations, zscore
 
 from .dataset import Item, list_samples, load_item
@@ -61,7 +62,7 @@ def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0) -> dict:
     is the head's, times exp(sd_slope x the prediction's z-score over the map's centres), as the bundle reports it."""
     mu = predict_item(model, it)
     lv = predict_item(model, it, output=1)
-    sd_c = np.exp(0.5 * lv) * np.exp(sd_slope * zscore(mu))
+    sd_c = calibrated_sd(np.exp(0.5 * lv), mu, {"sd_slope": sd_slope})
     ok = np.isfinite(it.labels)
     anm, bb = anm_of(it.protein, ensembles)
     pa, sa = atom_predictions(it, mu), atom_predictions(it, sd_c)

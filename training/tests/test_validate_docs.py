@@ -23,15 +23,15 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
                                                                "coverage68_calibrated": 0.68, "sd_scale": 1.1,
                                                                "anm_weight": 0.5}}}}))
     doc = tmp_path / "README.md"
-    doc.write_text(f"before\n{DOC_BEGIN}\nold table\n{DOC_END}\nafter\n")
+    doc.write_text(f"before\n{DOC_BEGIN}\nold table\n{DOC_END}\nafter\n", encoding="utf-8")
     update_docs([doc], docs_block(_result(), [tj]))
-    text = doc.read_text()
+    text = doc.read_text(encoding="utf-8")
     assert text.startswith("before\n") and text.endswith(f"{DOC_END}\nafter\n") and "old table" not in text
     assert "| 0.600 | 0.700 | 0.750 | 0.800 | 0.810 | 0.200 |" in text  # the columns, in order
     assert "ANM of the structure vs the same labels 0.610" in text
     assert "| hard: map + model ≥ ANM + 0.05 | 0.800 | 0.750 | yes |" in text
     update_docs([doc], docs_block(_result(), [tj]))  # idempotent
-    assert doc.read_text() == text
+    assert doc.read_text(encoding="utf-8") == text
     bare = tmp_path / "CARD.md"
     bare.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- validate-md:begin -->"):
