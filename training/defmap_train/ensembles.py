@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 from chimerax.defmap.nma import anm_hessian
 
@@ -83,17 +84,6 @@ class Deviations:
 
 
 NO_DEVIATIONS = None
-
-
-def rotation_matrices(rotvec: np.ndarray) -> np.ndarray:
-    """(F, 3, 3) rotations for (F, 3) rotation vectors (Rodrigues)."""
-    th = np.linalg.norm(rotvec, axis=1)
-    k = rotvec / np.maximum(th, 1e-12)[:, None]
-    kx = np.zeros((len(k), 3, 3))
-    kx[:, 0, 1], kx[:, 0, 2], kx[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    kx -= kx.transpose(0, 2, 1)
-    s, c = np.sin(th)[:, None, None], np.cos(th)[:, None, None]
-    return np.eye(3)[None] + s * kx + (1 - c) * kx @ kx
 
 
 def _smooth_1d(n: int, length: float, rng: np.random.Generator) -> np.ndarray:
@@ -241,7 +231,7 @@ def anm_record(st: Structure, rng: np.random.Generator, mean_ca_rmsf: float | No
             om = rng.standard_normal((n_frames, 3)) * rock["sigma"]
             sh = rng.standard_normal((n_frames, 3)) * rock["shift"]
             rel = st.xyz - rock["pivot"]
-            turned = np.einsum("fij,nj->fni", rotation_matrices(om), rel) - rel[None]  # arcs, not tangents
+            turned = np.einsum("fij,nj->fni", Rotation.from_rotvec(om).as_matrix(), rel) - rel[None]  # arcs
             frames += in_part[None, :, None] * (turned + sh[:, None, :])
         for j in jumps:
             frames += rng.choice([-1.0, 1.0], n_frames)[:, None, None] * j[st.res_index][None]

@@ -163,7 +163,7 @@ def run(a) -> dict:
             summ["sd_slope"] = a.sd_slope
         fitted_on = "protein-disjoint CV of the simulated training set (not md_reference)"
         if not summ and kind in borrowed:  # no CV at this resolution: the calibration of the run it comes from
-            summ = {k2: v for k2, v in borrowed[kind].get("cv", {}).items()}
+            summ = dict(borrowed[kind].get("cv", {}))
             fitted_on += f", at the resolution of {a.calibration_from}"
         results["kinds"][kind] = {"cv": summ}
         if summ:
