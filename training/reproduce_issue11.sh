@@ -6,26 +6,30 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../.venv/bin/python}
-RUNS=${RUNS:-runs/v3}
-CV_MINUTES=${CV_MINUTES:-10}   # per CV fold model (3 folds, 5 Å)
-MINUTES=${MINUTES:-15}         # each final 5 Å model
-FT_MINUTES=${FT_MINUTES:-5}    # each 6 and 7 Å fine-tune of the 5 Å final model
+RUNS=${RUNS:-runs/v4}
+CV_MINUTES=${CV_MINUTES:-8}    # per CV fold model (3 folds, 5 Å)
+MINUTES=${MINUTES:-12}         # each final 5 Å model
+FT_MINUTES=${FT_MINUTES:-4}    # each 6 and 7 Å fine-tune of the 5 Å final model
+MAPS_PER_BATCH=${MAPS_PER_BATCH:-16}        # maps per batch: the variance head learns errors less each map's offset
 
 $PY -m defmap_train validate-md --models ../onnx_models --residue-atoms backbone \
     --out reports/validate_md_shipped_backbone                       # the yardstick, before
 [ -d data/ensembles ] || $PY -m defmap_train ensembles               # ANM + per-protein deviations (default labels)
 $PY -m defmap_train engine-check                                      # engine vs md_reference -> reports/engine_check.json
-[ -d data/samples ] || $PY -m defmap_train dataset --maps-per-protein 4 --resolutions 5,6,7
+# per protein: 4 frame-averaged maps, 2 Debye-Waller (infinite-ensemble) maps, all with confounders, and 1 clean
+# Debye-Waller map; files that exist are kept
+$PY -m defmap_train dataset --maps-per-protein 4 --dw-maps 2 --clean-maps 1 --resolutions 5,6,7
 
 kind_dir() { [ "$1" = map ] && echo "$RUNS/map" || echo "$RUNS/mapmodel"; }
 one_kind() {  # CV + final at 5 Å (from scratch: the CV is protein-disjoint), then 6 and 7 Å fine-tunes
     local kind=$1 out
     out=$(kind_dir "$kind")
     $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
-        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES"
+        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --groups "$MAPS_PER_BATCH"
     for r in 6 7; do
         $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution $r --cv-minutes 0 \
-            --minutes "$FT_MINUTES" --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train2_5A.json"
+            --minutes "$FT_MINUTES" --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train2_5A.json" \
+            --groups "$MAPS_PER_BATCH"
     done
 }
 mkdir -p "$RUNS"

@@ -88,22 +88,36 @@ def _pool_map(fn, jobs, workers: int):
 
 # ------------------------------------------------------------------ maps / dataset
 
+def _randomization(kind: str):
+    """The kinds of simulated map the training set mixes (file stem = kind, but frames-clean writes map*):
+    map = the average of 10-50 ensemble frames with every confounder (the only kind before round 4); dw = the
+    infinite-ensemble limit (a real map averages ~1e5 particles) with every confounder; clean = the same with none,
+    so blur is the only signal; frames-clean = frames, no confounder (``--clean``)."""
+    from dataclasses import replace
+
+    from .maps import CLEAN, Randomization
+    return {"map": Randomization(min_frames=10), "dw": Randomization(n_frames=0),
+            "clean": replace(CLEAN, n_frames=0), "frames-clean": CLEAN}[kind]
+
+
 def _dataset_one(args) -> str:
-    rec_path, out, k, hard, resolutions = args
+    rec_path, out, k, kind, resolutions = args
     from chimerax.defmap.preprocess import grid_transforms
 
     from .dataset import make_sample
     from .ensembles import load_record
-    from .maps import CLEAN, Randomization, simulate_map
-    rec = load_record(Path(rec_path))
-    name = str(rec["name"])
-    dst = Path(out) / f"{name}__map{k}.npz"
+    from .maps import simulate_map
+    name = Path(rec_path).stem  # = the record's name (cmd_ensembles writes NAME.npz)
+    stem = "map" if kind == "frames-clean" else kind
+    dst = Path(out) / f"{name}__{stem}{k}.npz"
     if dst.exists():
         return f"{dst.name} exists"
-    rng = np.random.default_rng(seed_of("map", name, k, hard))
+    rec = load_record(Path(rec_path))
+    # the seeds of round 3's frame maps are kept, so their cached samples stay valid
+    rng = np.random.default_rng(seed_of("map", name, k, kind == "map") if kind in ("map", "frames-clean")
+                                else seed_of("map", kind, name, k))
     t = time.time()
-    rnd = Randomization(min_frames=10) if hard else CLEAN
-    sim = simulate_map(rec, rng, rnd)
+    sim = simulate_map(rec, rng, _randomization(kind))
     x2i, _ = grid_transforms(sim.origin, (sim.voxel_size,) * 3)
     # the model a user would have fitted into this map: at the mean of the frames it averages
     fitted = {**rec, "xyz": sim.model_xyz}
@@ -118,7 +132,8 @@ def cmd_dataset(a) -> None:
     out.mkdir(parents=True, exist_ok=True)
     recs = sorted(Path(a.ensembles).glob("*.npz"))
     res = tuple(float(r) for r in a.resolutions.split(","))
-    jobs = [(p, out, k, not a.clean, res) for p in recs for k in range(a.maps_per_protein)]
+    counts = {"frames-clean" if a.clean else "map": a.maps_per_protein, "dw": a.dw_maps, "clean": a.clean_maps}
+    jobs = [(p, out, k, kind, res) for p in recs for kind, n in counts.items() for k in range(n)]
     for msg in _pool_map(_dataset_one, jobs, a.workers):
         print(msg, flush=True)
     if a.real_list:
@@ -224,6 +239,10 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--maps-per-protein", type=int, default=5)
     d.add_argument("--resolutions", default="5,6,7")
     d.add_argument("--clean", action="store_true", help="no domain randomization (to show how easy that is)")
+    d.add_argument("--dw-maps", type=int, default=0,
+                   help="per protein, Debye-Waller (infinite-ensemble) maps with every confounder (files *__dw*.npz)")
+    d.add_argument("--clean-maps", type=int, default=0,
+                   help="per protein, Debye-Waller maps with no confounder (files *__clean*.npz)")
     d.add_argument("--real-list", help="real maps: 'pdb map rmsf.xvg gromacs.pdb [resolution]' per line")
     d.add_argument("--workers", type=int, default=2)
     d.set_defaults(fn=cmd_dataset)

@@ -124,7 +124,8 @@ def init_from_onnx(path: Path, in_channels: int, outputs: int, logvar0: float = 
 def run(a) -> dict:
     data, out, ens = Path(a.data), Path(a.out), Path(a.ensembles)
     out.mkdir(parents=True, exist_ok=True)
-    groups = list_samples(data)
+    # each protein's round-3 frame maps (*__map*) first: CV test maps, validation and sd_scale stay on that kind
+    groups = {p: sorted(fs, key=lambda f: ("__map" not in f.name, f.name)) for p, fs in list_samples(data).items()}
     proteins = sorted(groups)
     folds = folds_of(proteins, a.folds)
     res = float(a.resolution)
@@ -152,7 +153,7 @@ def run(a) -> dict:
                 model, info = train(load_items([f for p in tr for f in groups[p]], res),
                                     load_items([groups[p][0] for p in va], res), minutes=a.cv_minutes, seed=k,
                                     channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl", init=init,
-                                    eval_seconds=a.eval_seconds, threads=a.threads)
+                                    eval_seconds=a.eval_seconds, threads=a.threads, groups=a.groups)
                 save_checkpoint(ck, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
                 print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
             for p in test:
@@ -176,7 +177,7 @@ def run(a) -> dict:
             model, info = train(load_items([f for p in tr for f in groups[p]], res),
                                 load_items([groups[p][0] for p in va], res), minutes=a.minutes, seed=0,
                                 channels=ch, outputs=2, log=out / f"{kind}_{res:g}A.jsonl", init=init,
-                                eval_seconds=a.eval_seconds, threads=a.threads)
+                                eval_seconds=a.eval_seconds, threads=a.threads, groups=a.groups)
             save_checkpoint(ckf, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
             print(f"{kind} final: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
         if ckf.exists():
@@ -222,6 +223,8 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
                    "the exported models take when this run has no CV")
     t.add_argument("--sd-slope", type=float, default=0.0, help="log SD grows by this times the prediction's z-score "
                    "(fitted on real MD by validate-md); sd_scale and coverage are fitted with it on the CV")
+    t.add_argument("--groups", type=int, default=0, help="maps per batch (256 patches split evenly); > 0 trains the "
+                   "variance head on each map's errors less the map's offset (0: independent patches, beta-NLL)")
     t.add_argument("--threads", type=int, default=None, help="torch threads (two kinds in parallel: 1 each)")
     t.add_argument("--init-onnx", help="start from an exported one-channel FCN (e.g. the shipped 5 Å model); the "
                    "CV then is not fully protein-disjoint: that model saw every training protein (old labels)")

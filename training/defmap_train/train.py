@@ -110,22 +110,28 @@ class CropSampler:
 
 
 class PatchSampler:
-    """Random single patches (reference network), one random cube rotation per patch group."""
+    """Random single patches, one random cube rotation per patch group.  With ``groups`` > 0 a batch holds ``groups``
+    maps with n // groups patches each (their map index is returned), so the loss can take each map's own offset out
+    of the errors the variance head learns."""
 
-    def __init__(self, items: list[Item], rng: np.random.Generator, channels: int = 1):
+    def __init__(self, items: list[Item], rng: np.random.Generator, channels: int = 1, groups: int = 0):
         self.items = [(it.input(channels), it.centers[np.isfinite(it.labels)], it.labels[np.isfinite(it.labels)])
                       for it in items]
-        self.rng = rng
+        self.rng, self.groups = rng, int(groups)
         self.weights = np.array([len(c) for _, c, _ in self.items], dtype=np.float64)
         self.weights /= self.weights.sum()
 
-    def batch(self, n: int, part: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """A global batch of n patches; with part=(rank, world) every rank draws the same random numbers and
-        extracts only its share of the rows, so the ranks together see exactly the one-process batch."""
-        xs, ys = [], []
-        counts = np.bincount(self.rng.choice(len(self.items), n, p=self.weights), minlength=len(self.items))
-        lo, hi, row = *_shard(n, part), 0
-        for (grid, centers, labels), c in zip(self.items, counts):
+    def batch(self, n: int, part: tuple[int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A global batch of n patches and each row's map; with part=(rank, world) every rank draws the same random
+        numbers and extracts only its share of the rows, so the ranks together see exactly the one-process batch."""
+        xs, ys, gs = [], [], []
+        if self.groups > 0:
+            picks = self.rng.choice(len(self.items), self.groups, p=self.weights)
+            counts = np.bincount(picks, minlength=len(self.items)) * (n // self.groups)
+        else:
+            counts = np.bincount(self.rng.choice(len(self.items), n, p=self.weights), minlength=len(self.items))
+        lo, hi, row = *_shard(int(counts.sum()), part), 0
+        for k, ((grid, centers, labels), c) in enumerate(zip(self.items, counts)):
             if c == 0:
                 continue
             sel = self.rng.integers(len(centers), size=c)
@@ -136,7 +142,9 @@ class PatchSampler:
             p = channel_patches(grid, centers[sel])
             xs.append(np.ascontiguousarray(ROTATIONS[rot](p)))
             ys.append(labels[sel])
-        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys).astype(np.float32)[:, None])
+            gs.append(np.full(len(sel), k))
+        return (torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys).astype(np.float32)[:, None]),
+                torch.from_numpy(np.concatenate(gs)))
 
 
 def _global_loss(loss: torch.Tensor, mask: torch.Tensor, world: int) -> tuple[float, int]:
@@ -161,16 +169,29 @@ def channel_patches(grid: np.ndarray, centers: np.ndarray) -> np.ndarray:
     return np.stack([extract_patches(g, centers, BOX) for g in grid], axis=1)
 
 
-def loss_terms(pred: torch.Tensor, y: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
-    """MSE for one output; for two (mean, log-variance) the beta-NLL of Seitzer et al. 2022: the Gaussian NLL per
-    label weighted by the detached variance**beta, so the mean keeps learning where the variance is large."""
+def loss_terms(pred: torch.Tensor, y: torch.Tensor, group: torch.Tensor | None = None,
+               beta: float = 0.5) -> torch.Tensor:
+    """MSE for one output.  For two (mean, log-variance) without ``group``: the beta-NLL of Seitzer et al. 2022 (the
+    Gaussian NLL per label weighted by the detached variance**beta, so the mean keeps learning where the variance is
+    large).  With ``group`` (each row's map): MSE for the mean plus a Gaussian NLL for the log-variance on the errors
+    less their map's mean error (mean detached).  A map's offset is the global flexibility scale, which no patch can
+    see; left in, it swamps the variance and the head learns nothing about *which* residues are predicted badly."""
     m = torch.isfinite(y)
     if pred.shape[1] == 1:
         return ((pred[m] - y[m]) ** 2).mean()
     mu, lv = pred[:, :1], pred[:, 1:2].clamp(-9.0, 3.0)
     yy = torch.where(m, y, mu.detach())
-    nll = 0.5 * (lv + (yy - mu) ** 2 / lv.exp())
-    return (nll * (beta * lv.detach()).exp())[m].mean()
+    if group is None:
+        nll = 0.5 * (lv + (yy - mu) ** 2 / lv.exp())
+        return (nll * (beta * lv.detach()).exp())[m].mean()
+    r = (yy - mu).detach()[:, 0]
+    g = torch.unique(group, return_inverse=True)[1]
+    w = m[:, 0].to(r.dtype)
+    offset = torch.zeros(int(g.max()) + 1, dtype=r.dtype).index_add_(0, g, r * w) / \
+        torch.zeros(int(g.max()) + 1, dtype=r.dtype).index_add_(0, g, w).clamp(min=1.0)
+    rc = (r - offset[g])[:, None]
+    nll = 0.5 * (lv + rc ** 2 / lv.exp())
+    return ((yy - mu) ** 2)[m].mean() + nll[m].mean()
 
 
 @torch.no_grad()
@@ -239,8 +260,12 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
           max_steps: int = 100_000, batch: int | None = None, crop: int = 16, lr: float = 1e-3, seed: int = 0,
           eval_every: int | None = None, eval_seconds: float = 30.0, patience: int = 8, init: dict | None = None,
           log: Path | None = None, threads: int | None = None,
-          sampler: str = "patches", channels: int = 1, outputs: int = 1) -> tuple[torch.nn.Module, dict]:
+          sampler: str = "patches", channels: int = 1, outputs: int = 1,
+          groups: int = 0) -> tuple[torch.nn.Module, dict]:
     """Adam on MSE of log10 RMSF until the time budget, max_steps or `patience` evaluations without improvement.
+
+    ``groups`` > 0 (patch sampler, two outputs): batches of that many maps, the variance head learning each map's
+    errors less the map's offset (``loss_terms``).
 
     Validation runs every `eval_every` steps if given, else every `eval_seconds` of wall clock (a validation pass
     costs seconds on 2 cores, so a step-based cadence would spend a third of a short budget on it).
@@ -268,7 +293,7 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
             raise ValueError("the crops sampler needs the fully convolutional network")
         sampler_obj, batch = CropSampler(train_items, crop, rng), batch or 8
     else:
-        sampler_obj, batch = PatchSampler(train_items, rng, channels), batch or 256
+        sampler_obj, batch = PatchSampler(train_items, rng, channels, groups), batch or 256
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     t0, best, best_state, bad, hist = time.time(), -np.inf, copy.deepcopy(model.state_dict()), 0, []
     last_eval = t0
@@ -284,13 +309,13 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
         for g in opt.param_groups:  # cosine decay over the time budget
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
         model.train()
-        x, y = sampler_obj.batch(batch, part)
+        x, y, *g = sampler_obj.batch(batch, part)
         x, y = x.to(device), y.to(device)
         pred = net(x)
         if pred.dim() != y.dim():  # FCN on single patches: (N,K,1,1,1) -> (N,K)
             pred = pred.reshape(len(y), -1)
         m = torch.isfinite(y)
-        loss = loss_terms(pred, y)
+        loss = loss_terms(pred, y, g[0].to(device) if groups > 0 and outputs > 1 else None)
         opt.zero_grad()
         loss.backward()
         opt.step()

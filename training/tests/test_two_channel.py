@@ -140,3 +140,57 @@ def test_md_reference_chains_load_with_their_rmsf():
     for n in names:
         st, md = load_chain(SHARED / "md_reference", n)
         assert len(md) == st.n_res and (md > 0).all()
+
+
+def test_grouped_batches_and_within_map_variance_loss():
+    """Grouped batches hold n // groups patches of each drawn map; with groups the log-variance term sees each map's
+    errors less the map's mean error, so a per-map shift of the labels moves only the mean's MSE."""
+    from defmap_train.dataset import Item
+    from defmap_train.train import PatchSampler, loss_terms
+    rng = np.random.default_rng(1)
+    items = []
+    for k in range(5):
+        grid = rng.normal(size=(20, 20, 20)).astype(np.float32)
+        centers = np.stack([rng.integers(5, 15, 40) for _ in range(3)], axis=1)
+        items.append(Item(f"p{k}", grid, centers, rng.normal(size=40).astype(np.float32), np.zeros(1, int),
+                          np.zeros(1, np.float32), np.zeros(1, int), {}, "", grid))
+    x, y, g = PatchSampler(items, rng, channels=2, groups=4).batch(32)
+    assert x.shape == (32, 2, 10, 10, 10) and y.shape == (32, 1)
+    assert (np.bincount(g.numpy()) % 8 == 0).all()  # a map drawn twice gives 16
+    x, y, g = PatchSampler(items, rng).batch(32)
+    assert len(g) == 32 and x.shape[1] == 1
+    torch.manual_seed(0)
+    pred = torch.randn(12, 2)
+    y = torch.randn(12, 1)
+    y[3] = float("nan")
+    group = torch.tensor([0] * 6 + [7] * 6)
+    shift = torch.where(group == 7, 2.5, -1.0)[:, None]
+
+    def var_term(p, yy):
+        m = torch.isfinite(yy)
+        return loss_terms(p, yy, group) - ((p[:, :1] - yy) ** 2)[m].mean()
+
+    assert torch.isclose(var_term(pred, y), var_term(pred, y + shift), atol=1e-5)
+    spread = y.clone()
+    spread[group == 0] *= 3.0  # larger errors inside a map do change it
+    assert not torch.isclose(var_term(pred, y), var_term(pred, spread), atol=1e-3)
+    assert not torch.isclose(loss_terms(pred, y), loss_terms(pred, y + shift), atol=1e-3)
+
+
+def test_dataset_kinds(tmp_path):
+    """dw and clean samples are Debye-Waller maps (clean: no confounder), frame maps average frames; cache kept."""
+    from defmap_train.cli import _dataset_one
+    from defmap_train.ensembles import Deviations, anm_record, save_record
+    rec = anm_record(_toy_structure(40), np.random.default_rng(0), deviations=Deviations())
+    rec["name"] = "toy"
+    save_record(rec, tmp_path / "toy.npz")
+    params = {}
+    for kind in ("map", "dw", "clean"):
+        msg = _dataset_one((tmp_path / "toy.npz", tmp_path, 0, kind, (5.0,)))
+        assert msg.startswith(f"toy__{kind}0.npz:")
+        with np.load(tmp_path / f"toy__{kind}0.npz") as z:
+            params[kind] = json.loads(str(z["map_params"]))
+    assert params["map"]["source"] == "frames" and params["dw"]["source"] == "debye_waller"
+    assert params["clean"]["source"] == "debye_waller" and params["clean"]["snr"] > 1e5
+    assert params["dw"]["snr"] < 1e5
+    assert _dataset_one((tmp_path / "toy.npz", tmp_path, 0, "dw", (5.0,))) == "toy__dw0.npz exists"
