@@ -10,7 +10,9 @@ RUNS=${RUNS:-runs/v4}
 CV_MINUTES=${CV_MINUTES:-8}    # per CV fold model (3 folds, 5 Å)
 MINUTES=${MINUTES:-12}         # each final 5 Å model
 FT_MINUTES=${FT_MINUTES:-4}    # each 6 and 7 Å fine-tune of the 5 Å final model
-MAPS_PER_BATCH=${MAPS_PER_BATCH:-16}        # maps per batch: the variance head learns errors less each map's offset
+MAPS_PER_BATCH=${MAPS_PER_BATCH:-0}  # > 0: that many maps per batch, the variance head on errors less each map's
+                                    # offset (round 4 tried 16: worse on every kind of map); 0: beta-NLL
+INIT_FROM=${INIT_FROM:-}            # an earlier RUNS: its 5 Å fold and final models warm-start this run's
 
 $PY -m defmap_train validate-md --models ../onnx_models --residue-atoms backbone \
     --out reports/validate_md_shipped_backbone                       # the yardstick, before
@@ -21,11 +23,15 @@ $PY -m defmap_train engine-check                                      # engine v
 $PY -m defmap_train dataset --maps-per-protein 4 --dw-maps 2 --clean-maps 1 --resolutions 5,6,7
 
 kind_dir() { [ "$1" = map ] && echo "$RUNS/map" || echo "$RUNS/mapmodel"; }
-one_kind() {  # CV + final at 5 Å (from scratch: the CV is protein-disjoint), then 6 and 7 Å fine-tunes
-    local kind=$1 out
+one_kind() {  # CV + final at 5 Å (from scratch, or from INIT_FROM's fold and final models: the CV stays
+    local kind=$1 out warm=()   # protein-disjoint either way), then 6 and 7 Å fine-tunes of the 5 Å final model
     out=$(kind_dir "$kind")
+    if [ -n "$INIT_FROM" ]; then
+        warm=(--init-cv "$(RUNS=$INIT_FROM kind_dir "$kind")/cv"
+              --init-checkpoint "$(RUNS=$INIT_FROM kind_dir "$kind")/${kind}_5A.pt")
+    fi
     $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
-        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --groups "$MAPS_PER_BATCH"
+        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --groups "$MAPS_PER_BATCH" "${warm[@]}"
     for r in 6 7; do
         $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution $r --cv-minutes 0 \
             --minutes "$FT_MINUTES" --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train2_5A.json" \

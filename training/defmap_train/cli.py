@@ -208,6 +208,11 @@ def cmd_validate_md(a) -> None:
     run(a)
 
 
+def cmd_sd_probe(a) -> None:
+    from .sd_probe import run
+    run(a)
+
+
 def cmd_engine_check(a) -> None:
     from .engine_check import run
     run(a)
@@ -312,6 +317,11 @@ def main(argv: list[str] | None = None) -> None:
     vm.add_argument("--train-json", nargs="*", help="train2_<res>A.json files: their CV's ANM-vs-label r goes "
                     "beside the table")
     vm.set_defaults(fn=cmd_validate_md)
+    sp = sub.add_parser("sd-probe", help="which per-residue quantities rank the real-MD errors (uncertainty check)")
+    sp.add_argument("--models", nargs="*", default=[str(REPO / "onnx_models")])
+    sp.add_argument("--maps-per-variant", type=int, default=2)
+    sp.add_argument("--out", default=str(HERE / "reports" / "sd_probe"), help="writes OUT.md and OUT.json")
+    sp.set_defaults(fn=cmd_sd_probe)
     ec = sub.add_parser("engine-check", help="label engine vs md_reference: log-RMSF spread and r with ANM")
     ec.add_argument("--ensembles", default=str(DEFAULT_DATA / "ensembles"))
     ec.add_argument("--md-reference", default=str(SHARED / "md_reference"))

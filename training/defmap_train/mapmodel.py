@@ -132,6 +132,8 @@ def run(a) -> dict:
     results: dict = {"command": "defmap-train " + " ".join(sys.argv[1:]), "folds": folds, "kinds": {}}
     kinds = a.kinds.split(",")
     results["init"] = a.init_onnx or a.init_checkpoint or None
+    if a.init_cv:
+        results["init_cv"] = a.init_cv
     if a.init_onnx and a.init_checkpoint:
         raise SystemExit("give --init-onnx or --init-checkpoint, not both")
     if a.init_checkpoint and len(kinds) != 1:
@@ -148,11 +150,18 @@ def run(a) -> dict:
             if ck.exists():
                 model = load_checkpoint(ck)[0]
             else:
+                fold_init = init
+                if a.init_cv:  # fold k from the earlier run's fold k: each fold model still never saw its test set
+                    prev = Path(a.init_cv) / f"{kind}_fold{k}.pt"
+                    prev_folds = json.loads((Path(a.init_cv).parent / f"train2_{res:g}A.json").read_text())["folds"]
+                    if prev_folds != folds:
+                        raise SystemExit(f"{a.init_cv}: its folds differ from this run's, so the CV would leak")
+                    fold_init = load_checkpoint(prev)[0].state_dict()
                 rest = [p for p in proteins if p not in test]
                 tr, va = split_proteins(rest, 0.15, k)
                 model, info = train(load_items([f for p in tr for f in groups[p]], res),
                                     load_items([groups[p][0] for p in va], res), minutes=a.cv_minutes, seed=k,
-                                    channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl", init=init,
+                                    channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl", init=fold_init,
                                     eval_seconds=a.eval_seconds, threads=a.threads, groups=a.groups)
                 save_checkpoint(ck, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
                 print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
@@ -219,6 +228,9 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
     t.add_argument("--eval-seconds", type=float, default=60.0, help="validation cadence (wall clock)")
     t.add_argument("--init-checkpoint", help="fine-tune from a train2 checkpoint of the same kind (e.g. the 5 Å "
                    "final model for 6 or 7 Å); the fine-tuned model has seen every training protein")
+    t.add_argument("--init-cv", help="the cv/ folder of an earlier train2 run with the same folds: fold k starts "
+                   "from its fold k model, so a warm-started CV stays protein-disjoint (give --init-checkpoint for "
+                   "the final model)")
     t.add_argument("--calibration-from", help="a train2_<res>A.json whose CV calibration (sd_scale, anm_weight) "
                    "the exported models take when this run has no CV")
     t.add_argument("--sd-slope", type=float, default=0.0, help="log SD grows by this times the prediction's z-score "

@@ -194,3 +194,19 @@ def test_dataset_kinds(tmp_path):
     assert params["clean"]["source"] == "debye_waller" and params["clean"]["snr"] > 1e5
     assert params["dw"]["snr"] < 1e5
     assert _dataset_one((tmp_path / "toy.npz", tmp_path, 0, "dw", (5.0,))) == "toy__dw0.npz exists"
+
+
+def test_sd_probe_metrics():
+    """sd-probe's error is validate-md's: a feature equal to the abs residual ranks it perfectly, its negative
+    anti-ranks it; segment-long errors have a high lag-1 autocorrelation, independent ones do not."""
+    from defmap_train.sd_probe import _lag1, _spearman_with_error
+    rng = np.random.default_rng(3)
+    pred = rng.normal(size=200)
+    noise = np.convolve(rng.normal(size=220), np.ones(21) / 21, mode="valid")
+    truth = 0.7 * pred + noise
+    a, b = np.polyfit(pred, truth, 1)
+    err = np.abs(truth - a * pred - b)
+    assert _spearman_with_error(pred, truth, err) == pytest.approx(1.0)
+    assert _spearman_with_error(pred, truth, -err) == pytest.approx(-1.0)
+    assert _lag1(pred, truth) > 0.8
+    assert abs(_lag1(pred, 0.7 * pred + rng.normal(size=200))) < 0.25
