@@ -3,15 +3,22 @@
 # Each step caches its output (delete data/ensembles, data/samples or $RUNS to redo; train2 skips checkpoints that
 # exist, so an interrupted run resumes).  Budgets are wall-clock minutes on the 2-core CPU; the two kinds train side
 # by side with one thread each, so results depend on the machine's load (reports/ISSUE11.md).
+#
+# The shipped models (round 5) are the weight average of round 3 and a warm-started round 5 (from training/):
+#   RUNS=runs/v3 MAP_KINDS=map CV_MINUTES=10 MINUTES=15 FT_MINUTES=5 ./reproduce_issue11.sh   # round 3, ~65 min
+#   RUNS=runs/v5 INIT_FROM=runs/v3 CV_MINUTES=4 MINUTES=6 FT_MINUTES=3 ./reproduce_issue11.sh # + Debye-Waller, ~30 min
+#   ../.venv/bin/python -m defmap_train soup runs/v3 runs/v5 --out runs/s35
+#   RUNS=runs/s35 ./reproduce_issue11.sh   # checkpoints exist: no training, only CV, sd_slope, calibration, export
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../.venv/bin/python}
-RUNS=${RUNS:-runs/v4}
+RUNS=${RUNS:-runs/v6}
 CV_MINUTES=${CV_MINUTES:-8}    # per CV fold model (3 folds, 5 Å)
 MINUTES=${MINUTES:-12}         # each final 5 Å model
 FT_MINUTES=${FT_MINUTES:-4}    # each 6 and 7 Å fine-tune of the 5 Å final model
 MAPS_PER_BATCH=${MAPS_PER_BATCH:-0}  # > 0: that many maps per batch, the variance head on errors less each map's
                                     # offset (round 4 tried 16: worse on every kind of map); 0: beta-NLL
+MAP_KINDS=${MAP_KINDS:-map,dw,clean}  # the simulated maps trained on (round 3: map, the frame-averaged ones)
 INIT_FROM=${INIT_FROM:-}            # an earlier RUNS: its 5 Å fold and final models warm-start this run's
 
 $PY -m defmap_train validate-md --models ../onnx_models --residue-atoms backbone \
@@ -31,11 +38,11 @@ one_kind() {  # CV + final at 5 Å (from scratch, or from INIT_FROM's fold and f
               --init-checkpoint "$(RUNS=$INIT_FROM kind_dir "$kind")/${kind}_5A.pt")
     fi
     $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
-        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --groups "$MAPS_PER_BATCH" "${warm[@]}"
+        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --groups "$MAPS_PER_BATCH" --map-kinds "$MAP_KINDS" "${warm[@]}"
     for r in 6 7; do
         $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution $r --cv-minutes 0 \
             --minutes "$FT_MINUTES" --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train2_5A.json" \
-            --groups "$MAPS_PER_BATCH"
+            --groups "$MAPS_PER_BATCH" --map-kinds "$MAP_KINDS"
     done
 }
 mkdir -p "$RUNS"
@@ -61,4 +68,4 @@ for kind in map map+model; do
     done
 done
 # to ship: cp $RUNS/*/onnx/*.onnx ../onnx_models/; cp $RUNS/{map,mapmodel}/train2_5A.json to
-# reports/train2_v3_{map,mapmodel}.json; then the validate-md --docs command in ../onnx_models/MODEL_CARD.md
+# reports/train2_soup_{map,mapmodel}.json; then the validate-md --docs command in ../onnx_models/MODEL_CARD.md

@@ -208,6 +208,11 @@ def cmd_validate_md(a) -> None:
     run(a)
 
 
+def cmd_soup(a) -> None:
+    from .soup import run
+    run(a)
+
+
 def cmd_sd_probe(a) -> None:
     from .sd_probe import run
     run(a)
@@ -317,6 +322,11 @@ def main(argv: list[str] | None = None) -> None:
     vm.add_argument("--train-json", nargs="*", help="train2_<res>A.json files: their CV's ANM-vs-label r goes "
                     "beside the table")
     vm.set_defaults(fn=cmd_validate_md)
+    so = sub.add_parser("soup", help="average two train2 runs' checkpoints (B warm-started from A), as a new run")
+    so.add_argument("runs", nargs=2, help="RUNS folders A and B (each with map/ and mapmodel/)")
+    so.add_argument("--out", required=True, help="a new RUNS folder; then RUNS=OUT reproduce_issue11.sh calibrates "
+                    "and exports it without training")
+    so.set_defaults(fn=cmd_soup)
     sp = sub.add_parser("sd-probe", help="which per-residue quantities rank the real-MD errors (uncertainty check)")
     sp.add_argument("--models", nargs="*", default=[str(REPO / "onnx_models")])
     sp.add_argument("--maps-per-variant", type=int, default=2)

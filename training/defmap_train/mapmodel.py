@@ -124,8 +124,11 @@ def init_from_onnx(path: Path, in_channels: int, outputs: int, logvar0: float = 
 def run(a) -> dict:
     data, out, ens = Path(a.data), Path(a.out), Path(a.ensembles)
     out.mkdir(parents=True, exist_ok=True)
-    # each protein's round-3 frame maps (*__map*) first: CV test maps, validation and sd_scale stay on that kind
-    groups = {p: sorted(fs, key=lambda f: ("__map" not in f.name, f.name)) for p, fs in list_samples(data).items()}
+    # the kinds of map asked for (file PROTEIN__KINDn.npz), each protein's frame maps (*__map*) first: CV test maps,
+    # validation and sd_scale stay on that kind
+    map_kinds = set(a.map_kinds.split(","))
+    groups = {p: sorted((f for f in fs if f.stem.split("__")[1].rstrip("0123456789") in map_kinds),
+                        key=lambda f: ("__map" not in f.name, f.name)) for p, fs in list_samples(data).items()}
     proteins = sorted(groups)
     folds = folds_of(proteins, a.folds)
     res = float(a.resolution)
@@ -235,6 +238,8 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
                    "the exported models take when this run has no CV")
     t.add_argument("--sd-slope", type=float, default=0.0, help="log SD grows by this times the prediction's z-score "
                    "(fitted on real MD by validate-md); sd_scale and coverage are fitted with it on the CV")
+    t.add_argument("--map-kinds", default="map,dw,clean", help="which simulated maps to use (dataset's kinds: map = "
+                   "frame-averaged, dw = Debye-Waller, clean = Debye-Waller without confounders); round 3 used map")
     t.add_argument("--groups", type=int, default=0, help="maps per batch (256 patches split evenly); > 0 trains the "
                    "variance head on each map's errors less the map's offset (0: independent patches, beta-NLL)")
     t.add_argument("--threads", type=int, default=None, help="torch threads (two kinds in parallel: 1 each)")
