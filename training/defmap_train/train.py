@@ -174,8 +174,8 @@ def loss_terms(pred: torch.Tensor, y: torch.Tensor, group: torch.Tensor | None =
     """MSE for one output.  For two (mean, log-variance) without ``group``: the beta-NLL of Seitzer et al. 2022 (the
     Gaussian NLL per label weighted by the detached variance**beta, so the mean keeps learning where the variance is
     large).  With ``group`` (each row's map): MSE for the mean plus a Gaussian NLL for the log-variance on the errors
-    less their map's mean error (mean detached).  A map's offset is the global flexibility scale, which no patch can
-    see; left in, it swamps the variance and the head learns nothing about *which* residues are predicted badly."""
+    less their map's mean error (mean detached): a map's offset is the global flexibility scale, which no patch can
+    see.  Round 4 tried it; the head still did not rank errors and the mean got worse (reports/ISSUE11.md)."""
     m = torch.isfinite(y)
     if pred.shape[1] == 1:
         return ((pred[m] - y[m]) ** 2).mean()
@@ -187,8 +187,8 @@ def loss_terms(pred: torch.Tensor, y: torch.Tensor, group: torch.Tensor | None =
     r = (yy - mu).detach()[:, 0]
     g = torch.unique(group, return_inverse=True)[1]
     w = m[:, 0].to(r.dtype)
-    offset = torch.zeros(int(g.max()) + 1, dtype=r.dtype).index_add_(0, g, r * w) / \
-        torch.zeros(int(g.max()) + 1, dtype=r.dtype).index_add_(0, g, w).clamp(min=1.0)
+    offset = r.new_zeros(int(g.max()) + 1).index_add_(0, g, r * w) / \
+        r.new_zeros(int(g.max()) + 1).index_add_(0, g, w).clamp(min=1.0)
     rc = (r - offset[g])[:, None]
     nll = 0.5 * (lv + rc ** 2 / lv.exp())
     return ((yy - mu) ** 2)[m].mean() + nll[m].mean()
