@@ -19,6 +19,7 @@ FT_MINUTES=${FT_MINUTES:-4}    # each 6 and 7 Å fine-tune of the 5 Å final mod
 MAPS_PER_BATCH=${MAPS_PER_BATCH:-0}  # > 0: that many maps per batch, the variance head on errors less each map's
                                     # offset (round 4 tried 16: worse on every kind of map); 0: beta-NLL
 MAP_KINDS=${MAP_KINDS:-map,dw,clean}  # the simulated maps trained on (round 3: map, the frame-averaged ones)
+SEED=${SEED:-0}                     # train2 --seed (another seed: another ingredient for defmap-train soup)
 INIT_FROM=${INIT_FROM:-}            # an earlier RUNS: its 5 Å fold and final models warm-start this run's
 
 $PY -m defmap_train validate-md --models ../onnx_models --residue-atoms backbone \
@@ -38,7 +39,7 @@ one_kind() {  # CV + final at 5 Å (from scratch, or from INIT_FROM's fold and f
               --init-checkpoint "$(RUNS=$INIT_FROM kind_dir "$kind")/${kind}_5A.pt")
     fi
     $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
-        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --groups "$MAPS_PER_BATCH" --map-kinds "$MAP_KINDS" "${warm[@]}"
+        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --groups "$MAPS_PER_BATCH" --map-kinds "$MAP_KINDS" --seed "$SEED" "${warm[@]}"
     for r in 6 7; do
         $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution $r --cv-minutes 0 \
             --minutes "$FT_MINUTES" --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train2_5A.json" \

@@ -322,8 +322,8 @@ def main(argv: list[str] | None = None) -> None:
     vm.add_argument("--train-json", nargs="*", help="train2_<res>A.json files: their CV's ANM-vs-label r goes "
                     "beside the table")
     vm.set_defaults(fn=cmd_validate_md)
-    so = sub.add_parser("soup", help="average two train2 runs' checkpoints (B warm-started from A), as a new run")
-    so.add_argument("runs", nargs=2, help="RUNS folders A and B (each with map/ and mapmodel/)")
+    so = sub.add_parser("soup", help="average train2 runs' checkpoints (B, C... warm-started from A), as a new run")
+    so.add_argument("runs", nargs="+", help="RUNS folders A B ... (each with map/ and mapmodel/)")
     so.add_argument("--out", required=True, help="a new RUNS folder; then RUNS=OUT reproduce_issue11.sh calibrates "
                     "and exports it without training")
     so.set_defaults(fn=cmd_soup)

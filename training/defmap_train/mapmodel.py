@@ -163,7 +163,7 @@ def run(a) -> dict:
                 rest = [p for p in proteins if p not in test]
                 tr, va = split_proteins(rest, 0.15, k)
                 model, info = train(load_items([f for p in tr for f in groups[p]], res),
-                                    load_items([groups[p][0] for p in va], res), minutes=a.cv_minutes, seed=k,
+                                    load_items([groups[p][0] for p in va], res), minutes=a.cv_minutes, seed=a.seed + k,
                                     channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl", init=fold_init,
                                     eval_seconds=a.eval_seconds, threads=a.threads, groups=a.groups)
                 save_checkpoint(ck, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
@@ -187,7 +187,7 @@ def run(a) -> dict:
         if a.minutes > 0 and not ckf.exists():
             tr, va = split_proteins(proteins, 0.15, 0)
             model, info = train(load_items([f for p in tr for f in groups[p]], res),
-                                load_items([groups[p][0] for p in va], res), minutes=a.minutes, seed=0,
+                                load_items([groups[p][0] for p in va], res), minutes=a.minutes, seed=a.seed,
                                 channels=ch, outputs=2, log=out / f"{kind}_{res:g}A.jsonl", init=init,
                                 eval_seconds=a.eval_seconds, threads=a.threads, groups=a.groups)
             save_checkpoint(ckf, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
@@ -242,6 +242,8 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
                    "frame-averaged, dw = Debye-Waller, clean = Debye-Waller without confounders); round 3 used map")
     t.add_argument("--groups", type=int, default=0, help="maps per batch (256 patches split evenly); > 0 trains the "
                    "variance head on each map's errors less the map's offset (0: independent patches, beta-NLL)")
+    t.add_argument("--seed", type=int, default=0, help="fold k trains with seed SEED + k, the final model with SEED "
+                   "(another seed gives another ingredient for `soup`)")
     t.add_argument("--threads", type=int, default=None, help="torch threads (two kinds in parallel: 1 each)")
     t.add_argument("--init-onnx", help="start from an exported one-channel FCN (e.g. the shipped 5 Å model); the "
                    "CV then is not fully protein-disjoint: that model saw every training protein (old labels)")

@@ -1,7 +1,7 @@
-"""Weight averaging ("model soup", Wortsman et al. 2022) of two train2 runs whose models share an ancestry: run B
-warm-started from run A fold by fold (``train2 --init-cv``) and final by final (``--init-checkpoint``).  The averaged
-fold k model has still never seen fold k's test proteins, so the soup's CV is as protein-disjoint as either run's,
-and one averaged network costs what one network costs at run time."""
+"""Weight averaging ("model soup", Wortsman et al. 2022) of train2 runs whose models share an ancestry: runs B, C, ...
+warm-started from run A fold by fold (``train2 --init-cv``) and final by final (``--init-checkpoint``).  An averaged
+fold k model has still never seen fold k's test proteins, so the soup's CV is as protein-disjoint as any run's, and one
+averaged network costs what one network costs at run time."""
 
 from __future__ import annotations
 
@@ -12,22 +12,25 @@ from .export import load_checkpoint, save_checkpoint
 KIND_DIRS = ("map", "mapmodel")
 
 
-def soup(a_dir: Path, b_dir: Path, out: Path) -> list[Path]:
-    """Average every checkpoint of ``a_dir`` (finals and cv/ folds, both kinds) with the same file of ``b_dir``."""
+def soup(dirs: list[Path], out: Path) -> list[Path]:
+    """Average every checkpoint of ``dirs[0]`` (finals and cv/ folds, both kinds) with the same file of the others."""
     written = []
+    first = Path(dirs[0])
     for kind in KIND_DIRS:
-        for f in sorted((a_dir / kind).glob("*.pt")) + sorted((a_dir / kind / "cv").glob("*.pt")):
-            rel = f.relative_to(a_dir)
-            if not (b_dir / rel).exists():
-                raise SystemExit(f"{b_dir / rel} is missing: the two runs must have the same checkpoints")
+        for f in sorted((first / kind).glob("*.pt")) + sorted((first / kind / "cv").glob("*.pt")):
+            rel = f.relative_to(first)
             model, ck = load_checkpoint(f)
-            other, ck_b = load_checkpoint(b_dir / rel)
-            if ck_b["resolution"] != ck["resolution"] or ck_b.get("in_channels") != ck.get("in_channels"):
-                raise SystemExit(f"{rel}: the two checkpoints are different kinds of model")
-            sa, sb = model.state_dict(), other.state_dict()
-            model.load_state_dict({k: 0.5 * (sa[k] + sb[k]) for k in sa})
+            states = [model.state_dict()]
+            for d in dirs[1:]:
+                if not (Path(d) / rel).exists():
+                    raise SystemExit(f"{Path(d) / rel} is missing: the runs must have the same checkpoints")
+                other, ck_o = load_checkpoint(Path(d) / rel)
+                if ck_o["resolution"] != ck["resolution"] or ck_o.get("in_channels") != ck.get("in_channels"):
+                    raise SystemExit(f"{rel}: the checkpoints are different kinds of model")
+                states.append(other.state_dict())
+            model.load_state_dict({k: sum(st[k] for st in states) / len(states) for k in states[0]})
             save_checkpoint(out / rel, model, ck["arch"], ck["resolution"],
-                            {"soup_of": [str(f), str(b_dir / rel)]})
+                            {"soup_of": [str(Path(d) / rel) for d in dirs]})
             written.append(out / rel)
     return written
 
@@ -36,5 +39,5 @@ def run(a) -> None:
     out = Path(a.out)
     if any(out.glob("*/*.pt")):
         raise SystemExit(f"{out} already holds checkpoints")
-    for p in soup(Path(a.runs[0]), Path(a.runs[1]), out):
+    for p in soup([Path(r) for r in a.runs], out):
         print(p, flush=True)

@@ -213,25 +213,28 @@ def test_sd_probe_metrics():
 
 
 def test_soup_averages_matching_checkpoints(tmp_path):
-    """soup writes, for every checkpoint of run A (finals and CV folds), the mean of A's and B's weights; a missing or
+    """soup writes, for every checkpoint of run A (finals and CV folds), the mean of the runs' weights; a missing or
     mismatched partner stops it."""
     from defmap_train.export import load_checkpoint, save_checkpoint
     from defmap_train.model import build
     from defmap_train.soup import soup
     torch.manual_seed(0)
-    for run in ("a", "b"):
+    for run in ("a", "b", "c"):
         for rel, ch in (("mapmodel/map+model_5A.pt", 2), ("mapmodel/cv/map+model_fold0.pt", 2), ("map/map_5A.pt", 1)):
             save_checkpoint(tmp_path / run / rel, build("fcn", ch, 2), "fcn", 5.0, {})
-    out = soup(tmp_path / "a", tmp_path / "b", tmp_path / "s")
+    out = soup([tmp_path / "a", tmp_path / "b"], tmp_path / "s")
     assert sorted(p.relative_to(tmp_path / "s").as_posix() for p in out) == [
         "map/map_5A.pt", "mapmodel/cv/map+model_fold0.pt", "mapmodel/map+model_5A.pt"]
     for rel in ("map/map_5A.pt", "mapmodel/cv/map+model_fold0.pt"):
         sa, sb, ss = (load_checkpoint(tmp_path / r / rel)[0].state_dict() for r in ("a", "b", "s"))
         assert all(torch.allclose(ss[k], 0.5 * (sa[k] + sb[k])) for k in ss)
         assert not torch.allclose(ss["net.0.weight"], sa["net.0.weight"])
+    soup([tmp_path / r for r in "abc"], tmp_path / "s3way")
+    sa, sb, sc, ss = (load_checkpoint(tmp_path / r / "map/map_5A.pt")[0].state_dict() for r in ("a", "b", "c", "s3way"))
+    assert all(torch.allclose(ss[k], (sa[k] + sb[k] + sc[k]) / 3) for k in ss)
     save_checkpoint(tmp_path / "b" / "map/map_5A.pt", build("fcn", 2, 2), "fcn", 5.0, {})
     with pytest.raises(SystemExit, match="different kinds"):
-        soup(tmp_path / "a", tmp_path / "b", tmp_path / "s2")
+        soup([tmp_path / "a", tmp_path / "b"], tmp_path / "s2")
     (tmp_path / "b" / "map/map_5A.pt").unlink()
     with pytest.raises(SystemExit, match="missing"):
-        soup(tmp_path / "a", tmp_path / "b", tmp_path / "s3")
+        soup([tmp_path / "a", tmp_path / "b"], tmp_path / "s4")
