@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../.venv/bin/python}
-RUNS=${RUNS:-runs/v6}
+RUNS=${RUNS:-runs/v7}
 CV_MINUTES=${CV_MINUTES:-8}    # per CV fold model (3 folds, 5 Å)
 MINUTES=${MINUTES:-12}         # each final 5 Å model
 FT_MINUTES=${FT_MINUTES:-4}    # each 6 and 7 Å fine-tune of the 5 Å final model
