@@ -7,20 +7,23 @@ import json
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
 from chimerax.defmap import preprocess as pp
 from chimerax.defmap.nma import anm_log_fluctuations, zscore
 
 from .dataset import map_baselines
-from .validate_md import MD_DIR, VARIANTS, cached_maps, choose, load_chain, load_models, md_chains, residue_values
-
-
-def _spearman_with_error(pred: np.ndarray, truth: np.ndarray, feature: np.ndarray) -> float:
-    """As validate-md: |MD minus the per-map least-squares line of MD on the prediction|, ranked by ``feature``."""
-    ok = np.isfinite(pred) & np.isfinite(truth) & np.isfinite(feature)
-    a, b = np.polyfit(pred[ok], truth[ok], 1)
-    return float(stats.spearmanr(feature[ok], np.abs(truth[ok] - a * pred[ok] - b)).statistic)
+from .validate_md import (
+    MD_DIR,
+    VARIANTS,
+    _rel,
+    cached_maps,
+    choose,
+    load_chain,
+    load_models,
+    md_chains,
+    residue_values,
+    sd_error_spearman,
+)
 
 
 def _lag1(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -63,10 +66,10 @@ def run(a) -> dict:
                  "raw": zscore(per_res(map_baselines(values, x2i, xyz, vs)["raw_intensity"])),
                  "truth_z": zscore(truth)}
             row = per[str(m["variant"])].setdefault(name, [])
-            row.append({k: _spearman_with_error(pred, truth, f(d)) for k, f in FEATURES.items()}
+            row.append({k: sd_error_spearman(pred, f(d), truth) for k, f in FEATURES.items()}  # validate-md's error
                        | {"lag-1 autocorrelation of the errors": _lag1(pred, truth)})
         print(name, flush=True)
-    out = {"command": "defmap-train sd-probe --models " + " ".join(a.models), "variants": {}}
+    out = {"command": "defmap-train sd-probe --models " + " ".join(_rel(m) for m in a.models), "variants": {}}
     for v, chains in per.items():
         keys = list(next(iter(chains.values()))[0])
         out["variants"][v] = {k: float(np.nanmean([np.nanmean([r[k] for r in rs]) for rs in chains.values()]))

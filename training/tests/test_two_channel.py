@@ -197,17 +197,18 @@ def test_dataset_kinds(tmp_path):
 
 
 def test_sd_probe_metrics():
-    """sd-probe's error is validate-md's: a feature equal to the abs residual ranks it perfectly, its negative
+    """sd-probe ranks validate-md's error: a feature equal to the abs residual ranks it perfectly, its negative
     anti-ranks it; segment-long errors have a high lag-1 autocorrelation, independent ones do not."""
-    from defmap_train.sd_probe import _lag1, _spearman_with_error
+    from defmap_train.sd_probe import _lag1
+    from defmap_train.validate_md import sd_error_spearman
     rng = np.random.default_rng(3)
     pred = rng.normal(size=200)
     noise = np.convolve(rng.normal(size=220), np.ones(21) / 21, mode="valid")
     truth = 0.7 * pred + noise
     a, b = np.polyfit(pred, truth, 1)
     err = np.abs(truth - a * pred - b)
-    assert _spearman_with_error(pred, truth, err) == pytest.approx(1.0)
-    assert _spearman_with_error(pred, truth, -err) == pytest.approx(-1.0)
+    assert sd_error_spearman(pred, err, truth) == pytest.approx(1.0)
+    assert sd_error_spearman(pred, -err, truth) == pytest.approx(-1.0)
     assert _lag1(pred, truth) > 0.8
     assert abs(_lag1(pred, 0.7 * pred + rng.normal(size=200))) < 0.25
 
