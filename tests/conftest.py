@@ -44,7 +44,7 @@ def random_model(tmp_path_factory):
     return linear_onnx_model(tmp_path_factory.mktemp("models") / "random5.onnx", w, -0.1, spec, "random-5A")
 
 
-# ---- leaving the process as ChimeraX leaves it: with os._exit, once pytest has reported everything
+# ---- ending the process with os._exit once pytest has reported everything (see pytest_unconfigure)
 _EXIT = pytest.StashKey[int]()
 
 
