@@ -59,6 +59,8 @@ class StructureResult:
     nma_residue_values: np.ndarray | None = None  # log10 ANM fluctuation per residue (NaN: no C-alpha)
     atom_sd: np.ndarray | None = None  # predicted SD per atom (models with a variance output, x calibrated scale)
     residue_atoms: str = "heavy"  # which atoms' values a residue value averages: ca, backbone or heavy
+    contrast_weight: float = 0.0  # weight of the density contrast combined with the network (map + model models)
+    network_residue_values: np.ndarray | None = None  # the network alone, when the contrast was combined
 
     def as_dict(self) -> dict:
         res = self.residues
@@ -278,13 +280,25 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     if log_var is not None:
         atom_sd = dm_model.calibrated_sd(np.exp(0.5 * log_var[prep.point_to_center[scored]]), atom_vals,
                                          info.calibration)
+    net_vals, c_weight = None, float(info.calibration.get("contrast_weight", 0.0))
+    if c_weight > 0 and pp.MODEL_CHANNEL in info.channels:  # + c z(contrast), c fitted on the simulated CV
+        grid = prep.grid.values
+        contrast = pp.density_contrast(grid[info.channels.index(pp.MAP_CHANNEL)],
+                                       grid[info.channels.index(pp.MODEL_CHANNEL)],
+                                       prep.centers)[prep.point_to_center[scored]]
+        con_res = residue_subset_means(scored_atoms, contrast, res_list,
+                                       _residue_means(scored_atoms, contrast)[1], residue_atoms)
+        net_vals, res_vals = res_vals, nma.combine(res_vals, con_res, c_weight)
+        atom_vals = atom_vals + (res_vals - net_vals)[res_list.indices(scored_atoms.residues)]
     stages["mapping"] = time.perf_counter() - t0
     return StructureResult(structure=structures[0], model=info, provider=predictor.provider, atoms=scored_atoms,
                            atom_values=atom_vals, residues=res_list, residue_values=res_vals,
                            outside_atoms=int((~scored).sum()), patches=len(prep.centers),
                            seconds=time.perf_counter() - t_start, stages=stages, attribute=attribute,
                            atom_rotation_values=per_rotation[prep.point_to_center[scored]] if rotations > 1 else None,
-                           atom_sd=atom_sd, residue_atoms=residue_atoms)
+                           atom_sd=atom_sd, residue_atoms=residue_atoms,
+                           contrast_weight=c_weight if net_vals is not None else 0.0,
+                           network_residue_values=net_vals)
 
 
 
@@ -402,6 +416,9 @@ def log_structure_summary(session, result: StructureResult) -> None:
         return ", ".join(f"/{c}:{a.number}-{b.number} ({m:.2f})" for m, c, a, b in stretch) or "—"
     rows = [("Model", f"{escape(result.model.name)} ({result.model.resolution:g} Å)"),
             ("Provider", escape(result.provider)),
+            *([("Density contrast", f"network combined with the fitted model's density minus the map's at each atom "
+                f"(z-scores, weight {result.contrast_weight:g} fitted on the simulated CV)")]
+              if result.network_residue_values is not None else []),
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
             *([("Normal modes", f"map prediction combined with ANM of {np.isfinite(result.nma_residue_values).sum():,}"
                 f" C-alpha atoms (sum of z-scores; attributes <i>{result.attribute}_map</i>, "

@@ -207,12 +207,14 @@ def _fits_mode(info: ModelInfo, structure: bool) -> ModelInfo:
 
 
 def calibrated_sd(head_sd: np.ndarray, prediction: np.ndarray, calibration: dict) -> np.ndarray:
-    """The SD a variance model reports: its head's SD x ``sd_scale`` (68 % coverage on the simulated CV) x
-    exp(``sd_slope`` x the prediction's z-score over the scored atoms): on real MD flexible residues are predicted
-    less surely (the slope is fitted on md_reference by ``defmap-train validate-md``; 0 when absent)."""
+    """The SD a variance model reports: its head's SD to the power ``sd_power`` x ``sd_scale`` (68 % coverage on the
+    simulated CV) x exp(``sd_slope`` x the prediction's z-score over the scored atoms): on real MD flexible residues
+    are predicted less surely, and the head, trained on simulated labels, is only partly right (power and slope are
+    fitted on md_reference by ``defmap-train validate-md``; 1 and 0 when absent)."""
     from .nma import zscore
     slope = float(calibration.get("sd_slope", 0.0))
-    return head_sd * float(calibration.get("sd_scale", 1.0)) * np.exp(slope * zscore(prediction))
+    head = np.asarray(head_sd, dtype=np.float64) ** float(calibration.get("sd_power", 1.0))
+    return head * float(calibration.get("sd_scale", 1.0)) * np.exp(slope * zscore(prediction))
 
 
 Progress = Callable[[float], None]  # called with the fraction of centres done (status-line progress)

@@ -373,6 +373,15 @@ def model_density(prep: Prepared, points_xyz: np.ndarray, weights: np.ndarray, s
     return out.astype(np.float32, copy=False)
 
 
+def density_contrast(map_channel: np.ndarray, model_channel: np.ndarray, centers_zyx: np.ndarray) -> np.ndarray:
+    """Fitted-model density minus map density at each centre voxel of the two standardized input channels: the
+    density a rigid model puts where the map has less, i.e. blur read without the network.  Structure mode adds its
+    z-score to the network's with ``calibration.contrast_weight``, fitted on the simulated CV (the network alone reads
+    it less well than this one voxel on maps without confounders)."""
+    c = np.asarray(centers_zyx)
+    return (model_channel[c[:, 0], c[:, 1], c[:, 2]] - map_channel[c[:, 0], c[:, 1], c[:, 2]]).astype(np.float64)
+
+
 def stack_channels(prep: Prepared, channels, points_xyz: np.ndarray | None = None,
                    weights: np.ndarray | None = None, spec: FeatureSpec | None = None) -> np.ndarray:
     """(C, z, y, x) input for a model whose metadata lists ``channels`` ('density' and optionally 'model_density')."""

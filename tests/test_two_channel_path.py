@@ -112,6 +112,39 @@ def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2
         run(cx, f"defmap #{v.id_string} model {model2}")
 
 
+def test_structure_mode_combines_the_density_contrast_at_the_fitted_weight(cx, model2, tmp_path):
+    """calibration.contrast_weight c: residue values are z(network) + c z(model density - map density), rescaled to
+    the network's mean and SD (nma.combine); atoms move with their residue; c = 0 leaves the network alone."""
+    from chimerax.pdb import open_pdb
+
+    from chimerax.defmap import nma
+    from chimerax.defmap.common import residue_means, residue_subset_means
+    s = open_pdb(cx, str(shared_path("md_reference", "1ail_A.pdb")))[0][0]
+    cx.models.add([s])
+    heavy = s.atoms.filter(s.atoms.element_numbers != 1)
+    values, origin = simulate_map(heavy.coords, np.full(len(heavy), 1.0), resolution=5.0, noise=0.2, seed=3)
+    v = add_map(cx, values, origin)
+    withc = two_channel_model(tmp_path / "contrast.onnx", calibration={"sd_scale": 1.0, "contrast_weight": 0.3})
+    spec = f"defmap #{v.id_string} structure #{s.id_string} color false model "
+    base = run(cx, spec + str(model2) + " attribute dbase")
+    res = run(cx, spec + str(withc) + " attribute dcon")
+    assert base.network_residue_values is None and base.contrast_weight == 0.0
+    assert res.contrast_weight == 0.3 and np.allclose(res.network_residue_values, base.residue_values)
+    info = dm_model.read_model_info(withc)
+    prep = pp.prepare_points(values, pp.grid_transforms(origin, (1.0,) * 3)[0], heavy.coords, info.spec)
+    x = pp.stack_channels(prep, info.channels, heavy.coords, pp.element_weights(heavy.element_names), info.spec)
+    contrast = (x[1] - x[0])[tuple(prep.centers.T)][prep.point_to_center]
+    assert res.atoms == heavy  # every atom inside the map, in the same order
+    rl, heavy_means = residue_means(res.atoms, contrast)
+    con = residue_subset_means(res.atoms, contrast, rl, heavy_means, "backbone")
+    want = nma.combine(base.residue_values, con, 0.3)
+    assert np.allclose(res.residue_values, want)
+    assert np.corrcoef(want, con)[0, 1] > np.corrcoef(base.residue_values, con)[0, 1]
+    shift = (want - base.residue_values)[res.residues.indices(res.atoms.residues)]
+    assert np.allclose(res.atom_values, base.atom_values + shift, atol=1e-5)
+    assert np.allclose([r.dcon for r in res.residues], want)
+
+
 def test_two_channel_model_runs_without_the_onnx_package(model2, tmp_path):
     """ChimeraX ships no onnx package: metadata, channels and the variance come through onnx_format + onnxruntime."""
     import subprocess

@@ -4,11 +4,13 @@
 # exist, so an interrupted run resumes).  Budgets are wall-clock minutes on the 2-core CPU; the two kinds train side
 # by side with one thread each, so results depend on the machine's load (reports/ISSUE11.md).
 #
-# The shipped models (round 5) are the weight average of round 3 and a warm-started round 5 (from training/):
+# The shipped models (round 7: round 5's networks, recalibrated) are the weight average of round 3 and a
+# warm-started round 5 (from training/):
 #   RUNS=runs/v3 MAP_KINDS=map CV_MINUTES=10 MINUTES=15 FT_MINUTES=5 ./reproduce_issue11.sh   # round 3, ~65 min
 #   RUNS=runs/v5 INIT_FROM=runs/v3 CV_MINUTES=4 MINUTES=6 FT_MINUTES=3 ./reproduce_issue11.sh # + Debye-Waller, ~30 min
 #   ../.venv/bin/python -m defmap_train soup runs/v3 runs/v5 --out runs/s35
-#   RUNS=runs/s35 ./reproduce_issue11.sh   # checkpoints exist: no training, only CV, sd_slope, calibration, export
+#   RUNS=runs/s35 ./reproduce_issue11.sh   # checkpoints exist: no training, only CV, calibration (contrast and ANM
+#                                          # weights, SD slope and power, sd_scale), export
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../.venv/bin/python}
@@ -55,14 +57,15 @@ wait $a
 wait $b
 $PY -m defmap_train validate-md --models "$(kind_dir map)/onnx" "$(kind_dir map+model)/onnx" \
     --residue-atoms backbone --out "$RUNS/validate_md"
-# the SD's slope on the prediction, fitted on the real-MD chains (the one number fitted there), then sd_scale refitted
-# on the simulated CV with it and all six models exported again (checkpoints exist: no training)
+# the SD's slope on the prediction and the head's power, fitted on the real-MD chains (the two numbers fitted there),
+# then sd_scale (and the contrast and ANM weights) refitted on the simulated CV and all six models exported again
+# (checkpoints exist: no training)
 for kind in map map+model; do
-    b=$($PY -c "import json,sys; print(json.load(open(sys.argv[1]))['sd_slope'][sys.argv[2]]['sd_slope'])" \
-        "$RUNS/validate_md.json" "$kind")
+    read -r b p < <($PY -c "import json,sys; d=json.load(open(sys.argv[1]))['sd_slope'][sys.argv[2]]; \
+print(d['sd_slope'], d.get('sd_power', 1.0))" "$RUNS/validate_md.json" "$kind")
     out=$(kind_dir "$kind")
     $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
-        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --sd-slope "$b"
+        --cv-minutes "$CV_MINUTES" --minutes "$MINUTES" --sd-slope "$b" --sd-power "$p"
     for r in 6 7; do
         $PY -m defmap_train train2 --kinds "$kind" --threads 1 --out "$out" --resolution $r --cv-minutes 0 \
             --minutes "$FT_MINUTES" --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train2_5A.json"

@@ -439,8 +439,10 @@ def reference_pipeline(session, case: str, res, predictor, args: str) -> dict:
             counts[r] = counts.get(r, 0) + 1
         ref_res = {r: sums[r] / counts[r] for r in sums}
         t["mapping"] = time.perf_counter() - t0
-        # agreement with the command's residue values (same network, same grid)
-        ours = dict(zip(heavy.unique_residues.indices(res.residues).tolist(), res.residue_values.tolist()))
+        # agreement with the command's residue values (same network, same grid); the network's own values where
+        # structure mode combined them with the density contrast (the reference scripts have no such step)
+        net = res.residue_values if res.network_residue_values is None else res.network_residue_values
+        ours = dict(zip(heavy.unique_residues.indices(res.residues).tolist(), net.tolist()))
         diff = max(abs(ref_res[r] - ours[r]) for r in ref_res)
         return {"seconds": sum(t.values()), **t, "n_patches": len(data), "max_abs_diff_vs_defmap": float(diff)}
     # voxel mode: every lattice voxel at or above the level, one patch each, Python loop over the whole lattice

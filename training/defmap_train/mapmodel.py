@@ -9,8 +9,9 @@ part), then a final model on all proteins.  Both networks output a mean log10 RM
 From the CV predictions it measures, per protein: residue r of the network, residue r of ANM of the structure (how
 much of the labels the structure alone explains), 68 % interval coverage and Spearman(SD, |error|); and fits two
 numbers stored in the exported models' metadata under ``calibration``: ``sd_scale`` (the SD multiplier that gives
-68 % coverage on the CV) and ``anm_weight`` (weight w of z(ANM) in z(network) + w z(ANM) that maximizes the mean CV
-residue r; 0 means the ANM prior is dropped).
+68 % coverage on the CV), ``contrast_weight`` (map + model only: weight c of z(model density − map density at the
+atom, ``preprocess.density_contrast``) in structure mode's z(network) + c z(contrast) that maximizes the mean CV
+residue r) and ``anm_weight`` (weight w of z(ANM) added to that with ``normalModes``; 0 means the prior is dropped).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from scipy import stats
 
 from chimerax.defmap.model import calibrated_sd
 from chimerax.defmap.nma import anm_log_fluctuations, zscore
+from chimerax.defmap.preprocess import density_contrast
 
 from .dataset import Item, list_samples, load_item
 from .evaluate import folds_of, load_items, split_proteins
@@ -32,6 +34,7 @@ from .train import atom_predictions, pearson, predict_item, train
 
 KINDS = {"map": 1, "map+model": 2}
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # w of z(ANM); past 1 the prior outweighs the map
+CONTRAST_WEIGHTS = tuple(np.round(np.arange(0.0, 1.01, 0.05), 2))  # c of z(density contrast)
 BACKBONE = ("N", "CA", "C", "O")
 
 
@@ -57,25 +60,31 @@ def anm_of(name: str, ensembles: Path) -> tuple[np.ndarray, np.ndarray]:
     return _ANM[name]
 
 
-def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0) -> dict:
+def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0, sd_power: float = 1.0) -> dict:
     """Per-map metrics of one test map (residue level = mean over backbone atoms, the md_reference winner).  The SD
-    is the head's, times exp(sd_slope x the prediction's z-score over the map's centres), as the bundle reports it."""
+    is the head's to the power sd_power, times exp(sd_slope x the prediction's z-score over the map's centres), as
+    the bundle reports it before sd_scale."""
     mu = predict_item(model, it)
     lv = predict_item(model, it, output=1)
-    sd_c = calibrated_sd(np.exp(0.5 * lv), mu, {"sd_slope": sd_slope})
+    sd_c = calibrated_sd(np.exp(0.5 * lv), mu, {"sd_slope": sd_slope, "sd_power": sd_power})
     ok = np.isfinite(it.labels)
     anm, bb = anm_of(it.protein, ensembles)
     pa, sa = atom_predictions(it, mu), atom_predictions(it, sd_c)
     pr = residue_values(pa, it.res_index, bb)
     sr = residue_values(sa, it.res_index, bb)
     lab = residue_values(it.log_rmsf, it.res_index, bb)
+    if it.model_grid is not None and getattr(model, "in_channels", 1) == 2:
+        con = residue_values(atom_predictions(it, density_contrast(it.grid, it.model_grid, it.centers)),
+                             it.res_index, bb)
+    else:
+        con = np.full_like(pr, np.nan)
     good = np.isfinite(pr) & np.isfinite(lab) & np.isfinite(anm)
     a, b = np.polyfit(pr[good], lab[good], 1)
     err = np.abs(lab[good] - (a * pr[good] + b))
     return {"protein": it.protein, "residue_r": pearson(pr, lab), "anm_r": pearson(anm, lab),
             "atom_r": pearson(pa, it.log_rmsf), "sd_spearman": float(stats.spearmanr(sr[good], err).statistic),
             "z_abs": (np.abs(it.labels[ok] - mu[ok]) / sd_c[ok]).tolist(),  # centre voxels, absolute scale
-            "_res": (pr[good], anm[good], lab[good])}
+            "_res": (pr[good], anm[good], lab[good], con[good])}
 
 
 def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
@@ -91,10 +100,28 @@ def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
     out["coverage68_raw"] = float(np.mean(z <= 1.0))
     out["sd_scale"] = float(np.quantile(z, 0.6827))
     out["coverage68_calibrated"] = float(np.mean(z <= out["sd_scale"]))
+
+    def mean_r(rs):  # mean over proteins, as residue_r
+        per_p: dict[str, list[float]] = {}
+        for r, v in zip(rows, rs):
+            per_p.setdefault(r["protein"], []).append(v)
+        return float(np.nanmean([np.nanmean(v) for v in per_p.values()]))
+
+    best = (0.0, -np.inf)
+    if all(np.isfinite(r["_res"][3]).all() for r in rows):  # two-channel model: fit the contrast's weight first
+        for c in CONTRAST_WEIGHTS:
+            m = mean_r([pearson(zscore(p) + c * zscore(con), lab) for r in rows for p, _, lab, con in [r["_res"]]])
+            out[f"contrast_c{c:g}_residue_r"] = m
+            if m > best[1] + 1e-9:
+                best = (float(c), m)
+    c = best[0]
+    out["contrast_weight"] = c
+    out["residue_r_with_contrast"] = best[1] if np.isfinite(best[1]) else out["residue_r"]
     best = None
     for w in WEIGHTS:
-        rs = [pearson(zscore(p) + w * zscore(an), lab) for r in rows for p, an, lab in [r["_res"]]]
-        m = float(np.nanmean(rs))
+        rs = [pearson(zscore(zscore(p) + c * (zscore(con) if c else 0.0)) + w * zscore(an), lab)
+              for r in rows for p, an, lab, con in [r["_res"]]]
+        m = mean_r(rs)
         out[f"zsum_w{w:g}_residue_r"] = m
         if best is None or m > best[1] + 1e-9:
             best = (w, m)
@@ -170,10 +197,10 @@ def run(a) -> dict:
                 print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
             for p in test:
                 for f in groups[p][:a.eval_maps]:
-                    rows.append(item_rows(model, load_item(f, res), ens, a.sd_slope))
+                    rows.append(item_rows(model, load_item(f, res), ens, a.sd_slope, a.sd_power))
         summ = summarize(rows) if rows else {}
         if summ:
-            summ["sd_slope"] = a.sd_slope
+            summ["sd_slope"], summ["sd_power"] = a.sd_slope, a.sd_power
         fitted_on = "protein-disjoint CV of the simulated training set (not md_reference)"
         if not summ and kind in borrowed:  # no CV at this resolution: the calibration of the run it comes from
             summ = dict(borrowed[kind].get("cv", {}))
@@ -182,7 +209,8 @@ def run(a) -> dict:
         if summ:
             print(f"{kind} CV: residue r {summ['residue_r']:.3f} (ANM of the structure {summ['anm_r']:.3f}), "
                   f"coverage68 {summ['coverage68_raw']:.3f} (sd_scale {summ['sd_scale']:.2f}), "
-                  f"Spearman(SD,|err|) {summ['sd_spearman']:.3f}, anm_weight {summ['anm_weight']}", flush=True)
+                  f"Spearman(SD,|err|) {summ['sd_spearman']:.3f}, contrast_weight {summ['contrast_weight']} "
+                  f"(residue r {summ['residue_r_with_contrast']:.3f}), anm_weight {summ['anm_weight']}", flush=True)
         ckf = out / f"{kind}_{res:g}A.pt"
         if a.minutes > 0 and not ckf.exists():
             tr, va = split_proteins(proteins, 0.15, 0)
@@ -195,9 +223,12 @@ def run(a) -> dict:
         if ckf.exists():
             model, ck = load_checkpoint(ckf)
             cal = {"sd_scale": summ.get("sd_scale", 1.0), "anm_weight": summ.get("anm_weight", 0.0),
-                   "sd_slope": summ.get("sd_slope", 0.0), "fitted_on": fitted_on}
-            if cal["sd_slope"]:
-                cal["sd_slope_fitted_on"] = ("the 17 md_reference chains (defmap-train validate-md, sd_slope); "
+                   "contrast_weight": summ.get("contrast_weight", 0.0),
+                   "sd_slope": summ.get("sd_slope", 0.0), "sd_power": summ.get("sd_power", 1.0),
+                   "fitted_on": fitted_on}
+            if cal["sd_slope"] or cal["sd_power"] != 1.0:
+                cal["sd_slope_fitted_on"] = ("the 17 md_reference chains (defmap-train validate-md, sd_slope and "
+                                             "sd_power); "
                                              "sd_scale was fitted after it")
             metrics = {k2: v for k2, v in summ.items() if not k2.startswith("_")}
             name = f"defmap-{'mapmodel-' if ch == 2 else ''}{res:g}A"  # map-only keeps the old names (defmap-5A)
@@ -238,6 +269,8 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
                    "the exported models take when this run has no CV")
     t.add_argument("--sd-slope", type=float, default=0.0, help="log SD grows by this times the prediction's z-score "
                    "(fitted on real MD by validate-md); sd_scale and coverage are fitted with it on the CV")
+    t.add_argument("--sd-power", type=float, default=1.0, help="the head's SD enters to this power (fitted on real "
+                   "MD by validate-md with the slope; 0 ignores the head)")
     t.add_argument("--map-kinds", default="map,dw,clean", help="which simulated maps to use (dataset's kinds: map = "
                    "frame-averaged, dw = Debye-Waller, clean = Debye-Waller without confounders); round 3 used map")
     t.add_argument("--groups", type=int, default=0, help="maps per batch (256 patches split evenly); > 0 trains the "

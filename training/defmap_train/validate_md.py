@@ -12,10 +12,12 @@ simulated from the chain's own MD:
 
 Per map and chain, Pearson r per residue with log10 MD RMSF of: raw intensity (minus the map value), ANM of the fitted
 model (structure only), the map-only model (voxel mode's kind), the map + model model (structure mode's two-channel
-kind, when one is given), the combination the bundle uses with ``normalModes true`` (z-score sum of the map
-prediction and ANM), and, for models with a variance output, Spearman(SD, |error|) with the error taken after a
-per-chain linear fit of MD on the prediction.  The residue value is the mean over ``--residue-atoms`` (heavy, backbone
-or ca) of the per-atom predictions; the map-only model is also reported with all three.
+kind, when one is given: the network combined with the density contrast at the weight fitted on the simulated CV,
+as structure mode reports it; the network alone beside it), the combination the bundle uses with
+``normalModes true`` (z-score sum of the map prediction and ANM), and, for models with a variance output,
+Spearman(SD, |error|) with the error taken after a per-chain linear fit of MD on the prediction.  The residue value
+is the mean over ``--residue-atoms`` (heavy, backbone or ca) of the per-atom predictions; the map-only model is also
+reported with all three.
 
 Nothing here is fitted to these chains.  Maps are cached in ``training/data/validate_md`` (seeded; delete to remake).
 """
@@ -176,6 +178,12 @@ class OnnxModel:
         mean = np.full(len(xyz), np.nan, dtype=np.float32)
         ok = prep.point_to_center >= 0
         mean[ok] = y[0][prep.point_to_center[ok]]
+        self.last_contrast = None  # per atom, two-channel models: what structure mode combines with the network
+        if self.kind == "map+model":
+            self.last_contrast = np.full(len(xyz), np.nan)
+            self.last_contrast[ok] = pp.density_contrast(x[self.channels.index(pp.MAP_CHANNEL)],
+                                                         x[self.channels.index(pp.MODEL_CHANNEL)],
+                                                         prep.centers)[prep.point_to_center[ok]]
         sd = None
         if y.shape[0] > 1:
             sd = np.full(len(xyz), np.nan, dtype=np.float32)
@@ -292,6 +300,12 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
                 continue
             mean, sd = mod.predict(values, x2i, xyz, st.element, res)
             pr = per_res(mean)
+            c = float(mod.calibration.get("contrast_weight", 0.0))
+            if mod.last_contrast is not None:
+                row["contrast"] = pearson(per_res(mod.last_contrast), truth)  # the one voxel alone, a diagnostic
+            if mod.last_contrast is not None and c > 0:  # structure mode's output (cmd.predict_structure)
+                row[f"{kind}_network"] = pearson(pr, truth)
+                pr = combine(pr, per_res(mod.last_contrast), c)
             kind_pred[kind] = pr
             row[kind] = pearson(pr, truth)
             row[f"{kind}_model"] = mod.path.name
@@ -323,56 +337,72 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
 
 
 SLOPES = np.round(np.arange(-1.0, 2.01, 0.05), 2)
+POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)  # of the head's SD: 0 ignores the head, 1 takes it as it is
 
 
-def sloped_sd(mean: np.ndarray, sd: np.ndarray, b: float) -> np.ndarray:
-    """Per-atom head SD with ``sd_slope`` b and no scale (the bundle's formula, ``model.calibrated_sd``)."""
-    return calibrated_sd(sd, mean, {"sd_slope": b})
+def sloped_sd(mean: np.ndarray, sd: np.ndarray, b: float, power: float = 1.0) -> np.ndarray:
+    """Per-atom head SD with ``sd_slope`` b, ``sd_power`` and no scale (the bundle's ``model.calibrated_sd``)."""
+    return calibrated_sd(sd, mean, {"sd_slope": b, "sd_power": power})
 
 
-def _slope_nll(fit, b: float) -> float:
-    """Gaussian NLL of one map's residue errors at slope b, the map's own scale profiled out: per residue, SD = residue
-    mean of ``sloped_sd``, error = MD minus the map's least-squares line on the prediction."""
+def _slope_nll(fit, b: float, power: float = 1.0) -> float:
+    """Gaussian NLL of one map's residue errors at slope b and power, the map's own scale profiled out: per residue,
+    SD = residue mean of ``sloped_sd``, error = MD minus the map's least-squares line on the prediction."""
     mean, sd, per_res, truth = fit
-    pr, s = per_res(mean), per_res(sloped_sd(mean, sd, b))
+    pr, s = per_res(mean), per_res(sloped_sd(mean, sd, b, power))
     ok = np.isfinite(pr) & np.isfinite(s) & np.isfinite(truth) & (s > 0)
     a, c = np.polyfit(pr[ok], truth[ok], 1)
     e2 = (truth[ok] - (a * pr[ok] + c)) ** 2
     return float(np.log(s[ok]).sum() + 0.5 * ok.sum() * np.log(np.mean(e2 / s[ok] ** 2)))
 
 
-def fit_sd_slope(fits: list[tuple[str, str, tuple]]) -> float:
-    """The slope b of log SD on the prediction's z-score that maximizes the Gaussian likelihood of the errors of
-    these maps (each map's scale free): flexible residues are predicted less surely against MD, which the variance
-    head (trained on simulated labels) does not know."""
-    nll = [sum(_slope_nll(f, b) for _, _, f in fits) for b in SLOPES]
-    return float(SLOPES[int(np.argmin(nll))])
+GRID = [(float(b), p) for p in POWERS for b in SLOPES]
+
+
+def _nll_table(fits: list[tuple[str, str, tuple]]) -> np.ndarray:
+    """(maps, GRID) NLL of each map at each (slope, power)."""
+    return np.array([[_slope_nll(f, b, p) for b, p in GRID] for _, _, f in fits]).reshape(len(fits), len(GRID))
+
+
+def fit_sd_slope(fits: list[tuple[str, str, tuple]], table: np.ndarray | None = None) -> tuple[float, float]:
+    """(slope b, power p) of SD = head SD^p x exp(b x the prediction's z-score) that maximize the Gaussian likelihood
+    of the errors of these maps (each map's scale free): flexible residues are predicted less surely against MD, which
+    the variance head (trained on simulated labels) does not know, and the head itself is only partly right there."""
+    t = _nll_table(fits) if table is None else table
+    return GRID[int(np.argmin(t.sum(axis=0)))]
 
 
 def sd_slope_report(chains: list[dict]) -> dict:
-    """Per model kind: b fitted on all chains (what the shipped calibration takes) and the leave-one-chain-out
-    Spearman(SD, abs error) per kind of map, b fitted on the other chains each time (the honest estimate)."""
+    """Per model kind: (b, p) fitted on all chains (what the shipped calibration takes) and the leave-one-chain-out
+    Spearman(SD, abs error) per kind of map, (b, p) fitted on the other chains each time (the honest estimate)."""
     out = {}
     kinds = sorted({k for c in chains for _, k, _ in c.get("_fit", [])})
     for kind in kinds:
-        per_chain = {c["chain"]: [(v, k, f) for v, k, f in c.get("_fit", []) if k == kind] for c in chains}
+        fits = [(c["chain"], v, f) for c in chains for v, k, f in c.get("_fit", []) if k == kind]
+        table = _nll_table([(v, kind, f) for _, v, f in fits])
+        names = [n for n, _, _ in fits]
         loo: dict[str, list[float]] = {}
-        for name, mine in per_chain.items():
-            b = fit_sd_slope([x for other, xs in per_chain.items() if other != name for x in xs])
+        for name in dict.fromkeys(names):
+            rest = np.array([n != name for n in names])
+            b, pw = fit_sd_slope([], table[rest])
             by_variant: dict[str, list[float]] = {}
-            for v, _, (mean, sd, per_res, truth) in mine:
-                by_variant.setdefault(v, []).append(
-                    sd_error_spearman(per_res(mean), per_res(sloped_sd(mean, sd, b)), truth))
+            for n, v, (mean, sd, per_res, truth) in fits:
+                if n == name:
+                    by_variant.setdefault(v, []).append(
+                        sd_error_spearman(per_res(mean), per_res(sloped_sd(mean, sd, b, pw)), truth))
             for v, xs in by_variant.items():
                 loo.setdefault(v, []).append(float(np.nanmean(xs)))
-        out[kind] = {"sd_slope": fit_sd_slope([x for xs in per_chain.values() for x in xs]),
-                     "fitted_on": f"all {len(per_chain)} md_reference chains, all their maps",
+        b, pw = fit_sd_slope([], table)
+        out[kind] = {"sd_slope": b, "sd_power": pw,
+                     "fitted_on": f"all {len(set(names))} md_reference chains, all their maps",
                      "loo_spearman": {v: float(np.nanmean(xs)) for v, xs in loo.items()}}
     return out
 
 
-COLUMNS = [("raw", "raw intensity"), ("anm", "ANM (fitted model)"), ("map", "map-only"),
-           ("map+model", "map + model"), ("map+anm_zsum", "map-only ⊕ ANM (z-sum)"),
+COLUMNS = [("raw", "raw intensity"), ("contrast", "density contrast alone"), ("anm", "ANM (fitted model)"),
+           ("map", "map-only"),
+           ("map+model_network", "map + model network alone"),
+           ("map+model", "map + model (structure mode)"), ("map+anm_zsum", "map-only ⊕ ANM (z-sum)"),
            ("map+model+anm_zsum", "map+model ⊕ ANM (z-sum)"),
            ("map+model+anm_fitted", "map+model ⊕ w·ANM (w from CV)"),
            ("map+model_sd_spearman", "Spearman(SD, abs err)"),
@@ -418,13 +448,13 @@ def sd_slope_lines(slopes: dict) -> list[str]:
     """The SD calibration fitted on these chains, and its leave-one-chain-out Spearman(SD, abs error)."""
     if not slopes:
         return []
-    out = ["### SD calibration on real MD (sd_slope: SD x exp(b x z-score of the prediction))", "",
-           "| model kind | b fitted on all chains | "
+    out = ["### SD calibration on real MD (SD = head SD^p x exp(b x z-score of the prediction), by likelihood)", "",
+           "| model kind | b (sd_slope) fitted on all chains | p (sd_power) | "
            + " | ".join(f"leave-one-chain-out Spearman, {v}" for v in VARIANTS) + " |",
-           "|---|---|" + "---|" * len(VARIANTS)]
+           "|---|---|---|" + "---|" * len(VARIANTS)]
     for kind, d in slopes.items():
-        out.append(f"| {kind} | {d['sd_slope']:g} | " + " | ".join(_f(d["loo_spearman"].get(v)) for v in VARIANTS)
-                   + " |")
+        out.append(f"| {kind} | {d['sd_slope']:g} | {d.get('sd_power', 1.0):g} | "
+                   + " | ".join(_f(d["loo_spearman"].get(v)) for v in VARIANTS) + " |")
     return out + [""]
 
 
@@ -452,8 +482,9 @@ def targets(summary: dict, slopes: dict | None = None) -> list[str]:
 
 DOC_BEGIN, DOC_END = "<!-- validate-md:begin -->", "<!-- validate-md:end -->"
 DOC_COLUMNS = [("raw", "raw intensity"), ("anm", "ANM of the fitted model"), ("map", "map-only model (voxel mode)"),
+               ("map+model_network", "map + model network alone"),
                ("map+model", "map + model (structure mode)"), ("map+model+anm_fitted", "map + model ⊕ w·ANM"),
-               ("map+model_sd_spearman", "Spearman(SD, abs error), slope fitted on these chains")]
+               ("map+model_sd_spearman", "Spearman(SD, abs error), slope and power fitted on these chains")]
 
 
 def docs_block(result: dict, train_jsons: list[Path]) -> str:
@@ -463,7 +494,7 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
     s = result["summary"]
     lines = [DOC_BEGIN, "", f"Generated from the repository root by `.venv/bin/{result['command']} --docs ...`; "
              "do not edit by hand. Mean per-residue Pearson r with log10 MD C-alpha RMSF over the md_reference chains "
-             "(never trained on; only the SD's slope is fitted to them, and its honest estimate is the "
+             "(never trained on; only the SD's slope and power are fitted to them, and the honest estimate is the "
              f"leave-one-chain-out one below), {result['maps_per_variant']} maps per chain; residue = mean over "
              f"{result['residue_atoms']} atoms. Models: {', '.join(Path(m).name for m in result['models'])}.", "",
              "| maps (chains) | " + " | ".join(t for _, t in DOC_COLUMNS) + " |", "|---|" + "---|" * len(DOC_COLUMNS)]
@@ -480,7 +511,10 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
             cv = k.get("cv") or {}
             if "anm_r" in cv:
                 lines.append(f"Training set ({_rel(p)}, {kind}, protein-disjoint CV on "
-                             f"{cv['proteins']} simulated proteins): network residue r {_f(cv['residue_r'])}, ANM of "
+                             f"{cv['proteins']} simulated proteins): network residue r {_f(cv['residue_r'])}"
+                             + (f", with the density contrast (c = {cv['contrast_weight']:g}, fitted on that CV) "
+                                f"{_f(cv['residue_r_with_contrast'])}" if cv.get("contrast_weight") else "")
+                             + ", ANM of "
                              f"the structure vs the same labels {_f(cv['anm_r'])}; 68 % coverage "
                              f"{_f(cv['coverage68_calibrated'])} after sd_scale {cv['sd_scale']:.2f}; "
                              f"w = {cv['anm_weight']:g} (fitted on that CV).")

@@ -239,3 +239,28 @@ def test_soup_averages_matching_checkpoints(tmp_path):
     (tmp_path / "b" / "map/map_5A.pt").unlink()
     with pytest.raises(SystemExit, match="missing"):
         soup([tmp_path / "a", tmp_path / "b"], tmp_path / "s4")
+
+
+def test_cv_fits_the_contrast_weight_only_where_the_contrast_helps():
+    """summarize: the contrast's weight maximizes the mean CV residue r (0 for map-only rows, whose contrast is NaN);
+    the ANM weight is fitted on top of it."""
+    from defmap_train.mapmodel import summarize
+    rng = np.random.default_rng(0)
+
+    def rows(contrast):  # "informative", "unrelated" or "absent" (map-only)
+        out = []
+        for p in range(6):
+            lab = np.convolve(rng.normal(size=120), np.ones(5) / 5, "same")
+            pr = lab + rng.normal(0, 0.3, 120)
+            con = {"informative": lab + rng.normal(0, 0.3, 120), "unrelated": rng.normal(size=120),
+                   "absent": np.full(120, np.nan)}[contrast]
+            anm = rng.normal(size=120)
+            out.append({"protein": f"p{p}", "residue_r": 0.5, "anm_r": 0.0, "atom_r": 0.5, "sd_spearman": 0.0,
+                        "z_abs": [0.5, 1.5], "_res": (pr, anm, lab, con)})
+        return out
+    helps = summarize(rows("informative"))
+    assert helps["contrast_weight"] >= 0.5 and helps["residue_r_with_contrast"] > helps["contrast_c0_residue_r"]
+    assert helps["anm_weight"] == 0.0  # ANM here is noise
+    assert summarize(rows("unrelated"))["contrast_weight"] <= 0.1  # a contrast unrelated to the labels
+    absent = summarize(rows("absent"))
+    assert absent["contrast_weight"] == 0.0 and "contrast_c0_residue_r" not in absent

@@ -10,7 +10,7 @@ pytest.importorskip("torch", reason="training needs torch (make train-env)")
 
 
 def _result() -> dict:
-    s = {"raw": 0.6, "anm": 0.7, "map": 0.75, "map+model": 0.8, "map+model+anm_fitted": 0.81,
+    s = {"raw": 0.6, "anm": 0.7, "map": 0.75, "map+model_network": 0.79, "map+model": 0.8, "map+model+anm_fitted": 0.81,
          "map+model_sd_spearman": 0.2, "chains": 17}
     return {"command": "defmap-train validate-md --models x", "models": ["onnx/defmap_5A.onnx"],
             "residue_atoms": "backbone", "maps_per_variant": 2, "summary": {"hard": s, "clean": dict(s)}}
@@ -21,14 +21,16 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
     tj = tmp_path / "train2_5A.json"
     tj.write_text(json.dumps({"kinds": {"map+model": {"cv": {"proteins": 54, "residue_r": 0.66, "anm_r": 0.61,
                                                                "coverage68_calibrated": 0.68, "sd_scale": 1.1,
-                                                               "anm_weight": 0.5}}}}))
+                                                               "anm_weight": 0.5, "contrast_weight": 0.2,
+                                                               "residue_r_with_contrast": 0.67}}}}))
     doc = tmp_path / "README.md"
     doc.write_text(f"before\n{DOC_BEGIN}\nold table\n{DOC_END}\nafter\n", encoding="utf-8")
     update_docs([doc], docs_block(_result(), [tj]))
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("before\n") and text.endswith(f"{DOC_END}\nafter\n") and "old table" not in text
-    assert "| 0.600 | 0.700 | 0.750 | 0.800 | 0.810 | 0.200 |" in text  # the columns, in order
+    assert "| 0.600 | 0.700 | 0.750 | 0.790 | 0.800 | 0.810 | 0.200 |" in text  # the columns, in order
     assert "ANM of the structure vs the same labels 0.610" in text
+    assert "with the density contrast (c = 0.2, fitted on that CV) 0.670" in text
     assert "| hard: map + model ≥ ANM + 0.05 | 0.800 | 0.750 | yes |" in text
     update_docs([doc], docs_block(_result(), [tj]))  # idempotent
     assert doc.read_text(encoding="utf-8") == text
@@ -40,7 +42,8 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
 
 def test_sd_slope_fit_finds_errors_that_grow_with_the_prediction():
     """fit_sd_slope: errors whose SD grows with the predicted value give a positive slope, constant errors about
-    zero; the leave-one-chain-out report refits without each chain."""
+    zero; a head SD that tracks the errors keeps its power, a noisy one loses it; the leave-one-chain-out report
+    refits without each chain."""
     import numpy as np
 
     from defmap_train.validate_md import fit_sd_slope, sd_slope_report
@@ -48,18 +51,21 @@ def test_sd_slope_fit_finds_errors_that_grow_with_the_prediction():
     def per_res(v):
         return np.asarray(v, dtype=float)
 
-    def maps(slope: float, seed: int, n: int = 4):
+    def maps(slope: float, seed: int, n: int = 4, head: str = "constant"):
         rng = np.random.default_rng(seed)
         out = []
         for _ in range(n):
             pred = rng.normal(0, 0.2, 300)
             z = (pred - pred.mean()) / pred.std()
-            truth = pred + rng.normal(0, 0.1, 300) * np.exp(slope * z)
-            out.append(("hard", "map+model", (pred, np.full(300, 0.1), per_res, truth)))
+            h = np.exp(rng.normal(0, 0.5, 300))  # a head SD that varies
+            truth = pred + rng.normal(0, 0.1, 300) * np.exp(slope * z) * (h if head == "right" else 1.0)
+            out.append(("hard", "map+model", (pred, 0.1 * (h if head != "constant" else 1.0), per_res, truth)))
         return out
 
-    assert fit_sd_slope(maps(0.6, 1)) == pytest.approx(0.6, abs=0.15)
-    assert abs(fit_sd_slope(maps(0.0, 2))) <= 0.15
+    assert fit_sd_slope(maps(0.6, 1))[0] == pytest.approx(0.6, abs=0.15)
+    assert abs(fit_sd_slope(maps(0.0, 2))[0]) <= 0.15
+    assert fit_sd_slope(maps(0.0, 3, head="right"))[1] >= 0.75  # a head that knows the errors keeps its power
+    assert fit_sd_slope(maps(0.0, 4, head="noise"))[1] <= 0.25  # one that does not is switched off
     rep = sd_slope_report([{"chain": f"c{i}", "_fit": maps(0.6, 10 + i, 2)} for i in range(4)])
     assert rep["map+model"]["sd_slope"] == pytest.approx(0.6, abs=0.15)
     assert rep["map+model"]["loo_spearman"]["hard"] > 0.2
