@@ -68,7 +68,11 @@ class StructureResult:
         extra = {} if self.nma_residue_values is None else {
             i: {"map": float(self.map_residue_values[i]),
                 "normal_modes": None if np.isnan(v) else float(v)} for i, v in enumerate(self.nma_residue_values)}
+        if self.network_residue_values is not None:  # the network alone, before the density contrast
+            for i, v in enumerate(self.network_residue_values):
+                extra.setdefault(i, {})["network"] = float(v)
         return {"files": self.files, "normal_modes": self.nma_residue_values is not None,
+                "contrast_weight": self.contrast_weight,
                 "structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
                 "attribute": self.attribute, "atoms_scored": int(len(self.atoms)), "atoms_outside": self.outside_atoms,
                 "patches": self.patches, "seconds": round(self.seconds, 3), "stages": self.stages,

@@ -335,7 +335,8 @@ def zscore(v: np.ndarray) -> np.ndarray:
 def combine(map_values: np.ndarray, nma_values: np.ndarray, weight: float = 1.0) -> np.ndarray:
     """z(map) + weight x z(ANM) (weight 1 unless a model's metadata carries one fitted on its simulated CV), rescaled
     to the map prediction's mean and SD so the result reads as a (relative) log10 RMSF like the map prediction alone.
-    Entries without a normal-mode value keep the map value.
+    Entries without a normal-mode value keep the map value.  Structure mode also uses it for the density contrast
+    (``cmd.predict_structure``), with the contrast in place of ANM.
     """
     m = np.asarray(map_values, dtype=np.float64)
     both = np.isfinite(m) & np.isfinite(nma_values)

@@ -143,6 +143,9 @@ def test_structure_mode_combines_the_density_contrast_at_the_fitted_weight(cx, m
     shift = (want - base.residue_values)[res.residues.indices(res.atoms.residues)]
     assert np.allclose(res.atom_values, base.atom_values + shift, atol=1e-5)
     assert np.allclose([r.dcon for r in res.residues], want)
+    j = res.as_dict()  # returnJson: the combined value and the network's own
+    assert j["contrast_weight"] == 0.3 and j["residues"][0]["network"] == pytest.approx(base.residue_values[0])
+    assert j["residues"][0]["value"] == pytest.approx(want[0]) and "network" not in base.as_dict()["residues"][0]
 
 
 def test_two_channel_model_runs_without_the_onnx_package(model2, tmp_path):
