@@ -23,6 +23,8 @@ MAPS_PER_BATCH=${MAPS_PER_BATCH:-0}  # > 0: that many maps per batch, the varian
 MAP_KINDS=${MAP_KINDS:-map,dw,clean}  # the simulated maps trained on (round 3: map, the frame-averaged ones)
 SEED=${SEED:-0}                     # train2 --seed (another seed: another ingredient for defmap-train soup)
 INIT_FROM=${INIT_FROM:-}            # an earlier RUNS: its 5 Å fold and final models warm-start this run's
+CLEAN_MAPS=${CLEAN_MAPS:-1}         # clean Debye-Waller maps per protein (dataset --clean-maps; files that exist stay,
+                                    # and train2 uses every file of the kinds in MAP_KINDS)
 
 $PY -m defmap_train validate-md --models ../onnx_models --residue-atoms backbone \
     --out reports/validate_md_shipped_backbone                       # the yardstick, before
@@ -30,7 +32,7 @@ $PY -m defmap_train validate-md --models ../onnx_models --residue-atoms backbone
 $PY -m defmap_train engine-check                                      # engine vs md_reference -> reports/engine_check.json
 # per protein: 4 frame-averaged maps, 2 Debye-Waller (infinite-ensemble) maps, all with confounders, and 1 clean
 # Debye-Waller map; files that exist are kept
-$PY -m defmap_train dataset --maps-per-protein 4 --dw-maps 2 --clean-maps 1 --resolutions 5,6,7
+$PY -m defmap_train dataset --maps-per-protein 4 --dw-maps 2 --clean-maps "$CLEAN_MAPS" --resolutions 5,6,7
 
 kind_dir() { [ "$1" = map ] && echo "$RUNS/map" || echo "$RUNS/mapmodel"; }
 one_kind() {  # CV + final at 5 Å (from scratch, or from INIT_FROM's fold and final models: the CV stays
