@@ -364,12 +364,16 @@ def _nll_table(fits: list[tuple[str, str, tuple]]) -> np.ndarray:
     return np.array([[_slope_nll(f, b, p) for b, p in GRID] for _, _, f in fits]).reshape(len(fits), len(GRID))
 
 
-def fit_sd_slope(fits: list[tuple[str, str, tuple]], table: np.ndarray | None = None) -> tuple[float, float]:
+def _best(table: np.ndarray) -> tuple[float, float]:
+    """The (slope, power) of GRID with the smallest NLL summed over the table's maps."""
+    return GRID[int(np.argmin(table.sum(axis=0)))]
+
+
+def fit_sd_slope(fits: list[tuple[str, str, tuple]]) -> tuple[float, float]:
     """(slope b, power p) of SD = head SD^p x exp(b x the prediction's z-score) that maximize the Gaussian likelihood
     of the errors of these maps (each map's scale free): flexible residues are predicted less surely against MD, which
     the variance head (trained on simulated labels) does not know, and the head itself is only partly right there."""
-    t = _nll_table(fits) if table is None else table
-    return GRID[int(np.argmin(t.sum(axis=0)))]
+    return _best(_nll_table(fits))
 
 
 def sd_slope_report(chains: list[dict]) -> dict:
@@ -384,7 +388,7 @@ def sd_slope_report(chains: list[dict]) -> dict:
         loo: dict[str, list[float]] = {}
         for name in dict.fromkeys(names):
             rest = np.array([n != name for n in names])
-            b, pw = fit_sd_slope([], table[rest])
+            b, pw = _best(table[rest])
             by_variant: dict[str, list[float]] = {}
             for n, v, (mean, sd, per_res, truth) in fits:
                 if n == name:
@@ -392,7 +396,7 @@ def sd_slope_report(chains: list[dict]) -> dict:
                         sd_error_spearman(per_res(mean), per_res(sloped_sd(mean, sd, b, pw)), truth))
             for v, xs in by_variant.items():
                 loo.setdefault(v, []).append(float(np.nanmean(xs)))
-        b, pw = fit_sd_slope([], table)
+        b, pw = _best(table)
         out[kind] = {"sd_slope": b, "sd_power": pw,
                      "fitted_on": f"all {len(set(names))} md_reference chains, all their maps",
                      "loo_spearman": {v: float(np.nanmean(xs)) for v, xs in loo.items()}}
