@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from chimerax.defmap import preprocess as pp
-from chimerax.defmap.nma import anm_log_fluctuations, combine, zscore
+from chimerax.defmap.nma import anm_log_fluctuations, zscore
 
 from .dataset import map_baselines
 from .validate_md import (
@@ -73,11 +73,10 @@ def run(a) -> dict:
             def per_res(v, st=st):
                 return residue_values(v, st.res_index, st.atom_name, st.n_res, "backbone")
 
-            con = per_res(mod.last_contrast)
-            pred = combine(per_res(mean), con, float(mod.calibration.get("contrast_weight", 0.0)))  # structure mode
+            pred = mod.structure_values(per_res(mean), per_res)
             n = st.n_res
             d = {"z": zscore(pred), "sd": per_res(sd), "sd_shipped": per_res(mod.calibrated_sd(mean, sd)),
-                 "contrast": zscore(con), "contacts": _contacts(xyz[st.ca_index()]),
+                 "contrast": zscore(per_res(mod.last_contrast)), "contacts": _contacts(xyz[st.ca_index()]),
                  "from_end": np.minimum(np.arange(n), n - 1 - np.arange(n)).astype(float),
                  "z_map": zscore(per_res(choose(map_models, res).predict(values, x2i, xyz, st.element, res)[0])),
                  "anm": zscore(anm_log_fluctuations(xyz[st.ca_index()])),

@@ -156,6 +156,7 @@ class OnnxModel:
         opt.intra_op_num_threads = 2
         self.session = ort.InferenceSession(str(self.path), opt, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
+        self.last_contrast: np.ndarray | None = None  # set by predict
 
     @property
     def resolution(self) -> float:
@@ -169,6 +170,14 @@ class OnnxModel:
         """The SD the bundle reports (``cmd.predict_structure``): head SD x ``sd_scale`` x exp(``sd_slope`` x the
         prediction's z-score over the atoms)."""
         return calibrated_sd(sd, mean, self.calibration)
+
+    def structure_values(self, residue_pred: np.ndarray, per_res) -> np.ndarray:
+        """Residue values as structure mode reports them (``cmd.predict_structure``): the network's, combined with the
+        last prediction's density contrast at ``calibration.contrast_weight`` (unchanged without one)."""
+        c = float(self.calibration.get("contrast_weight", 0.0))
+        if self.last_contrast is None or c <= 0:
+            return residue_pred
+        return combine(residue_pred, per_res(self.last_contrast), c)
 
     def predict(self, values, x2i, xyz, elements, map_resolution) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-atom (mean log10 RMSF, the head's raw SD or None)."""
@@ -299,13 +308,12 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
             if mod is None:
                 continue
             mean, sd = mod.predict(values, x2i, xyz, st.element, res)
-            pr = per_res(mean)
-            c = float(mod.calibration.get("contrast_weight", 0.0))
+            net = per_res(mean)
+            pr = mod.structure_values(net, per_res)
             if mod.last_contrast is not None:
                 row["contrast"] = pearson(per_res(mod.last_contrast), truth)  # the one voxel alone, a diagnostic
-            if mod.last_contrast is not None and c > 0:  # structure mode's output (cmd.predict_structure)
-                row[f"{kind}_network"] = pearson(pr, truth)
-                pr = combine(pr, per_res(mod.last_contrast), c)
+            if pr is not net:  # the contrast was combined: the network alone beside it
+                row[f"{kind}_network"] = pearson(net, truth)
             kind_pred[kind] = pr
             row[kind] = pearson(pr, truth)
             row[f"{kind}_model"] = mod.path.name
