@@ -60,7 +60,9 @@ class StructureResult:
     atom_sd: np.ndarray | None = None  # predicted SD per atom (models with a variance output, x calibrated scale)
     residue_atoms: str = "heavy"  # which atoms' values a residue value averages: ca, backbone or heavy
     contrast_weight: float = 0.0  # weight of the density contrast combined with the network (map + model models)
-    network_residue_values: np.ndarray | None = None  # the network alone, when the contrast was combined
+    network_residue_values: np.ndarray | None = None  # the network alone, when a contrast was combined
+    native_contrast_weight: float = 0.0  # weight of the contrast at the map's own resolution (preprocess)
+    native_resolution: float | None = None  # the resolution (Å) that contrast was computed at
 
     def as_dict(self) -> dict:
         res = self.residues
@@ -68,11 +70,12 @@ class StructureResult:
         extra = {} if self.nma_residue_values is None else {
             i: {"map": float(self.map_residue_values[i]),
                 "normal_modes": None if np.isnan(v) else float(v)} for i, v in enumerate(self.nma_residue_values)}
-        if self.network_residue_values is not None:  # the network alone, before the density contrast
+        if self.network_residue_values is not None:  # the network alone, before the density contrasts
             for i, v in enumerate(self.network_residue_values):
                 extra.setdefault(i, {})["network"] = float(v)
         return {"files": self.files, "normal_modes": self.nma_residue_values is not None,
-                "contrast_weight": self.contrast_weight,
+                "contrast_weight": self.contrast_weight, "native_contrast_weight": self.native_contrast_weight,
+                "native_contrast_resolution": self.native_resolution,
                 "structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
                 "attribute": self.attribute, "atoms_scored": int(len(self.atoms)), "atoms_outside": self.outside_atoms,
                 "patches": self.patches, "seconds": round(self.seconds, 3), "stages": self.stages,
@@ -284,15 +287,23 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     if log_var is not None:
         atom_sd = dm_model.calibrated_sd(np.exp(0.5 * log_var[prep.point_to_center[scored]]), atom_vals,
                                          info.calibration)
-    net_vals, c_weight = None, float(info.calibration.get("contrast_weight", 0.0))
-    if c_weight > 0 and pp.MODEL_CHANNEL in info.channels:  # + c z(contrast), c fitted on the simulated CV
+    net_vals, terms = None, []
+    c_weight = float(info.calibration.get("contrast_weight", 0.0)) if pp.MODEL_CHANNEL in info.channels else 0.0
+    n_weight = float(info.calibration.get("native_contrast_weight", 0.0))
+    if c_weight > 0:  # + c z(contrast on the network's lattice), c fitted on the simulated CV
         grid = prep.grid.values
         contrast = pp.density_contrast(grid[info.channels.index(pp.MAP_CHANNEL)],
                                        grid[info.channels.index(pp.MODEL_CHANNEL)],
                                        prep.centers)[prep.point_to_center[scored]]
-        con_res = residue_subset_means(scored_atoms, contrast, res_list,
-                                       _residue_means(scored_atoms, contrast)[1], residue_atoms)
-        net_vals, res_vals = res_vals, nma.combine(res_vals, con_res, c_weight)
+        terms.append((_residue_term(scored_atoms, contrast, res_list, residue_atoms), c_weight))
+    native_res = None
+    if n_weight > 0:  # + n z(contrast at the map's own resolution and sampling), n fitted on the simulated CV
+        native_res = float(map_resolution or info.spec.filter_resolution)
+        rigid = pp.rigid_density_at(xyz, pp.element_weights(heavy.element_names), native_res)[scored]
+        native = pp.native_contrast(pp.map_values_at(values, xyz_to_ijk, xyz[scored]), rigid)
+        terms.append((_residue_term(scored_atoms, native, res_list, residue_atoms), n_weight))
+    if terms:
+        net_vals, res_vals = res_vals, nma.combine_terms(res_vals, terms)
         atom_vals = atom_vals + (res_vals - net_vals)[res_list.indices(scored_atoms.residues)]
     stages["mapping"] = time.perf_counter() - t0
     return StructureResult(structure=structures[0], model=info, provider=predictor.provider, atoms=scored_atoms,
@@ -301,8 +312,13 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
                            seconds=time.perf_counter() - t_start, stages=stages, attribute=attribute,
                            atom_rotation_values=per_rotation[prep.point_to_center[scored]] if rotations > 1 else None,
                            atom_sd=atom_sd, residue_atoms=residue_atoms,
-                           contrast_weight=c_weight if net_vals is not None else 0.0,
-                           network_residue_values=net_vals)
+                           contrast_weight=c_weight, network_residue_values=net_vals,
+                           native_contrast_weight=n_weight, native_resolution=native_res)
+
+
+def _residue_term(atoms, values: np.ndarray, res_list, residue_atoms: str) -> np.ndarray:
+    """Per-residue means of a per-atom term over the residue atoms structure mode reports."""
+    return residue_subset_means(atoms, values, res_list, _residue_means(atoms, values)[1], residue_atoms)
 
 
 
@@ -422,7 +438,11 @@ def log_structure_summary(session, result: StructureResult) -> None:
             ("Provider", escape(result.provider)),
             *([("Density contrast", f"network combined with the fitted model's density minus the map's at each atom "
                 f"(z-scores, weight {result.contrast_weight:g} fitted on the simulated CV)")]
-              if result.network_residue_values is not None else []),
+              if result.contrast_weight > 0 else []),
+            *([("Contrast at map resolution", f"network combined with a rigid model's density minus the map's at each "
+                f"atom, at {result.native_resolution:g} Å on the map's own grid (z-scores, weight "
+                f"{result.native_contrast_weight:g} fitted on the simulated CV)")]
+              if result.native_contrast_weight > 0 else []),
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
             *([("Normal modes", f"map prediction combined with ANM of {np.isfinite(result.nma_residue_values).sum():,}"
                 f" C-alpha atoms (sum of z-scores; attributes <i>{result.attribute}_map</i>, "

@@ -335,16 +335,25 @@ def zscore(v: np.ndarray) -> np.ndarray:
 def combine(map_values: np.ndarray, nma_values: np.ndarray, weight: float = 1.0) -> np.ndarray:
     """z(map) + weight x z(ANM) (weight 1 unless a model's metadata carries one fitted on its simulated CV), rescaled
     to the map prediction's mean and SD so the result reads as a (relative) log10 RMSF like the map prediction alone.
-    Entries without a normal-mode value keep the map value.  Structure mode also uses it for the density contrast
-    (``cmd.predict_structure``), with the contrast in place of ANM.
+    Entries without a normal-mode value keep the map value.  Structure mode also uses it for the density contrasts
+    (``cmd.predict_structure``, through :func:`combine_terms`).
     """
+    return combine_terms(map_values, [(nma_values, weight)])
+
+
+def combine_terms(map_values: np.ndarray, terms) -> np.ndarray:
+    """z(map) + sum of weight x z(term) over (term, weight) pairs with a non-zero weight, rescaled to the map
+    prediction's mean and SD; entries where a term has no value keep the map value."""
     m = np.asarray(map_values, dtype=np.float64)
-    both = np.isfinite(m) & np.isfinite(nma_values)
+    terms = [(np.asarray(t, dtype=np.float64), float(w)) for t, w in terms if float(w) != 0.0]
+    ok = np.isfinite(m)
+    for t, _ in terms:
+        ok &= np.isfinite(t)
     out = m.copy()
-    if both.sum() < 2:
+    if ok.sum() < 2 or not terms:
         return out
-    s = zscore(m[both]) + float(weight) * zscore(np.asarray(nma_values, dtype=np.float64)[both])
-    out[both] = np.mean(m[both]) + np.std(m[both]) * zscore(s)
+    s = zscore(m[ok]) + sum(w * zscore(t[ok]) for t, w in terms)
+    out[ok] = np.mean(m[ok]) + np.std(m[ok]) * zscore(s)
     return out
 
 

@@ -148,6 +148,73 @@ def test_structure_mode_combines_the_density_contrast_at_the_fitted_weight(cx, m
     assert j["residues"][0]["value"] == pytest.approx(want[0]) and "network" not in base.as_dict()["residues"][0]
 
 
+def test_rigid_density_and_native_contrast():
+    """rigid_density_at is the molmap sum over all atoms (chunked or not); native_contrast ranks atoms the map blurs
+    beyond a rigid model above the rest, at the map's own resolution, where the network's 5 Å lattice is coarser."""
+    from chimerax.defmap.nma import combine, combine_terms
+    rng = np.random.default_rng(1)
+    xyz = np.cumsum(rng.normal(0, 1, (400, 3)) * 3.8 / np.sqrt(3), axis=0)
+    w = rng.choice([6.0, 7.0, 8.0], 400)
+    sigma = pp.SIGMA_PER_RESOLUTION * 3.0
+    d2 = ((xyz[:, None] - xyz[None]) ** 2).sum(-1)
+    brute = (w[None] * np.exp(-d2 / (2 * sigma ** 2)) * (d2 <= (3.5 * sigma) ** 2)).sum(1)
+    assert np.allclose(pp.rigid_density_at(xyz, w, 3.0), brute)
+    assert np.allclose(pp.rigid_density_at(xyz, w, 3.0, chunk=37), brute)
+    rmsf = np.where(np.arange(400) < 200, 0.3, 2.5)  # the second half moves
+    values, origin = simulate_map(xyz, rmsf, resolution=3.0, voxel=0.8)
+    x2i = pp.grid_transforms(origin, (0.8,) * 3)[0]
+    at = pp.map_values_at(values, x2i, xyz)
+    con = pp.native_contrast(at, pp.rigid_density_at(xyz, np.ones(400), 3.0))
+    assert np.nanmean(con[200:]) > np.nanmean(con[:200]) + 1.0
+    assert np.isnan(pp.native_contrast(np.ones(5), np.arange(5.0))).all()  # a flat map has no contrast
+    a, b, c = rng.normal(size=(3, 50))
+    assert np.allclose(combine_terms(a, [(b, 0.4)]), combine(a, b, 0.4))
+    want = np.mean(a) + np.std(a) * zs(zs(a) + 0.4 * zs(b) + 0.7 * zs(c))
+    assert np.allclose(combine_terms(a, [(b, 0.4), (c, 0.7), (a, 0.0)]), want)
+
+
+def zs(v):
+    return (v - v.mean()) / v.std()
+
+
+def test_structure_mode_combines_the_contrast_at_map_resolution(cx, model2, tmp_path):
+    """calibration.native_contrast_weight n: residue values are z(network) + n z(native contrast), the rigid model's
+    density at the given map resolution against the map's own values at the atoms (at the model's filter resolution
+    when none is given); log and returnJson say so."""
+    from chimerax.pdb import open_pdb
+
+    from chimerax.defmap import nma
+    from chimerax.defmap.common import residue_means, residue_subset_means
+    s = open_pdb(cx, str(shared_path("md_reference", "1ail_A.pdb")))[0][0]
+    cx.models.add([s])
+    heavy = s.atoms.filter(s.atoms.element_numbers != 1)
+    rmsf = np.where(np.arange(len(heavy)) % 97 < 40, 2.0, 0.5)
+    values, origin = simulate_map(heavy.coords, rmsf, resolution=3.5, noise=0.1, seed=4)
+    v = add_map(cx, values, origin)
+    withn = two_channel_model(tmp_path / "native.onnx", calibration={"sd_scale": 1.0, "native_contrast_weight": 0.6})
+    spec = f"defmap #{v.id_string} structure #{s.id_string} color false model "
+    base = run(cx, spec + str(model2) + " attribute nbase")
+    x2i = pp.grid_transforms(origin, (1.0,) * 3)[0]
+    for given, used in ((" mapResolution 3.5", 3.5), ("", 5.0)):
+        res = run(cx, spec + str(withn) + given + " attribute nnat")
+        assert res.native_contrast_weight == 0.6 and res.native_resolution == used and res.contrast_weight == 0.0
+        assert res.atoms == heavy
+        native = pp.native_contrast(pp.map_values_at(values, x2i, heavy.coords),
+                                    pp.rigid_density_at(heavy.coords, pp.element_weights(heavy.element_names), used))
+        rl, heavy_means = residue_means(res.atoms, native)
+        nat = residue_subset_means(res.atoms, native, rl, heavy_means, "backbone")
+        if given:
+            base_given = run(cx, spec + str(model2) + given + " attribute nbase")
+            want = nma.combine(base_given.residue_values, nat, 0.6)
+        else:
+            want = nma.combine(base.residue_values, nat, 0.6)
+        assert np.allclose(res.residue_values, want)
+        assert np.allclose([r.nnat for r in res.residues], want)
+        j = res.as_dict()
+        assert j["native_contrast_weight"] == 0.6 and j["native_contrast_resolution"] == used
+    assert base.native_contrast_weight == 0.0 and base.as_dict()["native_contrast_resolution"] is None
+
+
 def test_two_channel_model_runs_without_the_onnx_package(model2, tmp_path):
     """ChimeraX ships no onnx package: metadata, channels and the variance come through onnx_format + onnxruntime."""
     import subprocess

@@ -31,7 +31,7 @@ def map_baselines(values: np.ndarray, xyz_to_ijk: np.ndarray, xyz: np.ndarray, v
     """
     m = np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
     ijk = xyz @ m[:, :3].T + m[:, 3]
-    at = ndimage.map_coordinates(values, ijk[:, ::-1].T, order=1, mode="nearest")
+    at = pp.map_values_at(values, xyz_to_ijk, xyz)
     r = max(1, int(round(4.0 / vs)))
     zz, yy, xx = np.mgrid[-r:r + 1, -r:r + 1, -r:r + 1]
     ball = (zz ** 2 + yy ** 2 + xx ** 2 <= r * r).astype(np.float32)

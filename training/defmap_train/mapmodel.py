@@ -9,9 +9,11 @@ part), then a final model on all proteins.  Both networks output a mean log10 RM
 From the CV predictions it measures, per protein: residue r of the network, residue r of ANM of the structure (how
 much of the labels the structure alone explains), 68 % interval coverage and Spearman(SD, |error|); and fits two
 numbers stored in the exported models' metadata under ``calibration``: ``sd_scale`` (the SD multiplier that gives
-68 % coverage on the CV), ``contrast_weight`` (map + model only: weight c of z(model density − map density at the
-atom, ``preprocess.density_contrast``) in structure mode's z(network) + c z(contrast) that maximizes the mean CV
-residue r) and ``anm_weight`` (weight w of z(ANM) added to that with ``normalModes``; 0 means the prior is dropped).
+68 % coverage on the CV), ``contrast_weight`` and ``native_contrast_weight`` (map + model only: weights c and n of
+z(model density − map density at the atom on the network's lattice, ``preprocess.density_contrast``) and of z(the
+same at the map's own resolution and sampling, ``preprocess.native_contrast``) in structure mode's z(network) +
+c z(contrast) + n z(native contrast), fitted together on a grid to maximize the mean CV residue r) and
+``anm_weight`` (weight w of z(ANM) added to that with ``normalModes``; 0 means the prior is dropped).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from scipy import stats
 
 from chimerax.defmap.model import calibrated_sd
 from chimerax.defmap.nma import anm_log_fluctuations, zscore
-from chimerax.defmap.preprocess import density_contrast
+from chimerax.defmap.preprocess import density_contrast, element_weights, native_contrast, rigid_density_at
 
 from .dataset import Item, list_samples, load_item
 from .evaluate import folds_of, load_items, split_proteins
@@ -48,6 +50,7 @@ def residue_values(v: np.ndarray, res_index: np.ndarray, sel: np.ndarray | None 
 
 
 _ANM: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+_RIGID: dict[tuple[str, float], np.ndarray] = {}
 
 
 def anm_of(name: str, ensembles: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -60,7 +63,25 @@ def anm_of(name: str, ensembles: Path) -> tuple[np.ndarray, np.ndarray]:
     return _ANM[name]
 
 
-def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0, sd_power: float = 1.0) -> dict:
+def native_of(it: Item, ensembles: Path, filter_resolution: float) -> np.ndarray:
+    """Per-atom contrast at the map's own resolution (``preprocess.native_contrast``) of a sample, as structure mode
+    computes it: the map's value at each atom (the sample's raw intensity, read on the simulated map's own grid)
+    against the fitted model's rigid density at the map's resolution when it was given, else at the network's."""
+    from .ensembles import load_record
+    with np.load(it.path, allow_pickle=False) as z:
+        given = bool(z["resolution_given"]) if "resolution_given" in z.files else False
+        res = float(z["resolution"]) if given else float(filter_resolution)
+    key = (it.protein, round(res, 6))
+    if key not in _RIGID:
+        rec = load_record(Path(ensembles) / f"{it.protein}.npz")
+        _RIGID[key] = rigid_density_at(np.asarray(rec["xyz"], dtype=np.float64), element_weights(rec["element"]), res)
+        if len(_RIGID) > 256:  # a bounded cache: the CV visits each protein's maps together
+            _RIGID.pop(next(iter(_RIGID)))
+    return native_contrast(-np.asarray(it.baselines["raw_intensity"], dtype=np.float64), _RIGID[key])
+
+
+def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0, sd_power: float = 1.0,
+              filter_resolution: float = 5.0) -> dict:
     """Per-map metrics of one test map (residue level = mean over backbone atoms, the md_reference winner).  The SD
     is the head's to the power sd_power, times exp(sd_slope x the prediction's z-score over the map's centres), as
     the bundle reports it before sd_scale."""
@@ -76,15 +97,16 @@ def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0, sd_power:
     if it.model_grid is not None and getattr(model, "in_channels", 1) == 2:
         con = residue_values(atom_predictions(it, density_contrast(it.grid, it.model_grid, it.centers)),
                              it.res_index, bb)
+        nat = residue_values(native_of(it, ensembles, filter_resolution), it.res_index, bb)
     else:
-        con = np.full_like(pr, np.nan)
+        con = nat = np.full_like(pr, np.nan)
     good = np.isfinite(pr) & np.isfinite(lab) & np.isfinite(anm)
     a, b = np.polyfit(pr[good], lab[good], 1)
     err = np.abs(lab[good] - (a * pr[good] + b))
     return {"protein": it.protein, "residue_r": pearson(pr, lab), "anm_r": pearson(anm, lab),
             "atom_r": pearson(pa, it.log_rmsf), "sd_spearman": float(stats.spearmanr(sr[good], err).statistic),
             "z_abs": (np.abs(it.labels[ok] - mu[ok]) / sd_c[ok]).tolist(),  # centre voxels, absolute scale
-            "_res": (pr[good], anm[good], lab[good], con[good])}
+            "_res": (pr[good], anm[good], lab[good], con[good], nat[good])}
 
 
 def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
@@ -107,20 +129,25 @@ def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
             per_p.setdefault(r["protein"], []).append(v)
         return float(np.nanmean([np.nanmean(v) for v in per_p.values()]))
 
-    best = (0.0, -np.inf)
-    if all(np.isfinite(r["_res"][3]).all() for r in rows):  # two-channel model: fit the contrast's weight first
-        for c in CONTRAST_WEIGHTS:
-            m = mean_r([pearson(zscore(p) + c * zscore(con), lab) for r in rows for p, _, lab, con in [r["_res"]]])
-            out[f"contrast_c{c:g}_residue_r"] = m
-            if m > best[1] + 1e-9:
-                best = (float(c), m)
-    c = best[0]
-    out["contrast_weight"] = c
-    out["residue_r_with_contrast"] = best[1] if np.isfinite(best[1]) else out["residue_r"]
+    c, n, best_r = 0.0, 0.0, -np.inf
+    if all(np.isfinite(r["_res"][3]).all() for r in rows):  # two-channel model: fit the contrasts' weights first
+        table = {}
+        for c_ in CONTRAST_WEIGHTS:
+            for n_ in CONTRAST_WEIGHTS:
+                table[c_, n_] = mean_r([pearson(zscore(p) + c_ * zscore(con) + n_ * zscore(nat), lab)
+                                        for r in rows for p, _, lab, con, nat in [r["_res"]]])
+                if table[c_, n_] > best_r + 1e-9:
+                    c, n, best_r = float(c_), float(n_), table[c_, n_]
+        for c_ in CONTRAST_WEIGHTS:  # the lattice contrast alone, and the native one at the fitted lattice weight
+            out[f"contrast_c{c_:g}_residue_r"] = table[c_, 0.0]
+            out[f"native_n{c_:g}_residue_r"] = table[c, c_]
+    out["contrast_weight"], out["native_contrast_weight"] = c, n
+    out["residue_r_with_contrast"] = best_r if np.isfinite(best_r) else out["residue_r"]
     best = None
     for w in WEIGHTS:
-        rs = [pearson(zscore(zscore(p) + c * (zscore(con) if c else 0.0)) + w * zscore(an), lab)
-              for r in rows for p, an, lab, con in [r["_res"]]]
+        rs = [pearson(zscore(zscore(p) + (c * zscore(con) if c else 0.0) + (n * zscore(nat) if n else 0.0))
+                      + w * zscore(an), lab)
+              for r in rows for p, an, lab, con, nat in [r["_res"]]]
         m = mean_r(rs)
         out[f"zsum_w{w:g}_residue_r"] = m
         if best is None or m > best[1] + 1e-9:
@@ -197,7 +224,7 @@ def run(a) -> dict:
                 print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
             for p in test:
                 for f in groups[p][:a.eval_maps]:
-                    rows.append(item_rows(model, load_item(f, res), ens, a.sd_slope, a.sd_power))
+                    rows.append(item_rows(model, load_item(f, res), ens, a.sd_slope, a.sd_power, res))
         summ = summarize(rows) if rows else {}
         if summ:
             summ["sd_slope"], summ["sd_power"] = a.sd_slope, a.sd_power
@@ -209,7 +236,8 @@ def run(a) -> dict:
         if summ:
             print(f"{kind} CV: residue r {summ['residue_r']:.3f} (ANM of the structure {summ['anm_r']:.3f}), "
                   f"coverage68 {summ['coverage68_raw']:.3f} (sd_scale {summ['sd_scale']:.2f}), "
-                  f"Spearman(SD,|err|) {summ['sd_spearman']:.3f}, contrast_weight {summ['contrast_weight']} "
+                  f"Spearman(SD,|err|) {summ['sd_spearman']:.3f}, contrast_weight {summ['contrast_weight']}, "
+                  f"native_contrast_weight {summ.get('native_contrast_weight', 0.0)} "
                   f"(residue r {summ['residue_r_with_contrast']:.3f}), anm_weight {summ['anm_weight']}", flush=True)
         ckf = out / f"{kind}_{res:g}A.pt"
         if a.minutes > 0 and not ckf.exists():
@@ -224,6 +252,7 @@ def run(a) -> dict:
             model, ck = load_checkpoint(ckf)
             cal = {"sd_scale": summ.get("sd_scale", 1.0), "anm_weight": summ.get("anm_weight", 0.0),
                    "contrast_weight": summ.get("contrast_weight", 0.0),
+                   "native_contrast_weight": summ.get("native_contrast_weight", 0.0),
                    "sd_slope": summ.get("sd_slope", 0.0), "sd_power": summ.get("sd_power", 1.0),
                    "fitted_on": fitted_on}
             if cal["sd_slope"] or cal["sd_power"] != 1.0:

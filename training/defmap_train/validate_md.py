@@ -33,7 +33,7 @@ from scipy import stats
 
 from chimerax.defmap import preprocess as pp
 from chimerax.defmap.model import calibrated_sd
-from chimerax.defmap.nma import anm_log_fluctuations, combine, zscore
+from chimerax.defmap.nma import anm_log_fluctuations, combine, combine_terms, zscore
 
 from .cli import DEFAULT_DATA, REPO, SHARED, seed_of
 from .ensembles import _record
@@ -157,6 +157,7 @@ class OnnxModel:
         self.session = ort.InferenceSession(str(self.path), opt, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
         self.last_contrast: np.ndarray | None = None  # set by predict
+        self.last_native: np.ndarray | None = None
 
     @property
     def resolution(self) -> float:
@@ -173,11 +174,12 @@ class OnnxModel:
 
     def structure_values(self, residue_pred: np.ndarray, per_res) -> np.ndarray:
         """Residue values as structure mode reports them (``cmd.predict_structure``): the network's, combined with the
-        last prediction's density contrast at ``calibration.contrast_weight`` (unchanged without one)."""
-        c = float(self.calibration.get("contrast_weight", 0.0))
-        if self.last_contrast is None or c <= 0:
-            return residue_pred
-        return combine(residue_pred, per_res(self.last_contrast), c)
+        last prediction's density contrast at ``calibration.contrast_weight`` and its contrast at the map's own
+        resolution at ``calibration.native_contrast_weight`` (unchanged without them)."""
+        terms = [(per_res(v), float(self.calibration.get(key, 0.0)))
+                 for v, key in ((self.last_contrast, "contrast_weight"), (self.last_native, "native_contrast_weight"))
+                 if v is not None and float(self.calibration.get(key, 0.0)) > 0]
+        return combine_terms(residue_pred, terms) if terms else residue_pred
 
     def predict(self, values, x2i, xyz, elements, map_resolution) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-atom (mean log10 RMSF, the head's raw SD or None)."""
@@ -188,6 +190,10 @@ class OnnxModel:
         ok = prep.point_to_center >= 0
         mean[ok] = y[0][prep.point_to_center[ok]]
         self.last_contrast = None  # per atom, two-channel models: what structure mode combines with the network
+        self.last_native = None
+        if float(self.calibration.get("native_contrast_weight", 0.0)) > 0 or self.kind == "map+model":
+            rigid = pp.rigid_density_at(xyz, pp.element_weights(elements), map_resolution or self.resolution)
+            self.last_native = pp.native_contrast(pp.map_values_at(values, x2i, xyz), rigid)
         if self.kind == "map+model":
             self.last_contrast = np.full(len(xyz), np.nan)
             self.last_contrast[ok] = pp.density_contrast(x[self.channels.index(pp.MAP_CHANNEL)],
@@ -312,6 +318,7 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
             pr = mod.structure_values(net, per_res)
             if mod.last_contrast is not None:
                 row["contrast"] = pearson(per_res(mod.last_contrast), truth)  # the one voxel alone, a diagnostic
+                row["native"] = pearson(per_res(mod.last_native), truth)  # and the contrast at the map's resolution
             if pr is not net:  # the contrast was combined: the network alone beside it
                 row[f"{kind}_network"] = pearson(net, truth)
             kind_pred[kind] = pr
@@ -326,7 +333,7 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
                     row[f"map_{atoms}"] = pearson(per_res(mean, atoms), truth)
             if sd is not None:
                 row[f"{kind}_sd_spearman"] = sd_error_spearman(pr, per_res(mod.calibrated_sd(mean, sd)), truth)
-                row[f"_fit_{kind}"] = (mean, sd, per_res, truth)  # for fit_sd_slope
+                row[f"_fit_{kind}"] = (mean, sd, per_res, truth, pr)  # for fit_sd_slope
             # a diagnostic for the SD: does the predicted value itself (more flexible = less sure) rank the errors?
             row[f"{kind}_value_spearman"] = sd_error_spearman(pr, pr, truth)
         if len(kind_pred) == 2:  # do the two kinds' disagreement rank the map + model errors? (a diagnostic)
@@ -356,8 +363,8 @@ def sloped_sd(mean: np.ndarray, sd: np.ndarray, b: float, power: float = 1.0) ->
 def _slope_nll(fit, b: float, power: float = 1.0) -> float:
     """Gaussian NLL of one map's residue errors at slope b and power, the map's own scale profiled out: per residue,
     SD = residue mean of ``sloped_sd``, error = MD minus the map's least-squares line on the prediction."""
-    mean, sd, per_res, truth = fit
-    pr, s = per_res(mean), per_res(sloped_sd(mean, sd, b, power))
+    mean, sd, per_res, truth = fit[:4]
+    pr, s = _reported(fit), per_res(sloped_sd(mean, sd, b, power))
     ok = np.isfinite(pr) & np.isfinite(s) & np.isfinite(truth) & (s > 0)
     a, c = np.polyfit(pr[ok], truth[ok], 1)
     e2 = (truth[ok] - (a * pr[ok] + c)) ** 2
@@ -365,6 +372,12 @@ def _slope_nll(fit, b: float, power: float = 1.0) -> float:
 
 
 GRID = [(float(b), p) for p in POWERS for b in SLOPES]
+
+
+def _reported(fit: tuple) -> np.ndarray:
+    """The residue values whose errors the SD is judged on: what structure mode reports (network and contrasts),
+    else the network's own residue means."""
+    return fit[4] if len(fit) > 4 else fit[2](fit[0])
 
 
 def _nll_table(fits: list[tuple[str, str, tuple]]) -> np.ndarray:
@@ -398,10 +411,11 @@ def sd_slope_report(chains: list[dict]) -> dict:
             rest = np.array([n != name for n in names])
             b, pw = _best(table[rest])
             by_variant: dict[str, list[float]] = {}
-            for n, v, (mean, sd, per_res, truth) in fits:
+            for n, v, fit in fits:
                 if n == name:
+                    mean, sd, per_res, truth = fit[:4]
                     by_variant.setdefault(v, []).append(
-                        sd_error_spearman(per_res(mean), per_res(sloped_sd(mean, sd, b, pw)), truth))
+                        sd_error_spearman(_reported(fit), per_res(sloped_sd(mean, sd, b, pw)), truth))
             for v, xs in by_variant.items():
                 loo.setdefault(v, []).append(float(np.nanmean(xs)))
         b, pw = _best(table)
@@ -411,7 +425,8 @@ def sd_slope_report(chains: list[dict]) -> dict:
     return out
 
 
-COLUMNS = [("raw", "raw intensity"), ("contrast", "density contrast alone"), ("anm", "ANM (fitted model)"),
+COLUMNS = [("raw", "raw intensity"), ("contrast", "density contrast alone"),
+           ("native", "contrast at map resolution alone"), ("anm", "ANM (fitted model)"),
            ("map", "map-only"),
            ("map+model_network", "map + model network alone"),
            ("map+model", "map + model (structure mode)"), ("map+anm_zsum", "map-only ⊕ ANM (z-sum)"),
@@ -525,7 +540,12 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
                 lines.append(f"Training set ({_rel(p)}, {kind}, protein-disjoint CV on "
                              f"{cv['proteins']} simulated proteins): network residue r {_f(cv['residue_r'])}"
                              + (f", with the density contrast (c = {cv['contrast_weight']:g}, fitted on that CV) "
-                                f"{_f(cv['residue_r_with_contrast'])}" if cv.get("contrast_weight") else "")
+                                f"{_f(cv['residue_r_with_contrast'])}"
+                                if cv.get("contrast_weight") and not cv.get("native_contrast_weight") else "")
+                             + (f", with the density contrasts (c = {cv.get('contrast_weight', 0.0):g} on the "
+                                f"network's lattice, n = {cv['native_contrast_weight']:g} at the map's resolution, "
+                                f"fitted together on that CV) {_f(cv['residue_r_with_contrast'])}"
+                                if cv.get("native_contrast_weight") else "")
                              + ", ANM of "
                              f"the structure vs the same labels {_f(cv['anm_r'])}; 68 % coverage "
                              f"{_f(cv['coverage68_calibrated'])} after sd_scale {cv['sd_scale']:.2f}; "

@@ -241,26 +241,32 @@ def test_soup_averages_matching_checkpoints(tmp_path):
         soup([tmp_path / "a", tmp_path / "b"], tmp_path / "s4")
 
 
-def test_cv_fits_the_contrast_weight_only_where_the_contrast_helps():
-    """summarize: the contrast's weight maximizes the mean CV residue r (0 for map-only rows, whose contrast is NaN);
-    the ANM weight is fitted on top of it."""
+def test_cv_fits_the_contrast_weights_only_where_the_contrasts_help():
+    """summarize: the two contrasts' weights (on the network's lattice, at the map's own resolution) are fitted
+    together to maximize the mean CV residue r (both 0 for map-only rows, whose contrasts are NaN); the ANM weight is
+    fitted on top of them."""
     from defmap_train.mapmodel import summarize
     rng = np.random.default_rng(0)
 
-    def rows(contrast):  # "informative", "unrelated" or "absent" (map-only)
+    def rows(contrast, native="unrelated"):  # "informative", "unrelated" or "absent" (map-only)
         out = []
         for p in range(6):
             lab = np.convolve(rng.normal(size=120), np.ones(5) / 5, "same")
             pr = lab + rng.normal(0, 0.3, 120)
-            con = {"informative": lab + rng.normal(0, 0.3, 120), "unrelated": rng.normal(size=120),
-                   "absent": np.full(120, np.nan)}[contrast]
+            con, nat = ({"informative": lab + rng.normal(0, 0.3, 120), "unrelated": rng.normal(size=120),
+                         "absent": np.full(120, np.nan)}[k] for k in (contrast, native))
             anm = rng.normal(size=120)
             out.append({"protein": f"p{p}", "residue_r": 0.5, "anm_r": 0.0, "atom_r": 0.5, "sd_spearman": 0.0,
-                        "z_abs": [0.5, 1.5], "_res": (pr, anm, lab, con)})
+                        "z_abs": [0.5, 1.5], "_res": (pr, anm, lab, con, nat)})
         return out
     helps = summarize(rows("informative"))
     assert helps["contrast_weight"] >= 0.5 and helps["residue_r_with_contrast"] > helps["contrast_c0_residue_r"]
+    assert helps["native_contrast_weight"] <= 0.1  # the native contrast is noise here
     assert helps["anm_weight"] == 0.0  # ANM here is noise
+    native = summarize(rows("unrelated", "informative"))
+    assert native["contrast_weight"] <= 0.1 and native["native_contrast_weight"] >= 0.5
+    assert native["residue_r_with_contrast"] > native["native_n0_residue_r"]
     assert summarize(rows("unrelated"))["contrast_weight"] <= 0.1  # a contrast unrelated to the labels
-    absent = summarize(rows("absent"))
-    assert absent["contrast_weight"] == 0.0 and "contrast_c0_residue_r" not in absent
+    absent = summarize(rows("absent", "absent"))
+    assert absent["contrast_weight"] == 0.0 and absent["native_contrast_weight"] == 0.0
+    assert "contrast_c0_residue_r" not in absent

@@ -34,6 +34,12 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
     assert "| hard: map + model ≥ ANM + 0.05 | 0.800 | 0.750 | yes |" in text
     update_docs([doc], docs_block(_result(), [tj]))  # idempotent
     assert doc.read_text(encoding="utf-8") == text
+    both = json.loads(tj.read_text())
+    both["kinds"]["map+model"]["cv"]["native_contrast_weight"] = 0.3
+    tj.write_text(json.dumps(both))
+    native = docs_block(_result(), [tj])
+    assert ("with the density contrasts (c = 0.2 on the network's lattice, n = 0.3 at the map's resolution, fitted "
+            "together on that CV) 0.670") in native and "with the density contrast (c" not in native
     bare = tmp_path / "CARD.md"
     bare.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- validate-md:begin -->"):
