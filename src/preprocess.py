@@ -403,8 +403,9 @@ def rigid_density_at(points_xyz: np.ndarray, weights: np.ndarray, resolution: fl
     for lo in range(0, len(xyz), chunk):
         part = cKDTree(xyz[lo:lo + chunk])
         d = part.sparse_distance_matrix(tree, 3.5 * sigma, output_type="ndarray")
+        d = d[d["j"] != d["i"] + lo]  # the atom itself is added below, whether or not scipy lists distance 0
         s = np.bincount(d["i"], w[d["j"]] * np.exp(-d["v"] ** 2 / (2 * sigma * sigma)), minlength=len(part.data))
-        out[lo:lo + chunk] = s  # the atom itself is among its neighbours (distance 0)
+        out[lo:lo + chunk] = s + w[lo:lo + chunk]
     return out
 
 
