@@ -95,10 +95,12 @@ class VoxelResult:
     level: float
     seconds: float
     stages: dict = field(default_factory=dict)
+    map_anm_weight: float = 0.0  # weight of normal modes of the map's own pseudo-atoms (nma.map_elastic_network)
 
     def as_dict(self) -> dict:
         return {"map": self.volume.atomspec, "dynamics_map": self.dynamics.atomspec, "model": self.model.name,
                 "provider": self.provider, "voxels": self.voxels, "level": self.level,
+                "normal_modes": self.map_anm_weight > 0, "map_anm_weight": self.map_anm_weight,
                 "seconds": round(self.seconds, 3), "stages": self.stages}
 
 
@@ -464,9 +466,10 @@ def log_structure_summary(session, result: StructureResult) -> None:
 
 @_model_faults_as_user_errors
 def predict_voxels(session, volume, model=None, map_resolution=None, device="auto", batch_size=None,
-                   level=None, dense=None, progress: Progress | None = None
+                   level=None, dense=None, progress: Progress | None = None, normal_modes: bool = False
                    ) -> tuple[np.ndarray, pp.Prepared, dm_model.Predictor, dict, float]:
-    """Voxel-mode prediction at lattice voxels above the map's surface level."""
+    """Voxel-mode prediction at lattice voxels above the map's surface level; with ``normal_modes``, combined with
+    normal modes of the map's own pseudo-atoms in the contour (there is no model to take them from)."""
     progress = progress or silent_progress()
     progress.update(0.0, "reading map")
     info = _resolve(model, map_resolution, structure=False)
@@ -498,7 +501,7 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     if use_dense and not info.fully_convolutional:
         raise UserError(f"Model {info.name} is not fully convolutional; use dense false")
     stage = f"inference on {len(prep.centers):,} voxels"
-    part = progress.span(0.2, 1.0)
+    part = progress.span(0.2, 0.9)
     part.update(0.0, stage)
 
     def done(f: float) -> None:
@@ -512,6 +515,17 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
         preds = predictor.predict_patches(prep.grid, prep.centers, batch_size, progress=done)
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
+    weight = float(info.calibration.get("map_anm_weight", 1.0))
+    if normal_modes:  # + w z(normal modes of the map's own shape), w fitted on the simulated CV
+        progress.update(0.9, "normal modes of the map")
+        t0 = time.perf_counter()
+        fluct = nma.map_elastic_network(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers)
+        if np.isfinite(fluct).any():
+            preds = nma.combine(preds, fluct, weight)
+            stages["normal_modes"] = time.perf_counter() - t0
+        else:
+            raise UserError(f"normalModes: the density of {volume.name} above level {level:g} gives too few "
+                            "pseudo-atoms within 15 Å of each other for normal modes")
     return preds, prep, predictor, stages, float(level)
 
 
@@ -546,8 +560,7 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
            return_json=False, uncertainty=False, profile=None, save_csv=None, save_structure=None,
            bfactor="value", normal_modes=False, residue_atoms=RESIDUE_ATOMS_DEFAULT):
     """Predict residue dynamics (log10 RMSF, Å) of a fitted model from a cryo-EM map, or per voxel without one."""
-    outputs = {"uncertainty": uncertainty, "profile": profile, "saveCsv": save_csv, "saveStructure": save_structure,
-               "normalModes": normal_modes}
+    outputs = {"uncertainty": uncertainty, "profile": profile, "saveCsv": save_csv, "saveStructure": save_structure}
     if structure is None and any(outputs.values()):
         raise UserError(f"{', '.join(k for k, v in outputs.items() if v)} need a structure ('structure ATOMS')")
     if batch_size is not None and not (1 <= batch_size <= 1_000_000):
@@ -593,7 +606,8 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
     t_start = time.perf_counter()
     progress = Progress(session, f"DEFMap voxel mode {volume.name}")
     preds, prep, predictor, stages, level = predict_voxels(session, volume, model, map_resolution, device,
-                                                           batch_size, level, dense, progress.span(0.0, 0.85))
+                                                           batch_size, level, dense, progress.span(0.0, 0.85),
+                                                           normal_modes)
     progress.update(0.85, "dynamics map")
     t0 = time.perf_counter()
     dyn = make_dynamics_volume(session, volume, prep, preds, f"{volume.name} DEFMap dynamics")
@@ -614,11 +628,14 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
             tidy_key(session)
         stages["coloring"] = time.perf_counter() - t0
     info = predictor.info
+    map_anm = float(info.calibration.get("map_anm_weight", 1.0)) if "normal_modes" in stages else 0.0
     res = VoxelResult(volume, dyn, info, predictor.provider, len(prep.centers), level,
-                      time.perf_counter() - t_start, stages)
+                      time.perf_counter() - t_start, stages, map_anm)
     session.logger.info(
         f"DEFMap voxel mode on {volume.name} (level {level:g}): {len(prep.centers):,} voxels scored with "
-        f"{info.name} on {predictor.provider} in {res.seconds:.2f} s; log10 RMSF min / median / max "
+        f"{info.name} on {predictor.provider} in {res.seconds:.2f} s"
+        + (f", combined with normal modes of pseudo-atoms in the map's own density (weight {map_anm:g})"
+           if map_anm else "") + "; log10 RMSF min / median / max "
         f"{preds.min():.3f} / {float(np.median(preds)):.3f} / {preds.max():.3f}; dynamics map #{dyn.id_string}")
     progress.done(f"DEFMap voxel mode finished: {len(prep.centers):,} voxels of {volume.name} scored in "
                   f"{res.seconds:.1f} s; dynamics map #{dyn.id_string}")

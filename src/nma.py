@@ -1,4 +1,5 @@
-"""Normal modes of the fitted model (anisotropic network model, C-alpha) and their combination with the map prediction.
+"""Normal modes of the fitted model (anisotropic network model, C-alpha) and their combination with the map prediction;
+without a model (voxel mode), normal modes of pseudo-atoms placed in the map's own density.
 
 Free of ChimeraX imports: training imports the same code (its ANM labels and the ATLAS baseline).  Why a combination:
 on the four ATLAS chains with real MD (training/README.md) the map-only 5 Å model and ANM of the structure alone each
@@ -322,6 +323,61 @@ def _components(ca: np.ndarray, cutoff: float) -> np.ndarray:
 def anm_log_fluctuations(ca: np.ndarray, cutoff: float = CUTOFF) -> np.ndarray:
     """log10 of the ANM root-mean-square fluctuation per C-alpha (relative: spring constant and temperature omitted)."""
     return 0.5 * np.log10(anm_msf(ca, cutoff))
+
+
+RESIDUE_VOLUME = 135.0  # Å^3 a residue fills in a map (about 1.23 Å^3 per dalton x 110 Da)
+
+
+def map_pseudo_atoms(lattice: np.ndarray, n_voxels: int, voxel_size: float, phase=(0.0, 0.0, 0.0)) -> np.ndarray:
+    """Pseudo-atoms of a map's own elastic network (no model), in Å on the lattice's index frame (x, y, z from voxel
+    0): the ``n_voxels`` highest voxels of the low-passed lattice, binned into cubes of one residue's volume; each cube
+    holding at least a quarter of its voxels gives one pseudo-atom at their centroid.  Low-passed values keep noise
+    spikes from standing in for the molecule; the volume is the user's contour (voxel mode) or the model's residues."""
+    v = np.asarray(lattice)
+    n = int(min(max(n_voxels, 0), v.size))
+    if n < 4:
+        return np.empty((0, 3))
+    top = np.argpartition(v.ravel(), v.size - n)[v.size - n:]
+    pts = np.stack(np.unravel_index(top, v.shape), axis=1)[:, ::-1] * float(voxel_size)  # x, y, z
+    side = RESIDUE_VOLUME ** (1.0 / 3.0)
+    cell = np.floor(pts / side + np.asarray(phase, dtype=np.float64)).astype(np.int64)
+    cell -= cell.min(axis=0)
+    _, inv, cnt = np.unique(np.ravel_multi_index(cell.T, cell.max(axis=0) + 1), return_inverse=True,
+                            return_counts=True)
+    inv = inv.reshape(-1)
+    cen = np.stack([np.bincount(inv, pts[:, k]) / cnt for k in range(3)], axis=1)
+    return cen[cnt >= 0.25 * RESIDUE_VOLUME / float(voxel_size) ** 3]
+
+
+PHASES = tuple((a, b, c) for a in (0.0, 0.5) for b in (0.0, 0.5) for c in (0.0, 0.5))  # of the binning cubes
+
+
+def map_elastic_network(lattice: np.ndarray, n_voxels: int, voxel_size: float, centers_zyx: np.ndarray,
+                        cutoff: float = CUTOFF, phases=PHASES) -> np.ndarray:
+    """log10 ANM fluctuation of the map's own pseudo-atoms (:func:`map_pseudo_atoms`) at each centre voxel (Gaussian
+    weights, sigma 3 Å, of the 4 nearest), averaged over shifted placements of the binning cubes (one placement alone
+    is noisy): what normal modes say from the map's shape alone, for voxel mode, which has no model.  All NaN when the
+    map gives too few connected pseudo-atoms.  (Blurring the low-passed lattice further before placing them did not
+    help on the simulated CV.)"""
+    from scipy.spatial import cKDTree
+    c = np.asarray(centers_zyx, dtype=np.float64).reshape(-1, 3)[:, ::-1] * float(voxel_size)
+    total, count = np.zeros(len(c)), np.zeros(len(c))
+    for ph in phases:
+        pseudo = map_pseudo_atoms(lattice, n_voxels, voxel_size, ph)
+        try:
+            fl = anm_log_fluctuations(pseudo, cutoff) if len(pseudo) >= 4 else None
+        except (ValueError, MemoryError):
+            fl = None
+        if fl is None or not np.isfinite(fl).any():
+            continue
+        ok = np.isfinite(fl)
+        d, j = cKDTree(pseudo[ok]).query(c, k=min(4, int(ok.sum())))
+        d, j = d.reshape(len(c), -1), j.reshape(len(c), -1)
+        w = np.exp(-d ** 2 / (2 * 3.0 ** 2)) + 1e-300
+        total += (w * fl[ok][j]).sum(axis=1) / w.sum(axis=1)
+        count += 1
+    with np.errstate(invalid="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def zscore(v: np.ndarray) -> np.ndarray:

@@ -60,6 +60,28 @@ def test_combine_is_the_z_score_sum_on_the_map_scale():
     assert np.corrcoef(c[ok], nma.zscore(m[ok]) + nma.zscore(n[ok]))[0, 1] > 1 - 1e-12
 
 
+def test_map_elastic_network_from_the_map_alone():
+    """Voxel mode's normal modes without a model: about one pseudo-atom per residue's volume, placed in the densest
+    voxels; an arm sticking out of a compact body moves more than the body, as ANM of the atoms says."""
+    rng = np.random.default_rng(2)
+    body = rng.normal(0, 7.0, (300, 3))
+    arm = np.stack([np.linspace(12, 45, 60), rng.normal(0, 1.0, 60), rng.normal(0, 1.0, 60)], axis=1)
+    xyz = np.vstack([body, arm])
+    values, origin = simulate_map(xyz, np.full(len(xyz), 0.5), resolution=5.0, voxel=1.5)
+    n_res = 120  # the volume a contour around ~120 residues would enclose
+    n_vox = int(n_res * nma.RESIDUE_VOLUME / 1.5 ** 3)
+    pseudo = nma.map_pseudo_atoms(values, n_vox, 1.5)
+    assert 0.5 * n_res <= len(pseudo) <= 2 * n_res  # cubes at the surface count when a quarter full
+    centers = np.rint((xyz - origin) / 1.5).astype(int)[:, ::-1]  # z, y, x voxels of the points
+    fl = nma.map_elastic_network(values, n_vox, 1.5, centers)
+    assert np.isfinite(fl).all()
+    assert fl[300:][arm[:, 0] > 30].mean() > fl[:300][np.linalg.norm(body, axis=1) < 6].mean() + 0.1
+    assert np.allclose(fl, nma.map_elastic_network(values, n_vox, 1.5, centers))  # deterministic
+    assert np.isnan(nma.map_elastic_network(values, 2, 1.5, centers)).all()  # too small a volume: no network
+    one = nma.map_elastic_network(values, n_vox, 1.5, centers, phases=((0.0, 0.0, 0.0),))
+    assert not np.allclose(one, fl)  # the placements are averaged
+
+
 def test_normal_modes_on_emd3488(cx, tmp_path):
     run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
     run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
@@ -100,8 +122,8 @@ def test_normal_modes_errors_change_nothing(cx, tmp_path):
     run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
     run(cx, f"open {tiny}", log=False)
     n_models = len(cx.models.list())
-    with pytest.raises(UserError, match="normalModes need a structure"):
-        run(cx, "defmap #1 normalModes true")
+    with pytest.raises(UserError, match="uncertainty need a structure"):
+        run(cx, "defmap #1 normalModes true uncertainty true")
     with pytest.raises(UserError, match="at least 4 C-alpha"):
         run(cx, "defmap #1 structure #2 normalModes true")
     s = cx.models.list(model_id=(2,))[0]

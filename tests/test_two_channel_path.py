@@ -215,6 +215,38 @@ def test_structure_mode_combines_the_contrast_at_map_resolution(cx, model2, tmp_
     assert base.native_contrast_weight == 0.0 and base.as_dict()["native_contrast_resolution"] is None
 
 
+def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
+    """Voxel mode has no model, so ``normalModes true`` takes normal modes of the map's own pseudo-atoms in the
+    contour (nma.map_elastic_network): z(network) + w z(their log fluctuation), w = calibration.map_anm_weight,
+    rescaled to the network's mean and SD; without it the network's values are untouched."""
+    from chimerax.defmap import nma
+    from chimerax.defmap.cmd import predict_voxels
+    rng = np.random.default_rng(5)
+    xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
+    values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=6)
+    v = add_map(cx, values, origin)
+    model = fcn_onnx_model(tmp_path / "map5e.onnx", SPEC, seed=2, name="standin-5A",
+                           metadata={"calibration": {"map_anm_weight": 0.5}})
+    level = float(np.quantile(values, 0.9))
+    base, prep, *_ = predict_voxels(cx, v, str(model), None, "cpu", None, level)
+    got, prep2, _, stages, _ = predict_voxels(cx, v, str(model), None, "cpu", None, level, normal_modes=True)
+    assert np.array_equal(prep.centers, prep2.centers) and "normal_modes" in stages
+    fl = nma.map_elastic_network(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
+    assert np.isfinite(fl).all()
+    assert np.allclose(got, nma.combine(base, fl, 0.5))
+    res = run(cx, f"defmap #{v.id_string} model {model} level {level} color false normalModes true")
+    assert res.map_anm_weight == 0.5 and res.as_dict()["normal_modes"] and res.as_dict()["map_anm_weight"] == 0.5
+    assert np.allclose(res.dynamics.full_matrix()[tuple(prep.centers.T)], got, atol=1e-5)
+    plain = run(cx, f"defmap #{v.id_string} model {model} level {level} color false")
+    assert plain.map_anm_weight == 0.0 and not plain.as_dict()["normal_modes"]
+    assert np.allclose(plain.dynamics.full_matrix()[tuple(prep.centers.T)], base, atol=1e-5)
+    n_models = len(cx.models.list())
+    top = float(np.sort(values.ravel())[-12])  # a dozen voxels: too few pseudo-atoms
+    with pytest.raises(UserError, match="too few pseudo-atoms"):
+        run(cx, f"defmap #{v.id_string} model {model} level {top} normalModes true")
+    assert len(cx.models.list()) == n_models
+
+
 def test_two_channel_model_runs_without_the_onnx_package(model2, tmp_path):
     """ChimeraX ships no onnx package: metadata, channels and the variance come through onnx_format + onnxruntime."""
     import subprocess

@@ -26,7 +26,7 @@ import numpy as np
 from scipy import stats
 
 from chimerax.defmap.model import calibrated_sd
-from chimerax.defmap.nma import anm_log_fluctuations, zscore
+from chimerax.defmap.nma import RESIDUE_VOLUME, anm_log_fluctuations, map_elastic_network, zscore
 from chimerax.defmap.preprocess import density_contrast, element_weights, native_contrast, rigid_density_at
 
 from .dataset import Item, list_samples, load_item
@@ -37,6 +37,7 @@ from .train import atom_predictions, pearson, predict_item, train
 KINDS = {"map": 1, "map+model": 2}
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # w of z(ANM); past 1 the prior outweighs the map
 CONTRAST_WEIGHTS = tuple(np.round(np.arange(0.0, 1.01, 0.05), 2))  # c of z(density contrast)
+MAP_ANM_WEIGHTS = tuple(np.round(np.arange(0.0, 2.01, 0.05), 2))  # e of z(the map's elastic network), map-only
 BACKBONE = ("N", "CA", "C", "O")
 
 
@@ -98,15 +99,19 @@ def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0, sd_power:
         con = residue_values(atom_predictions(it, density_contrast(it.grid, it.model_grid, it.centers)),
                              it.res_index, bb)
         nat = residue_values(native_of(it, ensembles, filter_resolution), it.res_index, bb)
-    else:
+        man = np.full_like(pr, np.nan)
+    else:  # map-only: voxel mode's elastic network of the map, the contour enclosing the protein's volume
         con = nat = np.full_like(pr, np.nan)
+        n_vox = int(round((int(it.res_index.max()) + 1) * RESIDUE_VOLUME / 1.5 ** 3))
+        man = residue_values(atom_predictions(it, map_elastic_network(it.grid, n_vox, 1.5, it.centers)),
+                             it.res_index, bb)
     good = np.isfinite(pr) & np.isfinite(lab) & np.isfinite(anm)
     a, b = np.polyfit(pr[good], lab[good], 1)
     err = np.abs(lab[good] - (a * pr[good] + b))
     return {"protein": it.protein, "residue_r": pearson(pr, lab), "anm_r": pearson(anm, lab),
             "atom_r": pearson(pa, it.log_rmsf), "sd_spearman": float(stats.spearmanr(sr[good], err).statistic),
             "z_abs": (np.abs(it.labels[ok] - mu[ok]) / sd_c[ok]).tolist(),  # centre voxels, absolute scale
-            "_res": (pr[good], anm[good], lab[good], con[good], nat[good])}
+            "_res": (pr[good], anm[good], lab[good], con[good], nat[good], man[good])}
 
 
 def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
@@ -135,7 +140,7 @@ def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
         for c_ in CONTRAST_WEIGHTS:
             for n_ in CONTRAST_WEIGHTS:
                 table[c_, n_] = mean_r([pearson(zscore(p) + c_ * zscore(con) + n_ * zscore(nat), lab)
-                                        for r in rows for p, _, lab, con, nat in [r["_res"]]])
+                                        for r in rows for p, _, lab, con, nat, _ in [r["_res"]]])
                 if table[c_, n_] > best_r + 1e-9:
                     c, n, best_r = float(c_), float(n_), table[c_, n_]
         for c_ in CONTRAST_WEIGHTS:  # the lattice contrast alone, and the native one at the fitted lattice weight
@@ -143,11 +148,21 @@ def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
             out[f"native_n{c_:g}_residue_r"] = table[c, c_]
     out["contrast_weight"], out["native_contrast_weight"] = c, n
     out["residue_r_with_contrast"] = best_r if np.isfinite(best_r) else out["residue_r"]
+    e, best_e = 0.0, -np.inf
+    if any(np.isfinite(r["_res"][5]).any() for r in rows):  # map-only: the weight of the map's elastic network
+        for e_ in MAP_ANM_WEIGHTS:  # where the map gave no network, voxel mode keeps the network's values
+            m = mean_r([pearson(zscore(p) + e_ * np.nan_to_num(zscore(man)), lab)
+                        for r in rows for p, _, lab, _, _, man in [r["_res"]]])
+            out[f"map_anm_e{e_:g}_residue_r"] = m
+            if m > best_e + 1e-9:
+                e, best_e = float(e_), m
+        out["residue_r_with_map_anm"] = best_e
+    out["map_anm_weight"] = e
     best = None
     for w in WEIGHTS:
         rs = [pearson(zscore(zscore(p) + (c * zscore(con) if c else 0.0) + (n * zscore(nat) if n else 0.0))
                       + w * zscore(an), lab)
-              for r in rows for p, an, lab, con, nat in [r["_res"]]]
+              for r in rows for p, an, lab, con, nat, _ in [r["_res"]]]
         m = mean_r(rs)
         out[f"zsum_w{w:g}_residue_r"] = m
         if best is None or m > best[1] + 1e-9:
@@ -238,7 +253,10 @@ def run(a) -> dict:
                   f"coverage68 {summ['coverage68_raw']:.3f} (sd_scale {summ['sd_scale']:.2f}), "
                   f"Spearman(SD,|err|) {summ['sd_spearman']:.3f}, contrast_weight {summ['contrast_weight']}, "
                   f"native_contrast_weight {summ.get('native_contrast_weight', 0.0)} "
-                  f"(residue r {summ['residue_r_with_contrast']:.3f}), anm_weight {summ['anm_weight']}", flush=True)
+                  f"(residue r {summ['residue_r_with_contrast']:.3f}), anm_weight {summ['anm_weight']}, "
+                  f"map_anm_weight {summ.get('map_anm_weight', 0.0)}"
+                  + (f" (residue r {summ['residue_r_with_map_anm']:.3f})" if "residue_r_with_map_anm" in summ else ""),
+                  flush=True)
         ckf = out / f"{kind}_{res:g}A.pt"
         if a.minutes > 0 and not ckf.exists():
             tr, va = split_proteins(proteins, 0.15, 0)
@@ -253,6 +271,7 @@ def run(a) -> dict:
             cal = {"sd_scale": summ.get("sd_scale", 1.0), "anm_weight": summ.get("anm_weight", 0.0),
                    "contrast_weight": summ.get("contrast_weight", 0.0),
                    "native_contrast_weight": summ.get("native_contrast_weight", 0.0),
+                   "map_anm_weight": summ.get("map_anm_weight", 0.0),
                    "sd_slope": summ.get("sd_slope", 0.0), "sd_power": summ.get("sd_power", 1.0),
                    "fitted_on": fitted_on}
             if cal["sd_slope"] or cal["sd_power"] != 1.0:

@@ -243,21 +243,21 @@ def test_soup_averages_matching_checkpoints(tmp_path):
 
 def test_cv_fits_the_contrast_weights_only_where_the_contrasts_help():
     """summarize: the two contrasts' weights (on the network's lattice, at the map's own resolution) are fitted
-    together to maximize the mean CV residue r (both 0 for map-only rows, whose contrasts are NaN); the ANM weight is
-    fitted on top of them."""
+    together to maximize the mean CV residue r (both 0 for map-only rows, whose contrasts are NaN), and for map-only
+    rows the weight of the map's elastic network; the ANM weight is fitted on top of them."""
     from defmap_train.mapmodel import summarize
     rng = np.random.default_rng(0)
 
-    def rows(contrast, native="unrelated"):  # "informative", "unrelated" or "absent" (map-only)
+    def rows(contrast, native="unrelated", map_anm="absent"):  # "informative", "unrelated" or "absent"
         out = []
         for p in range(6):
             lab = np.convolve(rng.normal(size=120), np.ones(5) / 5, "same")
             pr = lab + rng.normal(0, 0.3, 120)
-            con, nat = ({"informative": lab + rng.normal(0, 0.3, 120), "unrelated": rng.normal(size=120),
-                         "absent": np.full(120, np.nan)}[k] for k in (contrast, native))
+            con, nat, man = ({"informative": lab + rng.normal(0, 0.3, 120), "unrelated": rng.normal(size=120),
+                              "absent": np.full(120, np.nan)}[k] for k in (contrast, native, map_anm))
             anm = rng.normal(size=120)
             out.append({"protein": f"p{p}", "residue_r": 0.5, "anm_r": 0.0, "atom_r": 0.5, "sd_spearman": 0.0,
-                        "z_abs": [0.5, 1.5], "_res": (pr, anm, lab, con, nat)})
+                        "z_abs": [0.5, 1.5], "_res": (pr, anm, lab, con, nat, man)})
         return out
     helps = summarize(rows("informative"))
     assert helps["contrast_weight"] >= 0.5 and helps["residue_r_with_contrast"] > helps["contrast_c0_residue_r"]
@@ -269,4 +269,8 @@ def test_cv_fits_the_contrast_weights_only_where_the_contrasts_help():
     assert summarize(rows("unrelated"))["contrast_weight"] <= 0.1  # a contrast unrelated to the labels
     absent = summarize(rows("absent", "absent"))
     assert absent["contrast_weight"] == 0.0 and absent["native_contrast_weight"] == 0.0
-    assert "contrast_c0_residue_r" not in absent
+    assert "contrast_c0_residue_r" not in absent and absent["map_anm_weight"] == 0.0
+    # map-only rows: the weight of the map's own elastic network, fitted the same way
+    voxel = summarize(rows("absent", "absent", "informative"))
+    assert voxel["map_anm_weight"] >= 0.5 and voxel["residue_r_with_map_anm"] > voxel["map_anm_e0_residue_r"]
+    assert summarize(rows("absent", "absent", "unrelated"))["map_anm_weight"] <= 0.1
