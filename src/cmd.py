@@ -96,11 +96,13 @@ class VoxelResult:
     seconds: float
     stages: dict = field(default_factory=dict)
     map_anm_weight: float = 0.0  # weight of normal modes of the map's own pseudo-atoms (nma.map_elastic_network)
+    pseudo_atoms: int = 0  # how many pseudo-atoms the level's volume gave (one placement of the cubes)
 
     def as_dict(self) -> dict:
         return {"map": self.volume.atomspec, "dynamics_map": self.dynamics.atomspec, "model": self.model.name,
                 "provider": self.provider, "voxels": self.voxels, "level": self.level,
                 "normal_modes": self.map_anm_weight > 0, "map_anm_weight": self.map_anm_weight,
+                "pseudo_atoms": self.pseudo_atoms,
                 "seconds": round(self.seconds, 3), "stages": self.stages}
 
 
@@ -629,13 +631,16 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
         stages["coloring"] = time.perf_counter() - t0
     info = predictor.info
     map_anm = float(info.calibration.get("map_anm_weight", 1.0)) if "normal_modes" in stages else 0.0
+    enclosed = len(prep.centers) * info.spec.voxel_size ** 3  # Å^3 at or above the level
+    pseudo = len(nma.map_pseudo_atoms(prep.grid.values, len(prep.centers), info.spec.voxel_size)) if map_anm else 0
     res = VoxelResult(volume, dyn, info, predictor.provider, len(prep.centers), level,
-                      time.perf_counter() - t_start, stages, map_anm)
+                      time.perf_counter() - t_start, stages, map_anm, pseudo)
+    modes = "" if not map_anm else (
+        f", combined with normal modes of {pseudo:,} pseudo-atoms in the {enclosed:,.0f} Å³ the level encloses "
+        f"(the volume of about {enclosed / nma.RESIDUE_VOLUME:,.0f} residues; weight {map_anm:g})")
     session.logger.info(
         f"DEFMap voxel mode on {volume.name} (level {level:g}): {len(prep.centers):,} voxels scored with "
-        f"{info.name} on {predictor.provider} in {res.seconds:.2f} s"
-        + (f", combined with normal modes of pseudo-atoms in the map's own density (weight {map_anm:g})"
-           if map_anm else "") + "; log10 RMSF min / median / max "
+        f"{info.name} on {predictor.provider} in {res.seconds:.2f} s{modes}; log10 RMSF min / median / max "
         f"{preds.min():.3f} / {float(np.median(preds)):.3f} / {preds.max():.3f}; dynamics map #{dyn.id_string}")
     progress.done(f"DEFMap voxel mode finished: {len(prep.centers):,} voxels of {volume.name} scored in "
                   f"{res.seconds:.1f} s; dynamics map #{dyn.id_string}")

@@ -236,6 +236,7 @@ def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
     assert np.allclose(got, nma.combine(base, fl, 0.5))
     res = run(cx, f"defmap #{v.id_string} model {model} level {level} color false normalModes true")
     assert res.map_anm_weight == 0.5 and res.as_dict()["normal_modes"] and res.as_dict()["map_anm_weight"] == 0.5
+    assert res.pseudo_atoms == len(nma.map_pseudo_atoms(prep.grid.values, len(prep.centers), SPEC.voxel_size)) > 4
     assert np.allclose(res.dynamics.full_matrix()[tuple(prep.centers.T)], got, atol=1e-5)
     plain = run(cx, f"defmap #{v.id_string} model {model} level {level} color false")
     assert plain.map_anm_weight == 0.0 and not plain.as_dict()["normal_modes"]
