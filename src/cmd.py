@@ -519,9 +519,11 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
     weight = float(info.calibration.get("map_anm_weight", 1.0))
     if normal_modes:  # + w z(normal modes of the map's own shape), w fitted on the simulated CV
-        progress.update(0.9, "normal modes of the map")
         t0 = time.perf_counter()
-        fluct = nma.map_elastic_network(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers)
+        part = progress.span(0.9, 1.0)
+        part.update(0.0, "normal modes of the map")
+        fluct = nma.map_elastic_network(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers,
+                                        progress=lambda f: part.update(f, "normal modes of the map"))
         if np.isfinite(fluct).any():
             preds = nma.combine(preds, fluct, weight)
             stages["normal_modes"] = time.perf_counter() - t0

@@ -353,16 +353,18 @@ PHASES = tuple((a, b, c) for a in (0.0, 0.5) for b in (0.0, 0.5) for c in (0.0, 
 
 
 def map_elastic_network(lattice: np.ndarray, n_voxels: int, voxel_size: float, centers_zyx: np.ndarray,
-                        cutoff: float = CUTOFF, phases=PHASES) -> np.ndarray:
+                        cutoff: float = CUTOFF, phases=PHASES, progress=None) -> np.ndarray:
     """log10 ANM fluctuation of the map's own pseudo-atoms (:func:`map_pseudo_atoms`) at each centre voxel (Gaussian
     weights, sigma 3 Å, of the 4 nearest), averaged over shifted placements of the binning cubes (one placement alone
     is noisy): what normal modes say from the map's shape alone, for voxel mode, which has no model.  All NaN when the
     map gives too few connected pseudo-atoms.  (Blurring the low-passed lattice further before placing them did not
-    help on the simulated CV.)"""
+    help on the simulated CV.)  ``progress(fraction)`` is called after each placement."""
     from scipy.spatial import cKDTree
     c = np.asarray(centers_zyx, dtype=np.float64).reshape(-1, 3)[:, ::-1] * float(voxel_size)
     total, count = np.zeros(len(c)), np.zeros(len(c))
-    for ph in phases:
+    for k, ph in enumerate(phases):
+        if progress is not None and k:
+            progress(k / len(phases))
         pseudo = map_pseudo_atoms(lattice, n_voxels, voxel_size, ph)
         try:
             fl = anm_log_fluctuations(pseudo, cutoff) if len(pseudo) >= 4 else None

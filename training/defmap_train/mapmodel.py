@@ -7,13 +7,15 @@ k-fold protein-disjoint CV (each fold model never sees its test proteins; early 
 part), then a final model on all proteins.  Both networks output a mean log10 RMSF and a log-variance (beta-NLL).
 
 From the CV predictions it measures, per protein: residue r of the network, residue r of ANM of the structure (how
-much of the labels the structure alone explains), 68 % interval coverage and Spearman(SD, |error|); and fits two
+much of the labels the structure alone explains), 68 % interval coverage and Spearman(SD, |error|); and fits the
 numbers stored in the exported models' metadata under ``calibration``: ``sd_scale`` (the SD multiplier that gives
 68 % coverage on the CV), ``contrast_weight`` and ``native_contrast_weight`` (map + model only: weights c and n of
 z(model density − map density at the atom on the network's lattice, ``preprocess.density_contrast``) and of z(the
 same at the map's own resolution and sampling, ``preprocess.native_contrast``) in structure mode's z(network) +
-c z(contrast) + n z(native contrast), fitted together on a grid to maximize the mean CV residue r) and
-``anm_weight`` (weight w of z(ANM) added to that with ``normalModes``; 0 means the prior is dropped).
+c z(contrast) + n z(native contrast), fitted together on a grid to maximize the mean CV residue r),
+``map_anm_weight`` (map-only: weight e of z(normal modes of the map's own pseudo-atoms, ``nma.map_elastic_network``,
+the contour enclosing the protein's volume) in voxel mode's ``normalModes``) and ``anm_weight`` (weight w of z(ANM)
+added to structure mode's values with ``normalModes``; 0 means the prior is dropped).
 """
 
 from __future__ import annotations
