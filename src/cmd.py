@@ -517,7 +517,6 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
         preds = predictor.predict_patches(prep.grid, prep.centers, batch_size, progress=done)
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
-    weight = float(info.calibration.get("map_anm_weight", 1.0))
     if normal_modes:  # + w z(normal modes of the map's own shape), w fitted on the simulated CV
         t0 = time.perf_counter()
         part = progress.span(0.9, 1.0)
@@ -525,12 +524,17 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
         fluct = nma.map_elastic_network(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers,
                                         progress=lambda f: part.update(f, "normal modes of the map"))
         if np.isfinite(fluct).any():
-            preds = nma.combine(preds, fluct, weight)
+            preds = nma.combine(preds, fluct, _map_anm_weight(info))
             stages["normal_modes"] = time.perf_counter() - t0
         else:
             raise UserError(f"normalModes: the density of {volume.name} above level {level:g} gives too few "
                             "pseudo-atoms within 15 Å of each other for normal modes")
     return preds, prep, predictor, stages, float(level)
+
+
+def _map_anm_weight(info: dm_model.ModelInfo) -> float:
+    """Weight of the map's own normal modes in voxel mode (calibration, fitted on the CV; 1 for models without it)."""
+    return float(info.calibration.get("map_anm_weight", 1.0))
 
 
 def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, name: str):
@@ -632,7 +636,7 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
             tidy_key(session)
         stages["coloring"] = time.perf_counter() - t0
     info = predictor.info
-    map_anm = float(info.calibration.get("map_anm_weight", 1.0)) if "normal_modes" in stages else 0.0
+    map_anm = _map_anm_weight(info) if "normal_modes" in stages else 0.0
     enclosed = len(prep.centers) * info.spec.voxel_size ** 3  # Å^3 at or above the level
     pseudo = len(nma.map_pseudo_atoms(prep.grid.values, len(prep.centers), info.spec.voxel_size)) if map_anm else 0
     res = VoxelResult(volume, dyn, info, predictor.provider, len(prep.centers), level,
