@@ -97,12 +97,13 @@ class VoxelResult:
     stages: dict = field(default_factory=dict)
     map_anm_weight: float = 0.0  # weight of normal modes of the map's own pseudo-atoms (nma.map_elastic_network)
     pseudo_atoms: int = 0  # how many pseudo-atoms the level's volume gave (one placement of the cubes)
+    map_packing_weight: float = 0.0  # weight of the contour's packing around each voxel (nma.map_packing)
 
     def as_dict(self) -> dict:
         return {"map": self.volume.atomspec, "dynamics_map": self.dynamics.atomspec, "model": self.model.name,
                 "provider": self.provider, "voxels": self.voxels, "level": self.level,
                 "normal_modes": self.map_anm_weight > 0, "map_anm_weight": self.map_anm_weight,
-                "pseudo_atoms": self.pseudo_atoms,
+                "pseudo_atoms": self.pseudo_atoms, "map_packing_weight": self.map_packing_weight,
                 "seconds": round(self.seconds, 3), "stages": self.stages}
 
 
@@ -470,8 +471,10 @@ def log_structure_summary(session, result: StructureResult) -> None:
 def predict_voxels(session, volume, model=None, map_resolution=None, device="auto", batch_size=None,
                    level=None, dense=None, progress: Progress | None = None, normal_modes: bool = False
                    ) -> tuple[np.ndarray, pp.Prepared, dm_model.Predictor, dict, float]:
-    """Voxel-mode prediction at lattice voxels above the map's surface level; with ``normal_modes``, combined with
-    normal modes of the map's own pseudo-atoms in the contour (there is no model to take them from)."""
+    """Voxel-mode prediction at lattice voxels above the map's surface level, combined with what the map's own shape
+    says (there is no model to ask): how deeply the contour buries each voxel (``nma.map_packing``) and, with
+    ``normal_modes``, the normal modes of pseudo-atoms in the contour; each at the weight its model's calibration
+    gives."""
     progress = progress or silent_progress()
     progress.update(0.0, "reading map")
     info = _resolve(model, map_resolution, structure=False)
@@ -517,24 +520,37 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
         preds = predictor.predict_patches(prep.grid, prep.centers, batch_size, progress=done)
     stages["inference"] = predictor.seconds
     stages["patches"] = time.perf_counter() - t0 - predictor.seconds
-    if normal_modes:  # + w z(normal modes of the map's own shape), w fitted on the simulated CV
+    terms = []  # what the map's own shape says, each at its weight fitted on the simulated CV
+    packing = _map_packing_weight(info)
+    if packing:  # + k z(how deeply the contour buries each voxel)
+        t0 = time.perf_counter()
+        terms.append((nma.map_packing(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers),
+                      packing))
+        stages["packing"] = time.perf_counter() - t0
+    if normal_modes:  # + e z(normal modes of the map's own pseudo-atoms)
         t0 = time.perf_counter()
         part = progress.span(0.9, 1.0)
         part.update(0.0, "normal modes of the map")
         fluct = nma.map_elastic_network(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers,
                                         progress=lambda f: part.update(f, "normal modes of the map"))
-        if np.isfinite(fluct).any():
-            preds = nma.combine(preds, fluct, _map_anm_weight(info))
-            stages["normal_modes"] = time.perf_counter() - t0
-        else:
+        if not np.isfinite(fluct).any():
             raise UserError(f"normalModes: the density of {volume.name} above level {level:g} gives too few "
                             "pseudo-atoms within 15 Å of each other for normal modes")
+        terms.append((fluct, _map_anm_weight(info)))
+        stages["normal_modes"] = time.perf_counter() - t0
+    preds = nma.combine_terms(preds, terms)
     return preds, prep, predictor, stages, float(level)
 
 
 def _map_anm_weight(info: dm_model.ModelInfo) -> float:
     """Weight of the map's own normal modes in voxel mode (calibration, fitted on the CV; 1 for models without it)."""
     return float(info.calibration.get("map_anm_weight", 1.0))
+
+
+def _map_packing_weight(info: dm_model.ModelInfo) -> float:
+    """Weight of the map's packing (``nma.map_packing``) in voxel mode (calibration, fitted on the CV; 0, i.e. the
+    network alone, for models without it)."""
+    return float(info.calibration.get("map_packing_weight", 0.0))
 
 
 def make_dynamics_volume(session, volume, prep: pp.Prepared, preds: np.ndarray, name: str):
@@ -639,11 +655,15 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
     map_anm = _map_anm_weight(info) if "normal_modes" in stages else 0.0
     enclosed = len(prep.centers) * info.spec.voxel_size ** 3  # Å^3 at or above the level
     pseudo = len(nma.map_pseudo_atoms(prep.grid.values, len(prep.centers), info.spec.voxel_size)) if map_anm else 0
+    packing = _map_packing_weight(info) if "packing" in stages else 0.0
     res = VoxelResult(volume, dyn, info, predictor.provider, len(prep.centers), level,
-                      time.perf_counter() - t_start, stages, map_anm, pseudo)
-    modes = "" if not map_anm else (
-        f", combined with normal modes of {pseudo:,} pseudo-atoms in the {enclosed:,.0f} Å³ the level encloses "
-        f"(the volume of about {enclosed / nma.RESIDUE_VOLUME:,.0f} residues; weight {map_anm:g})")
+                      time.perf_counter() - t_start, stages, map_anm, pseudo, packing)
+    shape = [f"its packing in the contour (weight {packing:g})"] if packing else []
+    if map_anm:
+        shape.append(f"normal modes of {pseudo:,} pseudo-atoms in it (weight {map_anm:g})")
+    modes = "" if not shape else (
+        f", combined with {' and '.join(shape)}; the level encloses {enclosed:,.0f} Å³, the volume of about "
+        f"{enclosed / nma.RESIDUE_VOLUME:,.0f} residues")
     session.logger.info(
         f"DEFMap voxel mode on {volume.name} (level {level:g}): {len(prep.centers):,} voxels scored with "
         f"{info.name} on {predictor.provider} in {res.seconds:.2f} s{modes}; log10 RMSF min / median / max "

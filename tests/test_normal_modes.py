@@ -82,6 +82,31 @@ def test_map_elastic_network_from_the_map_alone():
     assert not np.allclose(one, fl)  # the placements are averaged
 
 
+def test_map_packing_is_the_weighted_contact_number_of_the_contour():
+    """Voxel mode's packing: minus the log of the sum of 1/r^2 over contour voxels (the n highest) within the radius,
+    checked by brute force; the buried middle of a slab is more packed than its rim, and a voxel with no contour
+    voxel in reach gets the floor 1/radius^2 instead of log(0)."""
+    rng = np.random.default_rng(3)
+    lat = rng.normal(0, 0.1, (14, 16, 18))
+    lat[4:10, 3:13, 3:15] += 1.0  # a slab: the contour
+    lat[0, 0, 0] = 0.5  # not in the top n
+    n = 6 * 10 * 12
+    top = nma.top_voxels(lat, n)
+    assert len(top) == n and lat.ravel()[top].min() >= np.sort(lat.ravel())[-n]
+    assert len(nma.top_voxels(lat, 0)) == 0 and len(nma.top_voxels(lat, 10 ** 6)) == lat.size
+    centers = np.array([[7, 8, 9], [4, 3, 3], [7, 8, 3], [0, 0, 0], [13, 15, 17]])
+    vs, radius = 1.5, 9.0
+    got = nma.map_packing(lat, n, vs, centers, radius=radius)
+    pts = np.stack(np.unravel_index(top, lat.shape), axis=1) * vs
+    for c, g in zip(centers, got):
+        r2 = ((pts - c * vs) ** 2).sum(axis=1)
+        wcn = (1.0 / r2[(r2 > 0) & (r2 <= radius ** 2)]).sum()
+        assert g == pytest.approx(-np.log(max(wcn, 1 / radius ** 2)), rel=1e-4)
+    assert got[0] < got[2] < got[1]  # middle, then the middle of a face, then a corner
+    far = nma.map_packing(lat, n, vs, np.array([[13, 15, 17]]), radius=3.0)
+    assert far[0] == pytest.approx(-np.log(1 / 9.0))  # nothing within 3 Å: the floor
+
+
 def test_normal_modes_on_emd3488(cx, tmp_path):
     run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
     run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)

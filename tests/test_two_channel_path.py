@@ -215,6 +215,36 @@ def test_structure_mode_combines_the_contrast_at_map_resolution(cx, model2, tmp_
     assert base.native_contrast_weight == 0.0 and base.as_dict()["native_contrast_resolution"] is None
 
 
+def test_voxel_mode_combines_the_maps_packing_at_the_fitted_weight(cx, tmp_path):
+    """calibration.map_packing_weight k: voxel mode reports z(network) + k z(the contour's packing,
+    nma.map_packing), rescaled to the network's mean and SD, with normalModes adding its term beside it; the log and
+    returnJson say so; a model without the weight reports the network alone."""
+    from chimerax.defmap import nma
+    from chimerax.defmap.cmd import predict_voxels
+    rng = np.random.default_rng(7)
+    xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
+    values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=8)
+    v = add_map(cx, values, origin)
+    plain_model = fcn_onnx_model(tmp_path / "map5p0.onnx", SPEC, seed=3, name="standin-5A")
+    model = fcn_onnx_model(tmp_path / "map5p.onnx", SPEC, seed=3, name="standin-5A",
+                           metadata={"calibration": {"map_packing_weight": 0.7, "map_anm_weight": 0.25}})
+    level = float(np.quantile(values, 0.9))
+    base, prep, *_ = predict_voxels(cx, v, str(plain_model), None, "cpu", None, level)
+    got, prep2, _, stages, _ = predict_voxels(cx, v, str(model), None, "cpu", None, level)
+    assert np.array_equal(prep.centers, prep2.centers) and "packing" in stages and "normal_modes" not in stages
+    pk = nma.map_packing(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
+    assert np.isfinite(pk).all() and pk.std() > 0
+    assert np.allclose(got, nma.combine_terms(base, [(pk, 0.7)]))
+    both, *_ = predict_voxels(cx, v, str(model), None, "cpu", None, level, normal_modes=True)
+    fl = nma.map_elastic_network(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
+    assert np.allclose(both, nma.combine_terms(base, [(pk, 0.7), (fl, 0.25)]))
+    res = run(cx, f"defmap #{v.id_string} model {model} level {level} color false")
+    assert res.map_packing_weight == 0.7 and res.as_dict()["map_packing_weight"] == 0.7
+    assert np.allclose(res.dynamics.full_matrix()[tuple(prep.centers.T)], got, atol=1e-5)
+    plain = run(cx, f"defmap #{v.id_string} model {plain_model} level {level} color false")
+    assert plain.map_packing_weight == 0.0 and "packing" not in plain.stages
+
+
 def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
     """Voxel mode has no model, so ``normalModes true`` takes normal modes of the map's own pseudo-atoms in the
     contour (nma.map_elastic_network): z(network) + w z(their log fluctuation), w = calibration.map_anm_weight,

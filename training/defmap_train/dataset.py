@@ -106,6 +106,12 @@ def load_item(path: Path, resolution: float) -> Item:
                     z[f"model_{key}"].astype(np.float32) if f"model_{key}" in z.files else None)
 
 
+def map_kind(path) -> str:
+    """The kind of simulated map a sample file holds (PROTEIN__KINDn.npz: map = frame-averaged, dw = Debye-Waller,
+    clean = Debye-Waller without confounders)."""
+    return Path(path).stem.split("__")[1].rstrip("0123456789")
+
+
 def list_samples(data_dir: Path) -> dict[str, list[Path]]:
     """Sample files grouped by protein (file names are PROTEIN__mapN.npz)."""
     out: dict[str, list[Path]] = {}

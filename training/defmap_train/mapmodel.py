@@ -13,8 +13,10 @@ numbers stored in the exported models' metadata under ``calibration``: ``sd_scal
 z(model density − map density at the atom on the network's lattice, ``preprocess.density_contrast``) and of z(the
 same at the map's own resolution and sampling, ``preprocess.native_contrast``) in structure mode's z(network) +
 c z(contrast) + n z(native contrast), fitted together on a grid to maximize the mean CV residue r),
-``map_anm_weight`` (map-only: weight e of z(normal modes of the map's own pseudo-atoms, ``nma.map_elastic_network``,
-the contour enclosing the protein's volume) in voxel mode's ``normalModes``) and ``anm_weight`` (weight w of z(ANM)
+``map_packing_weight`` and ``map_anm_weight`` (map-only: weights k of z(the contour's packing around each voxel,
+``nma.map_packing``; voxel mode's default) and then e of z(normal modes of the map's own pseudo-atoms,
+``nma.map_elastic_network``; voxel mode's ``normalModes``), the contour enclosing the protein's volume, fitted on the
+mean over the kinds of test map) and ``anm_weight`` (weight w of z(ANM)
 added to structure mode's values with ``normalModes``; 0 means the prior is dropped).
 """
 
@@ -28,10 +30,10 @@ import numpy as np
 from scipy import stats
 
 from chimerax.defmap.model import calibrated_sd
-from chimerax.defmap.nma import RESIDUE_VOLUME, anm_log_fluctuations, map_elastic_network, zscore
+from chimerax.defmap.nma import RESIDUE_VOLUME, anm_log_fluctuations, map_elastic_network, map_packing, zscore
 from chimerax.defmap.preprocess import density_contrast, element_weights, native_contrast, rigid_density_at
 
-from .dataset import Item, list_samples, load_item
+from .dataset import Item, list_samples, load_item, map_kind
 from .evaluate import folds_of, load_items, split_proteins
 from .export import export_onnx, load_checkpoint, save_checkpoint
 from .train import atom_predictions, pearson, predict_item, train
@@ -39,7 +41,7 @@ from .train import atom_predictions, pearson, predict_item, train
 KINDS = {"map": 1, "map+model": 2}
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # w of z(ANM); past 1 the prior outweighs the map
 CONTRAST_WEIGHTS = tuple(np.round(np.arange(0.0, 1.01, 0.05), 2))  # c of z(density contrast)
-MAP_ANM_WEIGHTS = tuple(np.round(np.arange(0.0, 2.01, 0.05), 2))  # e of z(the map's elastic network), map-only
+MAP_SHAPE_WEIGHTS = tuple(np.round(np.arange(0.0, 2.01, 0.05), 2))  # k (packing), e (elastic network): map-only
 BACKBONE = ("N", "CA", "C", "O")
 
 
@@ -101,22 +103,29 @@ def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0, sd_power:
         con = residue_values(atom_predictions(it, density_contrast(it.grid, it.model_grid, it.centers)),
                              it.res_index, bb)
         nat = residue_values(native_of(it, ensembles, filter_resolution), it.res_index, bb)
-        man = np.full_like(pr, np.nan)
-    else:  # map-only: voxel mode's elastic network of the map, the contour enclosing the protein's volume
+        man = pak = np.full_like(pr, np.nan)
+    else:  # map-only: voxel mode's packing and elastic network of the map, the contour enclosing the protein's volume
         con = nat = np.full_like(pr, np.nan)
         n_vox = int(round((int(it.res_index.max()) + 1) * RESIDUE_VOLUME / 1.5 ** 3))
         man = residue_values(atom_predictions(it, map_elastic_network(it.grid, n_vox, 1.5, it.centers)),
                              it.res_index, bb)
+        pak = residue_values(atom_predictions(it, map_packing(it.grid, n_vox, 1.5, it.centers)), it.res_index, bb)
     good = np.isfinite(pr) & np.isfinite(lab) & np.isfinite(anm)
     a, b = np.polyfit(pr[good], lab[good], 1)
     err = np.abs(lab[good] - (a * pr[good] + b))
-    return {"protein": it.protein, "residue_r": pearson(pr, lab), "anm_r": pearson(anm, lab),
+    return {"protein": it.protein, "map_kind": map_kind(it.path), "residue_r": pearson(pr, lab),
+            "anm_r": pearson(anm, lab),
             "atom_r": pearson(pa, it.log_rmsf), "sd_spearman": float(stats.spearmanr(sr[good], err).statistic),
             "z_abs": (np.abs(it.labels[ok] - mu[ok]) / sd_c[ok]).tolist(),  # centre voxels, absolute scale
-            "_res": (pr[good], anm[good], lab[good], con[good], nat[good], man[good])}
+            "_res": (pr[good], anm[good], lab[good], con[good], nat[good], man[good], pak[good])}
 
 
-def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
+def summarize(all_rows: list[dict], sd_scale: float = 1.0) -> dict:
+    """CV metrics and the fitted calibration.  The headline metrics, sd_scale and structure mode's weights come from
+    the frame-averaged test maps (map kind "map"); voxel mode's weights are fitted on the mean over every kind of test
+    map there is (frame-averaged, Debye-Waller, clean), since a term that fits one kind can cost another (round 9:
+    the map's normal modes at 0.95 cost clean real-MD maps)."""
+    rows = [r for r in all_rows if r.get("map_kind", "map") == "map"] or all_rows
     per: dict[str, list[dict]] = {}
     for r in rows:
         per.setdefault(r["protein"], []).append(r)
@@ -136,13 +145,21 @@ def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
             per_p.setdefault(r["protein"], []).append(v)
         return float(np.nanmean([np.nanmean(v) for v in per_p.values()]))
 
+    def mean_r_of(rs: list[dict], k_: float, e_: float) -> float:  # z(network) + k z(packing) + e z(map ANM)
+        per_p: dict[str, list[float]] = {}
+        for r in rs:
+            p, _, lab, _, _, man, pak = r["_res"]
+            v = zscore(p) + k_ * np.nan_to_num(zscore(pak)) + e_ * np.nan_to_num(zscore(man))
+            per_p.setdefault(r["protein"], []).append(pearson(v, lab))
+        return float(np.nanmean([np.nanmean(v) for v in per_p.values()]))
+
     c, n, best_r = 0.0, 0.0, -np.inf
     if all(np.isfinite(r["_res"][3]).all() for r in rows):  # two-channel model: fit the contrasts' weights first
         table = {}
         for c_ in CONTRAST_WEIGHTS:
             for n_ in CONTRAST_WEIGHTS:
                 table[c_, n_] = mean_r([pearson(zscore(p) + c_ * zscore(con) + n_ * zscore(nat), lab)
-                                        for r in rows for p, _, lab, con, nat, _ in [r["_res"]]])
+                                        for r in rows for p, _, lab, con, nat, _, _ in [r["_res"]]])
                 if table[c_, n_] > best_r + 1e-9:
                     c, n, best_r = float(c_), float(n_), table[c_, n_]
         for c_ in CONTRAST_WEIGHTS:  # the lattice contrast alone, and the native one at the fitted lattice weight
@@ -150,21 +167,35 @@ def summarize(rows: list[dict], sd_scale: float = 1.0) -> dict:
             out[f"native_n{c_:g}_residue_r"] = table[c, c_]
     out["contrast_weight"], out["native_contrast_weight"] = c, n
     out["residue_r_with_contrast"] = best_r if np.isfinite(best_r) else out["residue_r"]
-    e, best_e = 0.0, -np.inf
-    if any(np.isfinite(r["_res"][5]).any() for r in rows):  # map-only: the weight of the map's elastic network
-        for e_ in MAP_ANM_WEIGHTS:  # where the map gave no network, voxel mode keeps the network's values
-            m = mean_r([pearson(zscore(p) + e_ * np.nan_to_num(zscore(man)), lab)
-                        for r in rows for p, _, lab, _, _, man in [r["_res"]]])
-            out[f"map_anm_e{e_:g}_residue_r"] = m
-            if m > best_e + 1e-9:
-                e, best_e = float(e_), m
-        out["residue_r_with_map_anm"] = best_e
+    k, e = 0.0, 0.0
+    if any(np.isfinite(r["_res"][5]).any() or np.isfinite(r["_res"][6]).any() for r in all_rows):
+        # map-only: the weight of the map's packing, then of its normal modes
+        kinds = sorted({r.get("map_kind", "map") for r in all_rows})
+
+        def over_kinds(k_: float, e_: float) -> float:  # mean over map kinds of the mean over proteins
+            return float(np.mean([mean_r_of([r for r in all_rows if r.get("map_kind", "map") == mk], k_, e_)
+                                  for mk in kinds]))
+        out["map_kinds_fitted_on"] = kinds
+        out["residue_r_map_kinds"] = over_kinds(0.0, 0.0)
+        best = -np.inf
+        for k_ in MAP_SHAPE_WEIGHTS:
+            out[f"map_packing_k{k_:g}_residue_r"] = m = over_kinds(k_, 0.0)
+            if m > best + 1e-9:
+                k, best = float(k_), m
+        out["residue_r_with_packing"] = best
+        best = -np.inf
+        for e_ in MAP_SHAPE_WEIGHTS:  # NaN terms count as 0: where the map gave no network, voxel mode keeps the rest
+            out[f"map_anm_e{e_:g}_residue_r"] = m = over_kinds(k, e_)
+            if m > best + 1e-9:
+                e, best = float(e_), m
+        out["residue_r_with_map_anm"] = best
+    out["map_packing_weight"] = k
     out["map_anm_weight"] = e
     best = None
     for w in WEIGHTS:
         rs = [pearson(zscore(zscore(p) + (c * zscore(con) if c else 0.0) + (n * zscore(nat) if n else 0.0))
                       + w * zscore(an), lab)
-              for r in rows for p, an, lab, con, nat, _ in [r["_res"]]]
+              for r in rows for p, an, lab, con, nat, _, _ in [r["_res"]]]
         m = mean_r(rs)
         out[f"zsum_w{w:g}_residue_r"] = m
         if best is None or m > best[1] + 1e-9:
@@ -198,7 +229,7 @@ def run(a) -> dict:
     # the kinds of map asked for (file PROTEIN__KINDn.npz), each protein's frame maps (*__map*) first: CV test maps,
     # validation and sd_scale stay on that kind
     map_kinds = set(a.map_kinds.split(","))
-    groups = {p: sorted((f for f in fs if f.stem.split("__")[1].rstrip("0123456789") in map_kinds),
+    groups = {p: sorted((f for f in fs if map_kind(f) in map_kinds),
                         key=lambda f: ("__map" not in f.name, f.name)) for p, fs in list_samples(data).items()}
     proteins = sorted(groups)
     folds = folds_of(proteins, a.folds)
@@ -240,7 +271,7 @@ def run(a) -> dict:
                 save_checkpoint(ck, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
                 print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
             for p in test:
-                for f in groups[p][:a.eval_maps]:
+                for f in cv_test_maps(groups[p], a.eval_maps, a.fit_map_kinds.split(",") if kind == "map" else []):
                     rows.append(item_rows(model, load_item(f, res), ens, a.sd_slope, a.sd_power, res))
         summ = summarize(rows) if rows else {}
         if summ:
@@ -256,7 +287,10 @@ def run(a) -> dict:
                   f"Spearman(SD,|err|) {summ['sd_spearman']:.3f}, contrast_weight {summ['contrast_weight']}, "
                   f"native_contrast_weight {summ.get('native_contrast_weight', 0.0)} "
                   f"(residue r {summ['residue_r_with_contrast']:.3f}), anm_weight {summ['anm_weight']}, "
-                  f"map_anm_weight {summ.get('map_anm_weight', 0.0)}"
+                  f"map_packing_weight {summ.get('map_packing_weight', 0.0)}"
+                  + (f" (residue r over map kinds {summ['residue_r_map_kinds']:.3f} -> "
+                     f"{summ['residue_r_with_packing']:.3f})" if "residue_r_with_packing" in summ else "")
+                  + f", map_anm_weight {summ.get('map_anm_weight', 0.0)}"
                   + (f" (residue r {summ['residue_r_with_map_anm']:.3f})" if "residue_r_with_map_anm" in summ else ""),
                   flush=True)
         ckf = out / f"{kind}_{res:g}A.pt"
@@ -274,6 +308,7 @@ def run(a) -> dict:
                    "contrast_weight": summ.get("contrast_weight", 0.0),
                    "native_contrast_weight": summ.get("native_contrast_weight", 0.0),
                    "map_anm_weight": summ.get("map_anm_weight", 0.0),
+                   "map_packing_weight": summ.get("map_packing_weight", 0.0),
                    "sd_slope": summ.get("sd_slope", 0.0), "sd_power": summ.get("sd_power", 1.0),
                    "fitted_on": fitted_on}
             if cal["sd_slope"] or cal["sd_power"] != 1.0:
@@ -289,6 +324,16 @@ def run(a) -> dict:
             print(f"{dst}: parity {dev:.1e}", flush=True)
     (out / f"train2_{res:g}A.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
     return results
+
+
+def cv_test_maps(files: list[Path], eval_maps: int, other_kinds: list[str]) -> list[Path]:
+    """A test protein's CV maps: its first ``eval_maps`` files (frame-averaged first), and one map of each other kind
+    in ``other_kinds`` (map-only: voxel mode's weights are fitted over the kinds, see :func:`summarize`)."""
+    out = list(files[:eval_maps])
+    have = {map_kind(f) for f in out}
+    for mk in other_kinds:
+        out += [f for f in files if map_kind(f) == mk][:1] if mk not in have else []
+    return out
 
 
 def _describe(channels: int, res: float) -> str:
@@ -323,6 +368,10 @@ def add_parser(sub, default_data: str, default_ens: str) -> None:
                    "MD by validate-md with the slope; 0 ignores the head)")
     t.add_argument("--map-kinds", default="map,dw,clean", help="which simulated maps to use (dataset's kinds: map = "
                    "frame-averaged, dw = Debye-Waller, clean = Debye-Waller without confounders); round 3 used map")
+    t.add_argument("--fit-map-kinds", default="map,dw,clean", help="map-only: the kinds of CV test map voxel "
+                   "mode's weights (packing, normal modes of the map) are fitted on, as the mean over kinds (one map "
+                   "of each besides the --eval-maps frame-averaged ones); headline metrics and sd_scale stay on the "
+                   "frame-averaged maps")
     t.add_argument("--groups", type=int, default=0, help="maps per batch (256 patches split evenly); > 0 trains the "
                    "variance head on each map's errors less the map's offset (0: independent patches, beta-NLL)")
     t.add_argument("--seed", type=int, default=0, help="fold k trains with seed SEED + k, the final model with SEED "

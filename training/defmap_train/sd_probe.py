@@ -73,7 +73,7 @@ def run(a) -> dict:
             def per_res(v, st=st):
                 return residue_values(v, st.res_index, st.atom_name, st.n_res, "backbone")
 
-            pred = mod.structure_values(per_res(mean), per_res)
+            pred = mod.reported_values(per_res(mean), per_res)
             n = st.n_res
             d = {"z": zscore(pred), "sd": per_res(sd), "sd_shipped": per_res(mod.calibrated_sd(mean, sd)),
                  "contrast": zscore(per_res(mod.last_contrast)), "contacts": _contacts(xyz[st.ca_index()]),

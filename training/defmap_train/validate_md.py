@@ -39,6 +39,7 @@ from chimerax.defmap.nma import (
     combine,
     combine_terms,
     map_elastic_network,
+    map_packing,
     zscore,
 )
 
@@ -166,6 +167,7 @@ class OnnxModel:
         self.last_contrast: np.ndarray | None = None  # set by predict
         self.last_native: np.ndarray | None = None
         self.last_map_anm: np.ndarray | None = None
+        self.last_packing: np.ndarray | None = None
 
     @property
     def resolution(self) -> float:
@@ -180,20 +182,24 @@ class OnnxModel:
         prediction's z-score over the atoms)."""
         return calibrated_sd(sd, mean, self.calibration)
 
-    def structure_values(self, residue_pred: np.ndarray, per_res) -> np.ndarray:
-        """Residue values as structure mode reports them (``cmd.predict_structure``): the network's, combined with the
-        last prediction's density contrast at ``calibration.contrast_weight`` and its contrast at the map's own
-        resolution at ``calibration.native_contrast_weight`` (unchanged without them)."""
+    def reported_values(self, residue_pred: np.ndarray, per_res) -> np.ndarray:
+        """Residue values as the bundle reports them by default: structure mode's (``cmd.predict_structure``), the
+        network's combined with the last prediction's density contrast at ``calibration.contrast_weight`` and its
+        contrast at the map's own resolution at ``calibration.native_contrast_weight``; voxel mode's
+        (``cmd.predict_voxels``), the network's combined with the map's packing at
+        ``calibration.map_packing_weight`` (unchanged without them)."""
         terms = [(per_res(v), float(self.calibration.get(key, 0.0)))
-                 for v, key in ((self.last_contrast, "contrast_weight"), (self.last_native, "native_contrast_weight"))
+                 for v, key in ((self.last_contrast, "contrast_weight"), (self.last_native, "native_contrast_weight"),
+                                (self.last_packing, "map_packing_weight"))
                  if v is not None and float(self.calibration.get(key, 0.0)) > 0]
         return combine_terms(residue_pred, terms) if terms else residue_pred
 
     def predict(self, values, x2i, xyz, elements, map_resolution,
                 n_residues: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-atom (mean log10 RMSF, the head's raw SD or None).  ``n_residues`` sets the volume a user's contour
-        would enclose (``nma.RESIDUE_VOLUME`` each) for the normal modes of the map's own pseudo-atoms that voxel
-        mode adds with ``normalModes true`` (map-only kind; ``last_map_anm``)."""
+        would enclose (``nma.RESIDUE_VOLUME`` each) for what voxel mode reads from the map's own shape (map-only kind):
+        its packing (``last_packing``) and the normal modes of its pseudo-atoms that ``normalModes true`` adds
+        (``last_map_anm``)."""
         prep = pp.prepare_points(values, x2i, xyz, self.spec, map_resolution=map_resolution)
         x = pp.stack_channels(prep, self.channels, xyz, pp.element_weights(elements), self.spec)
         y = dense_run(self.session, self.input, x, prep.centers, self.spec.box)
@@ -201,12 +207,15 @@ class OnnxModel:
         ok = prep.point_to_center >= 0
         mean[ok] = y[0][prep.point_to_center[ok]]
         self.last_contrast = None  # per atom, two-channel models: what structure mode combines with the network
-        self.last_native = self.last_map_anm = None
+        self.last_native = self.last_map_anm = self.last_packing = None
         if self.kind == "map" and n_residues:
             n_vox = int(round(n_residues * RESIDUE_VOLUME / self.spec.voxel_size ** 3))
             fl = map_elastic_network(prep.grid.values, n_vox, self.spec.voxel_size, prep.centers)
             self.last_map_anm = np.full(len(xyz), np.nan)
             self.last_map_anm[ok] = fl[prep.point_to_center[ok]]
+            pk = map_packing(prep.grid.values, n_vox, self.spec.voxel_size, prep.centers)
+            self.last_packing = np.full(len(xyz), np.nan)
+            self.last_packing[ok] = pk[prep.point_to_center[ok]]
         if float(self.calibration.get("native_contrast_weight", 0.0)) > 0 or self.kind == "map+model":
             rigid = pp.rigid_density_at(xyz, pp.element_weights(elements), map_resolution or self.resolution)
             self.last_native = pp.native_contrast(pp.map_values_at(values, x2i, xyz), rigid)
@@ -331,15 +340,18 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
                 continue
             mean, sd = mod.predict(values, x2i, xyz, st.element, res, st.n_res)
             net = per_res(mean)
-            pr = mod.structure_values(net, per_res)
+            pr = mod.reported_values(net, per_res)
             if mod.last_contrast is not None:
                 row["contrast"] = pearson(per_res(mod.last_contrast), truth)  # the one voxel alone, a diagnostic
                 row["native"] = pearson(per_res(mod.last_native), truth)  # and the contrast at the map's resolution
             if mod.last_map_anm is not None:  # voxel mode's normalModes: the map's own elastic network
                 man = per_res(mod.last_map_anm)
                 row["map_anm"] = pearson(man, truth)
-                row["map+map_anm"] = pearson(combine(pr, man, float(mod.calibration.get("map_anm_weight", 1.0))),
-                                             truth)
+                row["map_packing"] = pearson(per_res(mod.last_packing), truth)
+                cal = mod.calibration
+                row["map+map_anm"] = pearson(combine_terms(net, [(per_res(mod.last_packing),
+                                                                  float(cal.get("map_packing_weight", 0.0))),
+                                                                 (man, float(cal.get("map_anm_weight", 1.0)))]), truth)
             if pr is not net:  # the contrast was combined: the network alone beside it
                 row[f"{kind}_network"] = pearson(net, truth)
             kind_pred[kind] = pr
@@ -448,6 +460,7 @@ def sd_slope_report(chains: list[dict]) -> dict:
 
 COLUMNS = [("raw", "raw intensity"), ("contrast", "density contrast alone"),
            ("native", "contrast at map resolution alone"), ("anm", "ANM (fitted model)"),
+           ("map_packing", "packing of the map alone"), ("map_network", "map-only network alone"),
            ("map", "map-only (voxel mode)"), ("map_anm", "ANM of the map's pseudo-atoms alone"),
            ("map+map_anm", "map-only ⊕ ANM of the map (voxel mode normalModes)"),
            ("map+model_network", "map + model network alone"),
@@ -530,7 +543,8 @@ def targets(summary: dict, slopes: dict | None = None) -> list[str]:
 
 
 DOC_BEGIN, DOC_END = "<!-- validate-md:begin -->", "<!-- validate-md:end -->"
-DOC_COLUMNS = [("raw", "raw intensity"), ("anm", "ANM of the fitted model"), ("map", "map-only model (voxel mode)"),
+DOC_COLUMNS = [("raw", "raw intensity"), ("anm", "ANM of the fitted model"), ("map_network", "map-only network alone"),
+               ("map", "map-only (voxel mode)"),
                ("map+map_anm", "voxel mode with normalModes (ANM of the map)"),
                ("map+model_network", "map + model network alone"),
                ("map+model", "map + model (structure mode)"), ("map+model+anm_fitted", "map + model ⊕ w·ANM"),
@@ -569,7 +583,10 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
                                 f"network's lattice, n = {cv['native_contrast_weight']:g} at the map's resolution, "
                                 f"fitted together on that CV) {_f(cv['residue_r_with_contrast'])}"
                                 if cv.get("native_contrast_weight") else "")
-                             + (f", with normal modes of the map's pseudo-atoms (voxel mode's normalModes, weight "
+                             + (f", with the map's packing (voxel mode, weight {cv['map_packing_weight']:g} fitted on "
+                                f"that CV) {_f(cv['residue_r_with_packing'])}"
+                                if cv.get("map_packing_weight") and "residue_r_with_packing" in cv else "")
+                             + (f", and with normal modes of the map's pseudo-atoms (voxel mode's normalModes, weight "
                                 f"{cv['map_anm_weight']:g} fitted on that CV) {_f(cv['residue_r_with_map_anm'])}"
                                 if cv.get("map_anm_weight") and "residue_r_with_map_anm" in cv else "")
                              + ", ANM of "

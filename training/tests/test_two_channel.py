@@ -248,16 +248,17 @@ def test_cv_fits_the_contrast_weights_only_where_the_contrasts_help():
     from defmap_train.mapmodel import summarize
     rng = np.random.default_rng(0)
 
-    def rows(contrast, native="unrelated", map_anm="absent"):  # "informative", "unrelated" or "absent"
-        out = []
+    def rows(contrast, native="unrelated", map_anm="absent", packing="absent", kind="map", r=0.5):
+        out = []  # each term "informative", "misleading", "unrelated" or "absent"
         for p in range(6):
             lab = np.convolve(rng.normal(size=120), np.ones(5) / 5, "same")
             pr = lab + rng.normal(0, 0.3, 120)
-            con, nat, man = ({"informative": lab + rng.normal(0, 0.3, 120), "unrelated": rng.normal(size=120),
-                              "absent": np.full(120, np.nan)}[k] for k in (contrast, native, map_anm))
+            con, nat, man, pak = ({"informative": lab + rng.normal(0, 0.3, 120),
+                                   "misleading": -lab + rng.normal(0, 0.3, 120), "unrelated": rng.normal(size=120),
+                                   "absent": np.full(120, np.nan)}[k] for k in (contrast, native, map_anm, packing))
             anm = rng.normal(size=120)
-            out.append({"protein": f"p{p}", "residue_r": 0.5, "anm_r": 0.0, "atom_r": 0.5, "sd_spearman": 0.0,
-                        "z_abs": [0.5, 1.5], "_res": (pr, anm, lab, con, nat, man)})
+            out.append({"protein": f"p{p}", "map_kind": kind, "residue_r": r, "anm_r": 0.0, "atom_r": 0.5,
+                        "sd_spearman": 0.0, "z_abs": [0.5, 1.5], "_res": (pr, anm, lab, con, nat, man, pak)})
         return out
     helps = summarize(rows("informative"))
     assert helps["contrast_weight"] >= 0.5 and helps["residue_r_with_contrast"] > helps["contrast_c0_residue_r"]
@@ -274,3 +275,32 @@ def test_cv_fits_the_contrast_weights_only_where_the_contrasts_help():
     voxel = summarize(rows("absent", "absent", "informative"))
     assert voxel["map_anm_weight"] >= 0.5 and voxel["residue_r_with_map_anm"] > voxel["map_anm_e0_residue_r"]
     assert summarize(rows("absent", "absent", "unrelated"))["map_anm_weight"] <= 0.1
+    # the map's packing (voxel mode's default), fitted before the elastic network's weight
+    pk = summarize(rows("absent", "absent", "unrelated", "informative"))
+    assert pk["map_packing_weight"] >= 0.5 and pk["residue_r_with_packing"] > pk["map_packing_k0_residue_r"]
+    assert pk["map_anm_weight"] <= 0.1 and pk["map_kinds_fitted_on"] == ["map"]
+
+
+def test_cv_fits_voxel_modes_weights_over_the_kinds_of_test_map():
+    """summarize: voxel mode's weights maximize the mean over the kinds of test map (a term that helps frame-averaged
+    maps as much as it misleads clean ones gets no weight), while the headline metrics and sd_scale stay on the
+    frame-averaged maps."""
+    from defmap_train.mapmodel import summarize
+    rng = np.random.default_rng(1)
+
+    def rows(packing, kind, r):
+        out = []
+        for p in range(6):
+            lab = np.convolve(rng.normal(size=120), np.ones(5) / 5, "same")
+            pak = (lab if packing == "informative" else -lab) + rng.normal(0, 0.3, 120)
+            out.append({"protein": f"p{p}", "map_kind": kind, "residue_r": r, "anm_r": 0.0, "atom_r": 0.5,
+                        "sd_spearman": 0.0, "z_abs": [r, 2 * r],
+                        "_res": (lab + rng.normal(0, 0.5, 120), rng.normal(size=120), lab, np.full(120, np.nan),
+                                 np.full(120, np.nan), np.full(120, np.nan), pak)})
+        return out
+    frames = rows("informative", "map", 0.5)
+    alone = summarize(frames)
+    assert alone["map_packing_weight"] >= 0.5
+    both = summarize(frames + rows("misleading", "clean", 0.9))
+    assert both["map_packing_weight"] <= 0.15 and both["map_kinds_fitted_on"] == ["clean", "map"]
+    assert both["residue_r"] == 0.5 and both["sd_scale"] == alone["sd_scale"]  # frame-averaged maps only

@@ -10,7 +10,7 @@ pytest.importorskip("torch", reason="training needs torch (make train-env)")
 
 
 def _result() -> dict:
-    s = {"raw": 0.6, "anm": 0.7, "map": 0.75, "map+map_anm": 0.77,
+    s = {"raw": 0.6, "anm": 0.7, "map_network": 0.74, "map": 0.75, "map+map_anm": 0.77,
          "map+model_network": 0.79, "map+model": 0.8, "map+model+anm_fitted": 0.81,
          "map+model_sd_spearman": 0.2, "chains": 17}
     return {"command": "defmap-train validate-md --models x", "models": ["onnx/defmap_5A.onnx"],
@@ -29,7 +29,7 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
     update_docs([doc], docs_block(_result(), [tj]))
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("before\n") and text.endswith(f"{DOC_END}\nafter\n") and "old table" not in text
-    assert "| 0.600 | 0.700 | 0.750 | 0.770 | 0.790 | 0.800 | 0.810 | 0.200 |" in text  # the columns, in order
+    assert "| 0.600 | 0.700 | 0.740 | 0.750 | 0.770 | 0.790 | 0.800 | 0.810 | 0.200 |" in text  # the columns, in order
     assert "ANM of the structure vs the same labels 0.610" in text
     assert "with the density contrast (c = 0.2, fitted on that CV) 0.670" in text
     assert "| hard: map + model ≥ ANM + 0.05 | 0.800 | 0.750 | yes |" in text
@@ -39,12 +39,13 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
     both["kinds"]["map+model"]["cv"]["native_contrast_weight"] = 0.3
     tj.write_text(json.dumps(both))
     both["kinds"]["map"] = {"cv": {"proteins": 54, "residue_r": 0.63, "anm_r": 0.61, "coverage68_calibrated": 0.68,
-                                   "sd_scale": 1.0, "anm_weight": 1.0, "map_anm_weight": 0.95,
-                                   "residue_r_with_map_anm": 0.69}}
+                                   "sd_scale": 1.0, "anm_weight": 1.0, "map_anm_weight": 0.25,
+                                   "residue_r_with_map_anm": 0.69, "map_packing_weight": 0.7,
+                                   "residue_r_with_packing": 0.68}}
     tj.write_text(json.dumps(both))
     native = docs_block(_result(), [tj])
-    assert ("with normal modes of the map's pseudo-atoms (voxel mode's normalModes, weight 0.95 fitted on that CV) "
-            "0.690") in native
+    assert ("with the map's packing (voxel mode, weight 0.7 fitted on that CV) 0.680, and with normal modes of the "
+            "map's pseudo-atoms (voxel mode's normalModes, weight 0.25 fitted on that CV) 0.690") in native
     assert ("with the density contrasts (c = 0.2 on the network's lattice, n = 0.3 at the map's resolution, fitted "
             "together on that CV) 0.670") in native and "with the density contrast (c" not in native
     bare = tmp_path / "CARD.md"
