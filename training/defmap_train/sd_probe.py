@@ -38,6 +38,14 @@ def _contacts(ca: np.ndarray, cutoff: float = 10.0) -> np.ndarray:
     return (np.linalg.norm(ca[:, None] - ca[None], axis=-1) < cutoff).sum(axis=1) - 1.0
 
 
+def _wcn(ca: np.ndarray) -> np.ndarray:
+    """Minus the log weighted contact number of each C-alpha (sum of 1/r^2 over the others): a B-factor predictor
+    nearly as good as ANM at a fraction of its cost."""
+    d2 = ((ca[:, None] - ca[None]) ** 2).sum(axis=-1)
+    np.fill_diagonal(d2, np.inf)
+    return -np.log((1.0 / d2).sum(axis=1))
+
+
 FEATURES = {
     "prediction z-score": lambda d: d["z"],
     "head SD": lambda d: d["sd"],
@@ -45,13 +53,41 @@ FEATURES = {
     "contact number": lambda d: d["contacts"],
     "distance from a chain end (negated)": lambda d: -d["from_end"],
     "abs(z - z(contrast))": lambda d: np.abs(d["z"] - d["contrast"]),
+    "abs(z - z(contrast at map resolution))": lambda d: np.abs(d["z"] - d["native"]),
+    "abs(z - z(WCN of the model))": lambda d: np.abs(d["z"] - d["wcn"]),
     "abs(z - z(map-only)) (a second network's cost)": lambda d: np.abs(d["z"] - d["z_map"]),
     "abs(z - z(ANM)) (ANM's cost)": lambda d: np.abs(d["z"] - d["anm"]),
     "z + abs(z - z(ANM)) (ANM's cost)": lambda d: d["z"] + np.abs(d["z"] - d["anm"]),
     "raw intensity z-score": lambda d: d["raw"],
+    "z-score of ANM": lambda d: d["anm"],
+    "z-score of WCN of the model": lambda d: d["wcn"],
     "oracle: MD z-score": lambda d: d["truth_z"],
     "oracle: abs(MD z-score)": lambda d: np.abs(d["truth_z"]),
 }
+
+
+FITTED = "least-squares fit of log abs error on all the quantities above but the oracles (leave-one-chain-out)"
+
+
+def _abs_error(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """abs(truth minus the per-chain least-squares line of truth on the prediction): validate-md's error."""
+    ok = np.isfinite(pred) & np.isfinite(truth)
+    a, b = np.polyfit(pred[ok], truth[ok], 1)
+    return np.abs(truth - a * pred - b)
+
+
+def _loo_fit(fits: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]) -> list[float]:
+    """Per map, Spearman(a linear score of the quantities, abs error), the score's weights fitted by least squares on
+    log abs error over every other chain: what an SD built from all of them together could reach."""
+    out = []
+    for name, _, x, pred, truth in fits:
+        rest = [(x2, _abs_error(p2, t2)) for n2, _, x2, p2, t2 in fits if n2 != name]
+        xs = np.concatenate([x2 for x2, _ in rest])
+        ys = np.log(np.concatenate([e2 for _, e2 in rest]) + 1e-3)
+        ok = np.isfinite(xs).all(axis=1) & np.isfinite(ys)
+        w = np.linalg.lstsq(np.c_[xs[ok], np.ones(ok.sum())], ys[ok], rcond=None)[0]
+        out.append(sd_error_spearman(pred, np.c_[x, np.ones(len(x))] @ w, truth))
+    return out
 
 
 def run(a) -> dict:
@@ -60,6 +96,7 @@ def run(a) -> dict:
     if not models or not map_models:
         raise SystemExit(f"need map + model and map-only ONNX models in {a.models}")
     per: dict[str, dict[str, list[float]]] = {v: {} for v in VARIANTS}
+    fits: list[tuple] = []  # per map: chain, variant, quantities (residues x quantities), prediction, truth
     for name in md_chains(MD_DIR):
         st, md = load_chain(MD_DIR, name)
         truth = np.log10(md)
@@ -77,6 +114,7 @@ def run(a) -> dict:
             n = st.n_res
             d = {"z": zscore(pred), "sd": per_res(sd), "sd_shipped": per_res(mod.calibrated_sd(mean, sd)),
                  "contrast": zscore(per_res(mod.last_contrast)), "contacts": _contacts(xyz[st.ca_index()]),
+                 "native": zscore(per_res(mod.last_native)), "wcn": zscore(_wcn(xyz[st.ca_index()])),
                  "from_end": np.minimum(np.arange(n), n - 1 - np.arange(n)).astype(float),
                  "z_map": zscore(per_res(choose(map_models, res).predict(values, x2i, xyz, st.element, res)[0])),
                  "anm": zscore(anm_log_fluctuations(xyz[st.ca_index()])),
@@ -85,7 +123,12 @@ def run(a) -> dict:
             row = per[str(m["variant"])].setdefault(name, [])
             row.append({k: sd_error_spearman(pred, f(d), truth) for k, f in FEATURES.items()}  # validate-md's error
                        | {"lag-1 autocorrelation of the errors": _lag1(pred, truth)})
+            fits.append((name, str(m["variant"]), np.stack([f(d) for k, f in FEATURES.items()
+                                                            if not k.startswith("oracle")], axis=1),
+                         pred, truth))
         print(name, flush=True)
+    for (name, v, *_), sp in zip(fits, _loo_fit(fits)):  # in the order the maps' rows were appended
+        next(r for r in per[v][name] if FITTED not in r)[FITTED] = sp
     out = {"command": "defmap-train sd-probe --models " + " ".join(_rel(m) for m in a.models), "variants": {}}
     for v, chains in per.items():
         keys = list(next(iter(chains.values()))[0])
