@@ -524,6 +524,7 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     packing = _map_packing_weight(info)
     if packing:  # + k z(how deeply the contour buries each voxel)
         t0 = time.perf_counter()
+        progress.update(0.9, "packing of the contour")
         terms.append((nma.map_packing(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers),
                       packing))
         stages["packing"] = time.perf_counter() - t0
