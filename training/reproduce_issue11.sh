@@ -4,12 +4,12 @@
 # exist, so an interrupted run resumes).  Budgets are wall-clock minutes on the 2-core CPU; the two kinds train side
 # by side with one thread each, so results depend on the machine's load (reports/ISSUE11.md).
 #
-# The shipped models (round 9: round 5's networks, recalibrated) are the weight average of round 3 and a
+# The shipped models (round 10: round 5's networks, recalibrated) are the weight average of round 3 and a
 # warm-started round 5 (from training/):
 #   RUNS=runs/v3 MAP_KINDS=map CV_MINUTES=10 MINUTES=15 FT_MINUTES=5 ./reproduce_issue11.sh   # round 3, ~65 min
 #   RUNS=runs/v5 INIT_FROM=runs/v3 CV_MINUTES=4 MINUTES=6 FT_MINUTES=3 ./reproduce_issue11.sh # + Debye-Waller, ~30 min
 #   ../.venv/bin/python -m defmap_train soup runs/v3 runs/v5 --out runs/s35
-#   RUNS=runs/s35 ./reproduce_issue11.sh   # checkpoints exist: no training, only CV, calibration (the two contrast
+#   RUNS=runs/s35 ./reproduce_issue11.sh   # checkpoints exist: no training, only CV, calibration (voxel mode's packing and map-ANM weights, the two contrast
 #                                          # weights and the ANM weight, SD slope and power, sd_scale), export
 set -euo pipefail
 cd "$(dirname "$0")"
