@@ -9,8 +9,9 @@
 #   RUNS=runs/v3 MAP_KINDS=map CV_MINUTES=10 MINUTES=15 FT_MINUTES=5 ./reproduce_issue11.sh   # round 3, ~65 min
 #   RUNS=runs/v5 INIT_FROM=runs/v3 CV_MINUTES=4 MINUTES=6 FT_MINUTES=3 ./reproduce_issue11.sh # + Debye-Waller, ~30 min
 #   ../.venv/bin/python -m defmap_train soup runs/v3 runs/v5 --out runs/s35
-#   RUNS=runs/s35 ./reproduce_issue11.sh   # checkpoints exist: no training, only CV, calibration (voxel mode's packing and map-ANM weights, the two contrast
-#                                          # weights and the ANM weight, SD slope and power, sd_scale), export
+#   RUNS=runs/s35 ./reproduce_issue11.sh   # checkpoints exist: no training, only CV, calibration (voxel mode's
+#                                          # packing and map-ANM weights, the two contrast weights and the ANM
+#                                          # weight, SD slope and power, sd_scale), export
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PY:-../.venv/bin/python}
