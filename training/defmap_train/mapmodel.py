@@ -139,19 +139,15 @@ def summarize(all_rows: list[dict], sd_scale: float = 1.0) -> dict:
     out["sd_scale"] = float(np.quantile(z, 0.6827))
     out["coverage68_calibrated"] = float(np.mean(z <= out["sd_scale"]))
 
-    def mean_r(rs):  # mean over proteins, as residue_r
+    def mean_r(rs, of=rows):  # one value per row of ``of``: mean over proteins, as residue_r
         per_p: dict[str, list[float]] = {}
-        for r, v in zip(rows, rs):
+        for r, v in zip(of, rs):
             per_p.setdefault(r["protein"], []).append(v)
         return float(np.nanmean([np.nanmean(v) for v in per_p.values()]))
 
     def mean_r_of(rs: list[dict], k_: float, e_: float) -> float:  # z(network) + k z(packing) + e z(map ANM)
-        per_p: dict[str, list[float]] = {}
-        for r in rs:
-            p, _, lab, _, _, man, pak = r["_res"]
-            v = zscore(p) + k_ * np.nan_to_num(zscore(pak)) + e_ * np.nan_to_num(zscore(man))
-            per_p.setdefault(r["protein"], []).append(pearson(v, lab))
-        return float(np.nanmean([np.nanmean(v) for v in per_p.values()]))
+        return mean_r([pearson(zscore(p) + k_ * np.nan_to_num(zscore(pak)) + e_ * np.nan_to_num(zscore(man)), lab)
+                       for r in rs for p, _, lab, _, _, man, pak in [r["_res"]]], rs)
 
     c, n, best_r = 0.0, 0.0, -np.inf
     if all(np.isfinite(r["_res"][3]).all() for r in rows):  # two-channel model: fit the contrasts' weights first
