@@ -18,6 +18,7 @@ from .validate_md import (
     _rel,
     cached_maps,
     choose,
+    line_errors,
     load_chain,
     load_models,
     md_chains,
@@ -26,10 +27,16 @@ from .validate_md import (
 )
 
 
-def _lag1(pred: np.ndarray, truth: np.ndarray) -> float:
+def _errors(pred: np.ndarray, truth: np.ndarray, fill: float) -> np.ndarray:
+    """validate-md's per-residue errors (``line_errors``), ``fill`` where the prediction or truth is missing."""
     ok = np.isfinite(pred) & np.isfinite(truth)
-    a, b = np.polyfit(pred[ok], truth[ok], 1)
-    e = np.where(ok, truth - a * pred - b, 0.0)
+    e = np.full(len(truth), fill)
+    e[ok] = line_errors(pred, truth, ok)
+    return e
+
+
+def _lag1(pred: np.ndarray, truth: np.ndarray) -> float:
+    e = _errors(pred, truth, 0.0)
     return float(np.corrcoef(e[:-1], e[1:])[0, 1])
 
 
@@ -69,19 +76,12 @@ FEATURES = {
 FITTED = "least-squares fit of log abs error on all the quantities above but the oracles (leave-one-chain-out)"
 
 
-def _abs_error(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """abs(truth minus the per-chain least-squares line of truth on the prediction): validate-md's error."""
-    ok = np.isfinite(pred) & np.isfinite(truth)
-    a, b = np.polyfit(pred[ok], truth[ok], 1)
-    return np.abs(truth - a * pred - b)
-
-
 def _loo_fit(fits: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]) -> list[float]:
     """Per map, Spearman(a linear score of the quantities, abs error), the score's weights fitted by least squares on
     log abs error over every other chain: what an SD built from all of them together could reach."""
     out = []
     for name, _, x, pred, truth in fits:
-        rest = [(x2, _abs_error(p2, t2)) for n2, _, x2, p2, t2 in fits if n2 != name]
+        rest = [(x2, np.abs(_errors(p2, t2, np.nan))) for n2, _, x2, p2, t2 in fits if n2 != name]
         xs = np.concatenate([x2 for x2, _ in rest])
         ys = np.log(np.concatenate([e2 for _, e2 in rest]) + 1e-3)
         ok = np.isfinite(xs).all(axis=1) & np.isfinite(ys)

@@ -301,14 +301,19 @@ def pearson(a, b) -> float:
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
 
 
+def line_errors(pred: np.ndarray, truth: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """The errors issue 11 ranks, at the ``ok`` entries: truth minus the least-squares line of truth on the prediction
+    (MD and the training labels differ in scale)."""
+    a, b = np.polyfit(pred[ok], truth[ok], 1)
+    return truth[ok] - (a * pred[ok] + b)
+
+
 def sd_error_spearman(pred: np.ndarray, sd: np.ndarray, truth: np.ndarray) -> float:
     """Spearman(SD, |error|) with error = truth minus the per-chain least-squares line of truth on the prediction."""
     ok = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(truth)
     if ok.sum() < 5:
         return float("nan")
-    a, b = np.polyfit(pred[ok], truth[ok], 1)
-    err = np.abs(truth[ok] - (a * pred[ok] + b))
-    return float(stats.spearmanr(sd[ok], err).statistic)
+    return float(stats.spearmanr(sd[ok], np.abs(line_errors(pred, truth, ok))).statistic)
 
 
 def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], maps_per_variant: int,
@@ -347,10 +352,9 @@ def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], 
             if mod.last_map_anm is not None:  # voxel mode's normalModes: the map's own elastic network
                 man = per_res(mod.last_map_anm)
                 row["map_anm"] = pearson(man, truth)
-                row["map_packing"] = pearson(per_res(mod.last_packing), truth)
-                cal = mod.calibration
-                row["map+map_anm"] = pearson(combine_terms(net, [(per_res(mod.last_packing),
-                                                                  float(cal.get("map_packing_weight", 0.0))),
+                pak, cal = per_res(mod.last_packing), mod.calibration
+                row["map_packing"] = pearson(pak, truth)
+                row["map+map_anm"] = pearson(combine_terms(net, [(pak, float(cal.get("map_packing_weight", 0.0))),
                                                                  (man, float(cal.get("map_anm_weight", 1.0)))]), truth)
             if pr is not net:  # the contrast was combined: the network alone beside it
                 row[f"{kind}_network"] = pearson(net, truth)
@@ -399,8 +403,7 @@ def _slope_nll(fit, b: float, power: float = 1.0) -> float:
     mean, sd, per_res, truth = fit[:4]
     pr, s = _reported(fit), per_res(sloped_sd(mean, sd, b, power))
     ok = np.isfinite(pr) & np.isfinite(s) & np.isfinite(truth) & (s > 0)
-    a, c = np.polyfit(pr[ok], truth[ok], 1)
-    e2 = (truth[ok] - (a * pr[ok] + c)) ** 2
+    e2 = line_errors(pr, truth, ok) ** 2
     return float(np.log(s[ok]).sum() + 0.5 * ok.sum() * np.log(np.mean(e2 / s[ok] ** 2)))
 
 
