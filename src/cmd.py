@@ -19,20 +19,21 @@ from chimerax.core.commands import (
 )
 from chimerax.core.errors import UserError
 
-from . import model as dm_model
-from . import nma
+from . import combination, map_shape, network, nma
 from . import preprocess as pp
-from .common import DEFAULT_PALETTE, RESIDUE_ATOMS, residue_subset_means
-from .common import default_palette as _default_palette
-from .common import first_line as _first_line
-from .common import no_value_color as _no_value_color
-from .common import residue_means as _residue_means
+from .errors import first_line as _first_line
 from .export import residue_z
 from .keylabels import tidy_key
+from .palette import DEFAULT_PALETTE
+from .palette import default_palette as _default_palette
+from .palette import no_value_color as _no_value_color
 from .progress import Progress
 from .progress import silent as silent_progress
+from .residues import RESIDUE_ATOMS, residue_subset_means
+from .residues import residue_means as _residue_means
+from .rotations import ROTATIONS
 
-_PREDICTORS: dict[tuple, dm_model.Predictor] = {}
+_PREDICTORS: dict[tuple, network.Predictor] = {}
 RESIDUE_ATOMS_DEFAULT = "backbone"  # best on md_reference (training/reports/validate_md_shipped.md)
 
 
@@ -41,7 +42,7 @@ class StructureResult:
     """What a structure-mode run produced (returned to Python scripts)."""
 
     structure: object
-    model: dm_model.ModelInfo
+    model: network.ModelInfo
     provider: str
     atoms: object  # Atoms that received a value
     atom_values: np.ndarray
@@ -89,7 +90,7 @@ class StructureResult:
 class VoxelResult:
     volume: object
     dynamics: object
-    model: dm_model.ModelInfo
+    model: network.ModelInfo
     provider: str
     voxels: int
     level: float
@@ -97,7 +98,7 @@ class VoxelResult:
     stages: dict = field(default_factory=dict)
     map_anm_weight: float = 0.0  # weight of normal modes of the map's own pseudo-atoms (nma.map_elastic_network)
     pseudo_atoms: int = 0  # how many pseudo-atoms the level's volume gave (one placement of the cubes)
-    map_packing_weight: float = 0.0  # weight of the contour's packing around each voxel (nma.map_packing)
+    map_packing_weight: float = 0.0  # weight of the contour's packing around each voxel (map_shape.map_packing)
 
     def as_dict(self) -> dict:
         return {"map": self.volume.atomspec, "dynamics_map": self.dynamics.atomspec, "model": self.model.name,
@@ -115,14 +116,14 @@ def release_predictors() -> None:
     _PREDICTORS.clear()
 
 
-def get_predictor(info: dm_model.ModelInfo, device: str, logger=None) -> dm_model.Predictor:
+def get_predictor(info: network.ModelInfo, device: str, logger=None) -> network.Predictor:
     """Cache one onnxruntime session per model file and device (session creation costs more than small runs)."""
     key = (str(info.path), info.path.stat().st_mtime_ns, device)
     p = _PREDICTORS.get(key)
     if p is None or p.session is None:
         try:
-            p = dm_model.Predictor(info, device)
-        except dm_model.ModelError as e:
+            p = network.Predictor(info, device)
+        except network.ModelError as e:
             raise UserError(str(e)) from None
         if not _PREDICTORS:
             import atexit
@@ -134,12 +135,12 @@ def get_predictor(info: dm_model.ModelInfo, device: str, logger=None) -> dm_mode
     return p
 
 
-def _resolve(model, map_resolution, structure: bool = False) -> dm_model.ModelInfo:
+def _resolve(model, map_resolution, structure: bool = False) -> network.ModelInfo:
     if map_resolution is not None and not (0 < map_resolution < 100):
         raise UserError(f"mapResolution must be between 0 and 100 Å, not {map_resolution:g}")
     try:
-        return dm_model.resolve_model(model, map_resolution, structure)
-    except dm_model.ModelError as e:
+        return network.resolve_model(model, map_resolution, structure)
+    except network.ModelError as e:
         raise UserError(str(e)) from None
 
 
@@ -216,7 +217,7 @@ def _model_faults_as_user_errors(func):
     def wrapper(*args, **kw):
         try:
             out = func(*args, **kw)
-        except dm_model.ModelError as e:
+        except network.ModelError as e:
             raise UserError(str(e)) from None
         values = out.atom_values if isinstance(out, StructureResult) else out[0]
         bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
@@ -290,7 +291,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
     res_vals = residue_subset_means(scored_atoms, atom_vals, res_list, res_vals, residue_atoms)
     atom_sd = None
     if log_var is not None:
-        atom_sd = dm_model.calibrated_sd(np.exp(0.5 * log_var[prep.point_to_center[scored]]), atom_vals,
+        atom_sd = network.calibrated_sd(np.exp(0.5 * log_var[prep.point_to_center[scored]]), atom_vals,
                                          info.calibration)
     net_vals, terms = None, []
     c_weight = float(info.calibration.get("contrast_weight", 0.0)) if pp.MODEL_CHANNEL in info.channels else 0.0
@@ -308,7 +309,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
         native = pp.native_contrast(pp.map_values_at(values, xyz_to_ijk, xyz[scored]), rigid)
         terms.append((_residue_term(scored_atoms, native, res_list, residue_atoms), n_weight))
     if terms:
-        net_vals, res_vals = res_vals, nma.combine_terms(res_vals, terms)
+        net_vals, res_vals = res_vals, combination.combine_terms(res_vals, terms)
         atom_vals = atom_vals + (res_vals - net_vals)[res_list.indices(scored_atoms.residues)]
     stages["mapping"] = time.perf_counter() - t0
     return StructureResult(structure=structures[0], model=info, provider=predictor.provider, atoms=scored_atoms,
@@ -344,7 +345,7 @@ def add_normal_modes(result: StructureResult) -> None:
     nma_vals = np.full(len(result.residues), np.nan)
     nma_vals[pos[pos >= 0]] = fluct[pos >= 0]
     map_vals = np.asarray(result.residue_values, dtype=np.float64)
-    combined = nma.combine(map_vals, nma_vals, float(result.model.calibration.get("anm_weight", 1.0)))
+    combined = combination.combine(map_vals, nma_vals, float(result.model.calibration.get("anm_weight", 1.0)))
     result.atom_values = result.atom_values + (combined - map_vals)[result.residues.indices(result.atoms.residues)]
     result.map_residue_values, result.nma_residue_values, result.residue_values = map_vals, nma_vals, combined
     result.stages["normal_modes"] = time.perf_counter() - t0
@@ -470,9 +471,9 @@ def log_structure_summary(session, result: StructureResult) -> None:
 @_model_faults_as_user_errors
 def predict_voxels(session, volume, model=None, map_resolution=None, device="auto", batch_size=None,
                    level=None, dense=None, progress: Progress | None = None, normal_modes: bool = False
-                   ) -> tuple[np.ndarray, pp.Prepared, dm_model.Predictor, dict, float]:
+                   ) -> tuple[np.ndarray, pp.Prepared, network.Predictor, dict, float]:
     """Voxel-mode prediction at lattice voxels above the map's surface level, combined with what the map's own shape
-    says (there is no model to ask): how deeply the contour buries each voxel (``nma.map_packing``) and, with
+    says (there is no model to ask): how deeply the contour buries each voxel (``map_shape.map_packing``) and, with
     ``normal_modes``, the normal modes of pseudo-atoms in the contour; each at the weight its model's calibration
     gives."""
     progress = progress or silent_progress()
@@ -525,7 +526,7 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     if packing:  # + k z(how deeply the contour buries each voxel)
         t0 = time.perf_counter()
         progress.update(0.9, "packing of the contour")
-        terms.append((nma.map_packing(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers),
+        terms.append((map_shape.map_packing(prep.grid.values, len(prep.centers), info.spec.voxel_size, prep.centers),
                       packing))
         stages["packing"] = time.perf_counter() - t0
     if normal_modes:  # + e z(normal modes of the map's own pseudo-atoms)
@@ -539,17 +540,17 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
                             "pseudo-atoms within 15 Å of each other for normal modes")
         terms.append((fluct, _map_anm_weight(info)))
         stages["normal_modes"] = time.perf_counter() - t0
-    preds = nma.combine_terms(preds, terms)
+    preds = combination.combine_terms(preds, terms)
     return preds, prep, predictor, stages, float(level)
 
 
-def _map_anm_weight(info: dm_model.ModelInfo) -> float:
+def _map_anm_weight(info: network.ModelInfo) -> float:
     """Weight of the map's own normal modes in voxel mode (calibration, fitted on the CV; 1 for models without it)."""
     return float(info.calibration.get("map_anm_weight", 1.0))
 
 
-def _map_packing_weight(info: dm_model.ModelInfo) -> float:
-    """Weight of the map's packing (``nma.map_packing``) in voxel mode (calibration, fitted on the CV; 0, i.e. the
+def _map_packing_weight(info: network.ModelInfo) -> float:
+    """Weight of the map's packing (``map_shape.map_packing``) in voxel mode (calibration, fitted on the CV; 0, i.e. the
     network alone, for models without it)."""
     return float(info.calibration.get("map_packing_weight", 0.0))
 
@@ -605,7 +606,7 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
         progress = Progress(session, f"DEFMap {structure.unique_structures[0]}" if structure.unique_structures
                             else "DEFMap")
         result = predict_structure(session, volume, structure, model, map_resolution, device, batch_size, attribute,
-                                   rotations=len(dm_model.ROTATIONS) if uncertainty else 1,
+                                   rotations=len(ROTATIONS) if uncertainty else 1,
                                    progress=progress.span(0.0, 0.85 if normal_modes else 0.9),
                                    residue_atoms=residue_atoms)
         if normal_modes:
@@ -655,7 +656,8 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
     info = predictor.info
     map_anm = _map_anm_weight(info) if "normal_modes" in stages else 0.0
     enclosed = len(prep.centers) * info.spec.voxel_size ** 3  # Å^3 at or above the level
-    pseudo = len(nma.map_pseudo_atoms(prep.grid.values, len(prep.centers), info.spec.voxel_size)) if map_anm else 0
+    pseudo = (len(map_shape.map_pseudo_atoms(prep.grid.values, len(prep.centers), info.spec.voxel_size))
+              if map_anm else 0)
     packing = _map_packing_weight(info) if "packing" in stages else 0.0
     res = VoxelResult(volume, dyn, info, predictor.provider, len(prep.centers), level,
                       time.perf_counter() - t_start, stages, map_anm, pseudo, packing)
@@ -664,7 +666,7 @@ def defmap(session, map, structure=None, model=None, map_resolution=None, device
         shape.append(f"normal modes of {pseudo:,} pseudo-atoms in it (weight {map_anm:g})")
     modes = "" if not shape else (
         f", combined with {' and '.join(shape)}; the level encloses {enclosed:,.0f} Å³, the volume of about "
-        f"{enclosed / nma.RESIDUE_VOLUME:,.0f} residues")
+        f"{enclosed / map_shape.RESIDUE_VOLUME:,.0f} residues")
     session.logger.info(
         f"DEFMap voxel mode on {volume.name} (level {level:g}): {len(prep.centers):,} voxels scored with "
         f"{info.name} on {predictor.provider} in {res.seconds:.2f} s{modes}; log10 RMSF min / median / max "

@@ -19,9 +19,9 @@ import numpy as np
 from chimerax.core.commands import BoolArg, CmdDesc, ColormapArg, ColormapRangeArg, EnumOf, FloatArg, StringArg
 from chimerax.core.errors import UserError
 
-from .common import no_value_color
 from .export import output_path
 from .keylabels import tidy_key
+from .palette import no_value_color
 from .progress import Progress
 
 if TYPE_CHECKING:  # cmd.py imports this module to register the command; at run time cmd is imported lazily

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from chimerax.core.errors import UserError
 
-from .nma import zscore as residue_z
+from .combination import zscore as residue_z
 
 
 def write_residue_csv(path: str | Path, result) -> int:

@@ -7,7 +7,7 @@ from html import escape
 from chimerax.core.commands import CmdDesc, FloatArg
 from chimerax.core.errors import UserError
 
-from . import model as dm_model
+from . import network
 
 # CV metrics worth a column (a model's metadata may carry many more)
 SHOWN_METRICS = ("residue_r", "atom_r", "anm_r", "coverage68_calibrated", "baseline_residue_r")
@@ -18,13 +18,13 @@ def defmap_models(session, map_resolution: float | None = None, return_json: boo
     prefers the map + model kind, voxel mode needs a map-only one)."""
     if map_resolution is not None and not (0 < map_resolution < 100):
         raise UserError(f"mapResolution must be between 0 and 100 Å, not {map_resolution:g}")
-    models = dm_model.installed_models()
+    models = network.installed_models()
     chosen = voxel = None
     if models and map_resolution is not None:
-        chosen = dm_model.choose_model(models, map_resolution, structure=True)
+        chosen = network.choose_model(models, map_resolution, structure=True)
         try:
-            voxel = dm_model.choose_model(models, map_resolution, structure=False)
-        except dm_model.ModelError:  # only map + model models installed: voxel mode has none
+            voxel = network.choose_model(models, map_resolution, structure=False)
+        except network.ModelError:  # only map + model models installed: voxel mode has none
             voxel = None
     rows = []
     for m in models:
@@ -51,7 +51,7 @@ def defmap_models(session, map_resolution: float | None = None, return_json: boo
     from chimerax.core.commands import ArrayJSONEncoder, JSONResult
     data = {"models": [m.summary() for m in models], "chosen": None if chosen is None else chosen.name,
             "chosen_voxel": None if voxel is None else voxel.name,
-            "search_path": [str(d) for d in dm_model.model_dirs()]}
+            "search_path": [str(d) for d in network.model_dirs()]}
     return JSONResult(ArrayJSONEncoder().encode(data), models)
 
 

@@ -1,5 +1,5 @@
-"""Normal modes of the fitted model (anisotropic network model, C-alpha) and their combination with the map prediction;
-without a model (voxel mode), normal modes of pseudo-atoms placed in the map's own density.
+"""Normal modes of the fitted model (anisotropic network model, C-alpha); without a model (voxel mode), normal
+modes of pseudo-atoms placed in the map's own density (``map_shape.map_pseudo_atoms``).
 
 Free of ChimeraX imports: training imports the same code (its ANM labels and the ATLAS baseline).  Why a combination:
 on the four ATLAS chains with real MD (training/README.md) the map-only 5 Å model and ANM of the structure alone each
@@ -12,6 +12,7 @@ import numpy as np
 from scipy import linalg, sparse
 from scipy.spatial import cKDTree
 
+from .map_shape import map_pseudo_atoms
 from .preprocess import available_memory
 
 CUTOFF = 15.0  # Å, C-alpha ANM as in the training labels and the ATLAS baseline
@@ -325,41 +326,6 @@ def anm_log_fluctuations(ca: np.ndarray, cutoff: float = CUTOFF) -> np.ndarray:
     return 0.5 * np.log10(anm_msf(ca, cutoff))
 
 
-RESIDUE_VOLUME = 135.0  # Å^3 a residue fills in a map (about 1.23 Å^3 per dalton x 110 Da)
-
-
-def top_voxels(lattice: np.ndarray, n_voxels: int) -> np.ndarray:
-    """Flat indices of the ``n_voxels`` highest voxels of a lattice: the map's contour, as voxel mode's level
-    encloses it (or, without a level, the protein's volume), on the low-passed lattice so noise spikes do not count."""
-    v = np.asarray(lattice).ravel()
-    n = int(min(max(n_voxels, 0), v.size))
-    if n == 0:
-        return np.empty(0, dtype=np.int64)
-    level = np.partition(v, v.size - n)[v.size - n]  # a float copy, not an index per voxel (large lattices)
-    above = np.flatnonzero(v > level)
-    return np.concatenate([above, np.flatnonzero(v == level)[:n - len(above)]])
-
-
-def map_pseudo_atoms(lattice: np.ndarray, n_voxels: int, voxel_size: float, phase=(0.0, 0.0, 0.0)) -> np.ndarray:
-    """Pseudo-atoms of a map's own elastic network (no model), in Å on the lattice's index frame (x, y, z from voxel
-    0): the ``n_voxels`` highest voxels of the low-passed lattice, binned into cubes of one residue's volume; each cube
-    holding at least a quarter of its voxels gives one pseudo-atom at their centroid.  Low-passed values keep noise
-    spikes from standing in for the molecule; the volume is the user's contour (voxel mode) or the model's residues."""
-    v = np.asarray(lattice)
-    top = top_voxels(v, n_voxels)
-    if len(top) < 4:
-        return np.empty((0, 3))
-    pts = np.stack(np.unravel_index(top, v.shape), axis=1)[:, ::-1] * float(voxel_size)  # x, y, z
-    side = RESIDUE_VOLUME ** (1.0 / 3.0)
-    cell = np.floor(pts / side + np.asarray(phase, dtype=np.float64)).astype(np.int64)
-    cell -= cell.min(axis=0)
-    _, inv, cnt = np.unique(np.ravel_multi_index(cell.T, cell.max(axis=0) + 1), return_inverse=True,
-                            return_counts=True)
-    inv = inv.reshape(-1)
-    cen = np.stack([np.bincount(inv, pts[:, k]) / cnt for k in range(3)], axis=1)
-    return cen[cnt >= 0.25 * RESIDUE_VOLUME / float(voxel_size) ** 3]
-
-
 PHASES = tuple((a, b, c) for a in (0.0, 0.5) for b in (0.0, 0.5) for c in (0.0, 0.5))  # of the binning cubes
 
 
@@ -391,79 +357,6 @@ def map_elastic_network(lattice: np.ndarray, n_voxels: int, voxel_size: float, c
         count += 1
     with np.errstate(invalid="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
-
-
-PACKING_RADIUS = 30.0  # Å: contour voxels this close count towards a voxel's packing
-
-
-def convolve_same(volume: np.ndarray, kernel: np.ndarray, slab: int = 32) -> np.ndarray:
-    """``volume`` convolved with an odd cubic ``kernel`` (zero outside the volume), same shape, float32: FFTs of one
-    z slab at a time, so memory stays a few slab-sized arrays (whole-volume FFT convolution of a large voxel-mode
-    lattice took ~150 bytes per voxel)."""
-    from scipy import fft
-    n = kernel.shape[0] // 2
-    z = volume.shape[0]
-    padded = np.pad(np.asarray(volume, dtype=np.float32), ((n, n + (-z) % slab),) + ((n, n),) * 2)
-    shape = [fft.next_fast_len(d, real=True) for d in (slab + 2 * n,) + padded.shape[1:]]
-    kf = fft.rfftn(kernel.astype(np.float32), shape)
-    out = np.empty(volume.shape, dtype=np.float32)
-    for z0 in range(0, z, slab):
-        part = fft.irfftn(fft.rfftn(padded[z0:z0 + slab + 2 * n], shape) * kf, shape)
-        out[z0:z0 + slab] = part[2 * n:2 * n + slab, 2 * n:2 * n + volume.shape[1], 2 * n:2 * n + volume.shape[2]][
-            :z - z0]
-    return out
-
-
-def map_packing(lattice: np.ndarray, n_voxels: int, voxel_size: float, centers_zyx: np.ndarray,
-                radius: float = PACKING_RADIUS) -> np.ndarray:
-    """Minus the log weighted contact number of each centre voxel in the map's contour (:func:`top_voxels`): the sum of
-    1/r^2 over contour voxels within ``radius``, Lin et al.'s WCN (Proteins 2008) read on the map instead of atoms.
-    Buried voxels have many contour voxels around them and move less, so larger values mean more flexible; it tells
-    voxel mode, which has no model, how deeply the map's own shape buries each point (fitted weight:
-    ``map_packing_weight``)."""
-    v = np.asarray(lattice)
-    mask = np.zeros(v.size, dtype=bool)
-    mask[top_voxels(v, n_voxels)] = True
-    n = int(np.ceil(radius / voxel_size))
-    g = np.arange(-n, n + 1, dtype=np.float64) * voxel_size
-    r2 = g[:, None, None] ** 2 + g[None, :, None] ** 2 + g[None, None, :] ** 2
-    kernel = np.where((r2 > 0) & (r2 <= radius ** 2), 1.0 / np.maximum(r2, 1e-12), 0.0).astype(np.float32)
-    wcn = convolve_same(mask.reshape(v.shape), kernel)
-    c = np.asarray(centers_zyx, dtype=np.int64).reshape(-1, 3)
-    return -np.log(np.maximum(wcn[c[:, 0], c[:, 1], c[:, 2]].astype(np.float64), 1.0 / radius ** 2))
-
-
-def zscore(v: np.ndarray) -> np.ndarray:
-    """Per-structure z-score, DEFMap's "normalize" step (NaN ignored; zeros when values do not vary)."""
-    v = np.asarray(v, dtype=np.float64)
-    ok = np.isfinite(v)
-    sd = np.std(v[ok]) if ok.sum() > 1 else 0.0
-    return (v - np.mean(v[ok])) / sd if sd > 0 else np.zeros_like(v)
-
-
-def combine(map_values: np.ndarray, nma_values: np.ndarray, weight: float = 1.0) -> np.ndarray:
-    """z(map) + weight x z(ANM) (weight 1 unless a model's metadata carries one fitted on its simulated CV), rescaled
-    to the map prediction's mean and SD so the result reads as a (relative) log10 RMSF like the map prediction alone.
-    Entries without a normal-mode value keep the map value.  Structure mode also uses it for the density contrasts
-    (``cmd.predict_structure``, through :func:`combine_terms`).
-    """
-    return combine_terms(map_values, [(nma_values, weight)])
-
-
-def combine_terms(map_values: np.ndarray, terms) -> np.ndarray:
-    """z(map) + sum of weight x z(term) over (term, weight) pairs with a non-zero weight, rescaled to the map
-    prediction's mean and SD; entries where a term has no value keep the map value."""
-    m = np.asarray(map_values, dtype=np.float64)
-    terms = [(np.asarray(t, dtype=np.float64), float(w)) for t, w in terms if float(w) != 0.0]
-    ok = np.isfinite(m)
-    for t, _ in terms:
-        ok &= np.isfinite(t)
-    out = m.copy()
-    if ok.sum() < 2 or not terms:
-        return out
-    s = zscore(m[ok]) + sum(w * zscore(t[ok]) for t, w in terms)
-    out[ok] = np.mean(m[ok]) + np.std(m[ok]) * zscore(s)
-    return out
 
 
 def _main(argv: list[str]) -> int:

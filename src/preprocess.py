@@ -148,7 +148,7 @@ def resample(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, origin: np.ndarray,
 
 RESAMPLE_BYTES_PER_VOXEL = 16  # raw + filtered + standardized float32, inside and support masks
 VOXEL_MODE_BYTES_PER_VOXEL = 48  # plus centre indices, the nearest-voxel fill of the dynamics map and, after
-# inference, the packing term (nma.map_packing: about 17 bytes per voxel at its peak, measured on a 300³ lattice)
+# inference, the packing term (map_shape.map_packing: about 17 bytes per voxel at its peak, measured on a 300³ lattice)
 
 
 def available_memory() -> int | None:

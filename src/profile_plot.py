@@ -29,7 +29,7 @@ def residue_rotation_sd(result) -> np.ndarray:
 
 def _residue_values(result, atom_values: np.ndarray) -> np.ndarray:
     """Residue values over the same atoms as the result's residue values (residueAtoms)."""
-    from .common import residue_means, residue_subset_means  # result.residues = result.atoms.unique_residues
+    from .residues import residue_means, residue_subset_means  # result.residues = result.atoms.unique_residues
     means = residue_means(result.atoms, atom_values)[1]
     return residue_subset_means(result.atoms, atom_values, result.residues, means,
                                 getattr(result, "residue_atoms", "heavy"))

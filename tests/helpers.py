@@ -77,7 +77,7 @@ def linear_onnx_model(path: Path, weights: np.ndarray, bias: float, spec, name: 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from chimerax.defmap.model import make_metadata
+    from chimerax.defmap.network import make_metadata
     box = spec.box
     w = numpy_helper.from_array(weights.reshape(1, 1, box, box, box).astype(np.float32), "W")
     b = numpy_helper.from_array(np.array([bias], dtype=np.float32), "B")
@@ -139,7 +139,7 @@ def fcn_onnx_model(path: Path, spec, seed: int = 0, name: str = "standin-fcn-5A"
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from chimerax.defmap.model import META_KEY, make_metadata
+    from chimerax.defmap.network import META_KEY, make_metadata
     rng = np.random.default_rng(seed)
     nodes, inits, x = [], [], "density"
     for i, (cin, cout, k) in enumerate(layers):

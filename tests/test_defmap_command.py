@@ -153,10 +153,10 @@ def test_bad_script_line_fails_make_run_with_one_line(tmp_path, line, message):
 def test_no_model_installed_is_one_sentence(cx, monkeypatch, tmp_path):
     from chimerax.core.errors import UserError
 
-    from chimerax.defmap import model as dm_model
+    from chimerax.defmap import network
     open_emd3488(cx)
-    monkeypatch.setattr(dm_model, "PACKAGE_MODEL_DIR", tmp_path)
-    monkeypatch.setenv(dm_model.MODEL_DIR_ENV, "")
+    monkeypatch.setattr(network, "PACKAGE_MODEL_DIR", tmp_path)
+    monkeypatch.setenv(network.MODEL_DIR_ENV, "")
     colors = cx.models.list(model_id=(2,))[0].atoms.colors.copy()
     with pytest.raises(UserError, match=r"^No DEFMap model is installed; .*\.?$"):
         run(cx, "defmap #1 structure #2")

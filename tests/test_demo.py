@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from chimerax.defmap.model import installed_models
+from chimerax.defmap.network import installed_models
 
 from .conftest import TOOLS
 from .helpers import shared_path

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from chimerax.core.commands import run
 
-from chimerax.defmap import model as dm_model
+from chimerax.defmap import network, shared_features
 from chimerax.defmap import preprocess as pp
-from chimerax.defmap import sparse
 
 from .helpers import FCN_LAYERS, fcn_flops_per_patch, fcn_onnx_model, shared_path, simulated_1aku
 
@@ -45,17 +44,17 @@ def test_stand_in_model_has_the_issue_shape(tmp_path):
     s = ort.InferenceSession(str(fcn_model), providers=["CPUExecutionProvider"])
     y = s.run(None, {"density": np.zeros((2, 1, 13, 12, 10), np.float32)})[0]
     assert y.shape == (2, 1, 4, 3, 1)
-    layers = sparse.conv_chain(fcn_model)
+    layers = shared_features.conv_chain(fcn_model)
     assert [(ly.cin, ly.cout, ly.k) for ly in layers] == list(FCN_LAYERS)
-    info = dm_model.read_model_info(fcn_model)
+    info = network.read_model_info(fcn_model)
     assert info.fully_convolutional and info.flops_per_patch == pytest.approx(fcn_flops_per_patch())
-    assert sparse.chain_flops(layers, (10, 10, 10)) == pytest.approx(fcn_flops_per_patch())
+    assert shared_features.chain_flops(layers, (10, 10, 10)) == pytest.approx(fcn_flops_per_patch())
 
 
 @pytest.mark.parametrize("which", ["atoms", "voxels"])
 def test_dense_and_shared_equal_per_patch(fcn_model, prepared, which):
     prep = prepared[0] if which == "atoms" else prepared[1]
-    pred = dm_model.Predictor(dm_model.read_model_info(fcn_model), "cpu")
+    pred = network.Predictor(network.read_model_info(fcn_model), "cpu")
     per_patch = pred.predict_patches(prep.grid, prep.centers)
     dense = pred.predict_dense(prep.grid, prep.centers)
     shared = pred.predict_centers(prep.grid, prep.centers)
@@ -68,7 +67,7 @@ def test_dense_and_shared_equal_per_patch(fcn_model, prepared, which):
 def test_shared_rotations_equal_rotated_patches(fcn_model, prepared):
     prep = prepared[0]
     c = prep.centers[:300]
-    pred = dm_model.Predictor(dm_model.read_model_info(fcn_model), "cpu")
+    pred = network.Predictor(network.read_model_info(fcn_model), "cpu")
     for k in (1, 7, 18, 23):
         assert np.abs(pred.predict_centers(prep.grid, c, rotation=k) - pred.predict_patches(prep.grid, c, rotation=k)
                       ).max() <= TOL
@@ -76,10 +75,10 @@ def test_shared_rotations_equal_rotated_patches(fcn_model, prepared):
 
 def test_shared_blocks_and_chunks_do_not_change_results(fcn_model, prepared):
     prep = prepared[1]
-    layers = sparse.conv_chain(fcn_model)
+    layers = shared_features.conv_chain(fcn_model)
     starts = prep.centers - SPEC.box // 2
-    ref = sparse.SparseConvNet(layers, block=64).predict(prep.grid.values, starts)
-    small = sparse.SparseConvNet(layers, block=7, chunk_bytes=1 << 14)
+    ref = shared_features.SparseConvNet(layers, block=64).predict(prep.grid.values, starts)
+    small = shared_features.SparseConvNet(layers, block=7, chunk_bytes=1 << 14)
     assert np.abs(small.predict(prep.grid.values, starts) - ref).max() <= TOL
     assert small.flops > 0
 
@@ -96,11 +95,11 @@ def test_non_chain_models_fall_back_to_onnxruntime(tmp_path):
                           initializer=[w])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
-    for k, v in dm_model.make_metadata("sig", SPEC, fully_convolutional=True).items():
+    for k, v in network.make_metadata("sig", SPEC, fully_convolutional=True).items():
         m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.save(m, str(tmp_path / "sig.onnx"))
-    assert sparse.conv_chain(tmp_path / "sig.onnx") is None
-    pred = dm_model.Predictor(dm_model.read_model_info(tmp_path / "sig.onnx"), "cpu")
+    assert shared_features.conv_chain(tmp_path / "sig.onnx") is None
+    pred = network.Predictor(network.read_model_info(tmp_path / "sig.onnx"), "cpu")
     grid = pp.Grid(np.random.default_rng(0).random((20, 20, 20), dtype=np.float32), np.zeros(3), 1.5)
     c = np.array([[8, 9, 10], [10, 10, 10]])
     assert np.allclose(pred.predict_centers(grid, c), pred.predict_patches(grid, c))
@@ -126,13 +125,13 @@ def test_shared_memory_stays_flat_with_map_size(tmp_path):
     """Working memory of shared evaluation is bounded by its block, not the map: 8x the voxels (and centres at the
     same density), about the same peak beyond the input grid and the output vector."""
     import tracemalloc
-    layers = sparse.conv_chain(fcn_onnx_model(tmp_path / "m.onnx", SPEC, seed=1))
+    layers = shared_features.conv_chain(fcn_onnx_model(tmp_path / "m.onnx", SPEC, seed=1))
     rng = np.random.default_rng(0)
     peaks = []
     for n in (96, 192):
         grid = rng.random((n, n, n), dtype=np.float32)
         starts = rng.integers(0, n - 10, (n ** 3 // 2000, 3))
-        net = sparse.SparseConvNet(layers)
+        net = shared_features.SparseConvNet(layers)
         tracemalloc.start()
         base = tracemalloc.get_traced_memory()[0]
         out = net.predict(grid, starts)
@@ -146,8 +145,8 @@ def test_shared_memory_stays_flat_with_map_size(tmp_path):
 def test_every_method_reports_progress_up_to_all_centres(fcn_model, prepared):
     """Status-line progress inside one inference call: per batch, tile or block, rising to 1 (issue 13)."""
     prep = prepared[1]
-    pred = dm_model.Predictor(dm_model.read_model_info(fcn_model), "cpu")
-    sparse_net = sparse.SparseConvNet(sparse.conv_chain(fcn_model), block=16)
+    pred = network.Predictor(network.read_model_info(fcn_model), "cpu")
+    sparse_net = shared_features.SparseConvNet(shared_features.conv_chain(fcn_model), block=16)
     runs = {"patches": lambda p: pred.predict_patches(prep.grid, prep.centers, batch_size=256, progress=p),
             "dense": lambda p: pred.predict_dense(prep.grid, prep.centers, tile=16, progress=p),
             "shared": lambda p: sparse_net.predict(prep.grid.values, prep.centers - SPEC.box // 2, p)}

@@ -9,7 +9,7 @@ import pytest
 from chimerax.core.commands import run
 
 from chimerax.defmap import cmd as dm_cmd
-from chimerax.defmap import model as dm_model
+from chimerax.defmap import network
 from chimerax.defmap import preprocess as pp
 
 from .helpers import fcn_onnx_model
@@ -41,7 +41,7 @@ def sigmoid_model(tmp_path_factory) -> Path:
                           [helper.make_tensor_value_info("log10_rmsf", TensorProto.FLOAT, None)], initializer=[w, b])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
-    for k, v in dm_model.make_metadata("det-sigmoid", SPEC, fully_convolutional=True).items():
+    for k, v in network.make_metadata("det-sigmoid", SPEC, fully_convolutional=True).items():
         m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     p = tmp_path_factory.mktemp("det") / "sigmoid.onnx"
     onnx.save(m, str(p))

@@ -17,7 +17,7 @@ from chimerax.core.commands import run
 from chimerax.core.errors import UserError
 
 from chimerax.defmap import cmd as dm_cmd
-from chimerax.defmap import model as dm_model
+from chimerax.defmap import network
 from chimerax.defmap import preprocess as pp
 
 from .hostile import MapSpec, build_map, compare, heavy_xyz_from_pdb, helix_pdb, snapshot
@@ -58,13 +58,13 @@ def _edit_metadata(src: Path, dst: Path, value: str | None) -> Path:
     m = onnx.load(str(src))
     del m.metadata_props[:]
     if value is not None:
-        m.metadata_props.append(onnx.StringStringEntryProto(key=dm_model.META_KEY, value=value))
+        m.metadata_props.append(onnx.StringStringEntryProto(key=network.META_KEY, value=value))
     onnx.save(m, str(dst))
     return dst
 
 
 def _meta(**changes) -> str:
-    meta = json.loads(dm_model.make_metadata("x", SPEC, fully_convolutional=True)[dm_model.META_KEY])
+    meta = json.loads(network.make_metadata("x", SPEC, fully_convolutional=True)[network.META_KEY])
     for k, v in changes.items():
         if k.startswith("features."):
             meta["features"][k.split(".", 1)[1]] = v
@@ -161,7 +161,7 @@ def _conv_model(path: Path, kernel: int, in_shape, *, bias: float = -0.1, fully_
     elem = TensorProto.INT32 if out_type == "int" else TensorProto.FLOAT
     return _onnx(path, nodes, [helper.make_tensor_value_info("density", TensorProto.FLOAT, in_shape)],
                  [helper.make_tensor_value_info("out", elem, None)], [w, b],
-                 dm_model.make_metadata("faulty", spec, fully_convolutional=fully_conv))
+                 network.make_metadata("faulty", spec, fully_convolutional=fully_conv))
 
 
 MODEL_FAULTS = {
@@ -182,7 +182,7 @@ def _four_d(p: Path) -> Path:
     node = helper.make_node("ReduceMean", ["density"], ["out"], keepdims=0)
     return _onnx(p, [node], [helper.make_tensor_value_info("density", TensorProto.FLOAT, ["N", 10, 10, 10])],
                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [],
-                 dm_model.make_metadata("faulty", SPEC, fully_convolutional=False))
+                 network.make_metadata("faulty", SPEC, fully_convolutional=False))
 
 
 @pytest.mark.parametrize("fault", list(MODEL_FAULTS))
@@ -199,8 +199,8 @@ def test_model_network_contradicts_metadata(scene, tmp_path, fault, mode):
 
 def test_device_gpu_without_cuda_is_a_clear_error(scene, random_model):
     try:
-        dm_model.Predictor(dm_model.read_model_info(random_model), "gpu").close()
-    except dm_model.ModelError:
+        network.Predictor(network.read_model_info(random_model), "gpu").close()
+    except network.ModelError:
         pass
     else:
         pytest.skip("this machine has a working CUDA provider, so device gpu runs")
@@ -232,7 +232,7 @@ class _NoCudaOrt:
 
 def test_cpu_only_onnxruntime(scene, random_model, monkeypatch):
     import onnxruntime
-    monkeypatch.setattr(dm_model, "_ort", lambda: _NoCudaOrt(onnxruntime))
+    monkeypatch.setattr(network, "_ort", lambda: _NoCudaOrt(onnxruntime))
     refused(scene, f"defmap #1 structure #2 model {random_model} device gpu", "no CUDA provider")
     res = run(scene, f"defmap #1 structure #2 model {random_model} device auto", log=False)
     assert res.provider == "CPUExecutionProvider"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
-CHIMERAX_FREE = ("preprocess", "model", "onnx_format", "rotations", "sparse", "nma")
+CHIMERAX_FREE = ("preprocess", "network", "onnx_format", "rotations", "shared_features", "nma", "map_shape",
+                 "combination", "residues", "errors")
 
 
 def _imports(path: Path) -> tuple[set[str], set[str]]:

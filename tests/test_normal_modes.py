@@ -7,7 +7,7 @@ import pytest
 from chimerax.core.commands import run
 from chimerax.core.errors import UserError
 
-from chimerax.defmap import nma
+from chimerax.defmap import combination, map_shape, nma
 
 from .helpers import add_map, shared_path, simulate_map
 
@@ -53,11 +53,11 @@ def test_combine_is_the_z_score_sum_on_the_map_scale():
     rng = np.random.default_rng(0)
     m, n = rng.normal(-0.1, 0.2, 50), rng.normal(3.0, 5.0, 50)
     n[[3, 7]] = np.nan  # residues without a C-alpha keep the map value
-    c = nma.combine(m, n)
+    c = combination.combine(m, n)
     ok = np.isfinite(n)
     assert c[3] == m[3] and c[7] == m[7]
     assert np.isclose(c[ok].mean(), m[ok].mean()) and np.isclose(c[ok].std(), m[ok].std())
-    assert np.corrcoef(c[ok], nma.zscore(m[ok]) + nma.zscore(n[ok]))[0, 1] > 1 - 1e-12
+    assert np.corrcoef(c[ok], combination.zscore(m[ok]) + combination.zscore(n[ok]))[0, 1] > 1 - 1e-12
 
 
 def test_map_elastic_network_from_the_map_alone():
@@ -69,8 +69,8 @@ def test_map_elastic_network_from_the_map_alone():
     xyz = np.vstack([body, arm])
     values, origin = simulate_map(xyz, np.full(len(xyz), 0.5), resolution=5.0, voxel=1.5)
     n_res = 120  # the volume a contour around ~120 residues would enclose
-    n_vox = int(n_res * nma.RESIDUE_VOLUME / 1.5 ** 3)
-    pseudo = nma.map_pseudo_atoms(values, n_vox, 1.5)
+    n_vox = int(n_res * map_shape.RESIDUE_VOLUME / 1.5 ** 3)
+    pseudo = map_shape.map_pseudo_atoms(values, n_vox, 1.5)
     assert 0.5 * n_res <= len(pseudo) <= 2 * n_res  # cubes at the surface count when a quarter full
     centers = np.rint((xyz - origin) / 1.5).astype(int)[:, ::-1]  # z, y, x voxels of the points
     fl = nma.map_elastic_network(values, n_vox, 1.5, centers)
@@ -91,19 +91,19 @@ def test_map_packing_is_the_weighted_contact_number_of_the_contour():
     lat[4:10, 3:13, 3:15] += 1.0  # a slab: the contour
     lat[0, 0, 0] = 0.5  # not in the top n
     n = 6 * 10 * 12
-    top = nma.top_voxels(lat, n)
+    top = map_shape.top_voxels(lat, n)
     assert len(top) == n and lat.ravel()[top].min() >= np.sort(lat.ravel())[-n]
-    assert len(nma.top_voxels(lat, 0)) == 0 and len(nma.top_voxels(lat, 10 ** 6)) == lat.size
+    assert len(map_shape.top_voxels(lat, 0)) == 0 and len(map_shape.top_voxels(lat, 10 ** 6)) == lat.size
     centers = np.array([[7, 8, 9], [4, 3, 3], [7, 8, 3], [0, 0, 0], [13, 15, 17]])
     vs, radius = 1.5, 9.0
-    got = nma.map_packing(lat, n, vs, centers, radius=radius)
+    got = map_shape.map_packing(lat, n, vs, centers, radius=radius)
     pts = np.stack(np.unravel_index(top, lat.shape), axis=1) * vs
     for c, g in zip(centers, got):
         r2 = ((pts - c * vs) ** 2).sum(axis=1)
         wcn = (1.0 / r2[(r2 > 0) & (r2 <= radius ** 2)]).sum()
         assert g == pytest.approx(-np.log(max(wcn, 1 / radius ** 2)), rel=1e-4)
     assert got[0] < got[2] < got[1]  # middle, then the middle of a face, then a corner
-    far = nma.map_packing(lat, n, vs, np.array([[13, 15, 17]]), radius=3.0)
+    far = map_shape.map_packing(lat, n, vs, np.array([[13, 15, 17]]), radius=3.0)
     assert far[0] == pytest.approx(-np.log(1 / 9.0))  # nothing within 3 Å: the floor
 
 
@@ -121,8 +121,9 @@ def test_normal_modes_on_emd3488(cx, tmp_path):
     mp = np.array([r.defmap_map for r in prot])
     nm = np.array([r.defmap_nma for r in prot])
     comb = np.array([r.defmap for r in prot])
-    assert np.allclose(comb, nma.combine(mp, nm))
-    assert 0.2 < np.corrcoef(mp, nm)[0, 1] < 0.95 < np.corrcoef(comb, nma.zscore(mp) + nma.zscore(nm))[0, 1]
+    assert np.allclose(comb, combination.combine(mp, nm))
+    zsum = combination.zscore(mp) + combination.zscore(nm)
+    assert 0.2 < np.corrcoef(mp, nm)[0, 1] < 0.95 < np.corrcoef(comb, zsum)[0, 1]
     for r in prot[:20]:  # atom values moved with their residue: residue mean of its backbone atoms (residueAtoms
         vals = [a.defmap for a in r.atoms if a.name in ("N", "CA", "C", "O")]  # default) = residue value
         assert np.mean(vals) == pytest.approx(res.residue_values[by_res[r]], abs=1e-9)

@@ -1,4 +1,4 @@
-"""Shared-feature evaluation (src/sparse.py) of conv chains with C input channels and K outputs.
+"""Shared-feature evaluation (src/shared_features.py) of conv chains with C input channels and K outputs.
 
 C = 2 reads the map and the fitted model's density (preprocess.stack_channels); K = 2 gives mean log10 RMSF and
 log-variance.  Each is checked against per-patch onnxruntime evaluation of the same ONNX stand-in (helpers).
@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chimerax.defmap import model as dm_model
+from chimerax.defmap import network, shared_features
 from chimerax.defmap import preprocess as pp
-from chimerax.defmap import sparse
 
 from .helpers import fcn_onnx_model, simulated_1aku
 
@@ -53,17 +52,18 @@ def random_input(c: int, shape=(74, 70, 72), seed: int = 0):
 def test_shared_equals_patches_for_channels_and_outputs(models, ck):
     c, k = ck
     path = models[ck]
-    layers = sparse.conv_chain(path)
+    layers = shared_features.conv_chain(path)
     assert layers is not None and layers[0].cin == c and layers[-1].cout == k
     values, centers = random_input(c, seed=c + k)
     grid = pp.Grid(values, np.zeros(3), SPEC.voxel_size)
-    pred = dm_model.Predictor(dm_model.read_model_info(path), "cpu")
+    pred = network.Predictor(network.read_model_info(path), "cpu")
     ref = pred.predict_patches(grid, centers)
     ref_lv = pred.last_log_variance
     assert ref.std() > 0.01
     starts = centers - SPEC.box // 2
     # several 64³ blocks (a 74 x 70 x 72 grid), and many small blocks with small row chunks
-    for net in (sparse.SparseConvNet(layers), sparse.SparseConvNet(layers, block=9, chunk_bytes=1 << 13)):
+    for net in (shared_features.SparseConvNet(layers),
+                shared_features.SparseConvNet(layers, block=9, chunk_bytes=1 << 13)):
         y = net.predict(values, starts)
         assert y.shape == ((len(centers),) if k == 1 else (len(centers), k))
         y = y.reshape(len(centers), k)
@@ -72,8 +72,8 @@ def test_shared_equals_patches_for_channels_and_outputs(models, ck):
             assert np.abs(y[:, 1] - ref_lv).max() <= TOL
         assert net.flops > 0
     assert len(np.unique(starts // 9, axis=0)) > 100
-    assert sparse.SparseConvNet(layers).estimate_flops(values.shape, starts) == pytest.approx(
-        sparse.SparseConvNet(layers).estimate_flops(values.shape[-3:], starts))
+    assert shared_features.SparseConvNet(layers).estimate_flops(values.shape, starts) == pytest.approx(
+        shared_features.SparseConvNet(layers).estimate_flops(values.shape[-3:], starts))
     # through the Predictor: shared, with the variance output (or None) as the other methods give it
     got = pred.predict_centers(grid, centers)
     assert pred.method == "shared" and got.shape == (len(centers),)
@@ -91,8 +91,8 @@ def test_rotated_shared_equals_rotated_patches(models, ck):
     values, centers = random_input(c, shape=(40, 36, 44), seed=7)
     centers = centers[:120]
     grid = pp.Grid(values, np.zeros(3), SPEC.voxel_size)
-    pred = dm_model.Predictor(dm_model.read_model_info(path), "cpu")
-    net = sparse.SparseConvNet(sparse.conv_chain(path), block=16)
+    pred = network.Predictor(network.read_model_info(path), "cpu")
+    net = shared_features.SparseConvNet(shared_features.conv_chain(path), block=16)
     for rot in (5, 18):
         ref = pred.predict_patches(grid, centers, rotation=rot)
         ref_lv = pred.last_log_variance
@@ -112,10 +112,10 @@ def test_two_channel_two_output_model_runs_shared_on_a_structure(models):
     xyz, m, x2i, _ = simulated_1aku()
     prep = pp.prepare_points(m, x2i, xyz, SPEC)
     path = models[2, 2]
-    info = dm_model.read_model_info(path)
+    info = network.read_model_info(path)
     grid = pp.Grid(pp.stack_channels(prep, info.channels, xyz, np.full(len(xyz), 6.0), info.spec),
                    prep.grid.origin, prep.grid.voxel_size)
-    p = dm_model.Predictor(info, device="cpu")
+    p = network.Predictor(info, device="cpu")
     dense = p.predict_dense(grid, prep.centers)
     lv_dense = p.last_log_variance.copy()
     shared = p.predict_centers(grid, prep.centers)
@@ -133,12 +133,12 @@ def test_two_channel_two_output_model_runs_shared_on_a_structure(models):
 
 def test_wrong_channel_count_is_an_error(models):
     path = models[2, 2]
-    net = sparse.SparseConvNet(sparse.conv_chain(path))
+    net = shared_features.SparseConvNet(shared_features.conv_chain(path))
     x = np.zeros((30, 30, 30), np.float32)
     with pytest.raises(ValueError, match="2 channel"):
         net.predict(x, np.array([[0, 0, 0]]))
-    p = dm_model.Predictor(dm_model.read_model_info(path), device="cpu")
-    with pytest.raises(dm_model.ModelError, match="2 input channel"):
+    p = network.Predictor(network.read_model_info(path), device="cpu")
+    with pytest.raises(network.ModelError, match="2 input channel"):
         p.predict_centers(pp.Grid(x, np.zeros(3), 1.5), np.array([[10, 10, 10]]))
-    one = sparse.SparseConvNet(sparse.conv_chain(models[1, 1]))
+    one = shared_features.SparseConvNet(shared_features.conv_chain(models[1, 1]))
     assert one.predict(x[None], np.array([[0, 0, 0]])).shape == (1,)  # (1, z, y, x) is one channel too

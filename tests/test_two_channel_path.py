@@ -11,7 +11,7 @@ import pytest
 from chimerax.core.commands import run
 from chimerax.core.errors import UserError
 
-from chimerax.defmap import model as dm_model
+from chimerax.defmap import network
 from chimerax.defmap import preprocess as pp
 
 from .helpers import add_map, fcn_onnx_model, shared_path, simulate_map, simulated_1aku
@@ -42,23 +42,23 @@ def prepared():
 
 
 def test_metadata_channels_outputs_calibration(model2):
-    info = dm_model.read_model_info(model2)
+    info = network.read_model_info(model2)
     assert info.channels == ("density", "model_density") and info.needs_structure
     assert info.outputs == ("log10_rmsf_angstrom", "log_variance") and info.has_variance
     assert info.calibration["sd_scale"] == 1.5
-    plain = dm_model.ModelInfo(model2, "x", SPEC, "log10_rmsf_angstrom", True)
-    assert dm_model.choose_model([plain, info], 4.0, structure=True) is info
-    assert dm_model.choose_model([plain, info], 4.0, structure=False) is plain
-    with pytest.raises(dm_model.ModelError, match="map-only"):
-        dm_model.choose_model([info], 4.0, structure=False)
-    with pytest.raises(dm_model.ModelError, match="needs a structure"):
-        dm_model.resolve_model(str(model2), 4.0, structure=False)
+    plain = network.ModelInfo(model2, "x", SPEC, "log10_rmsf_angstrom", True)
+    assert network.choose_model([plain, info], 4.0, structure=True) is info
+    assert network.choose_model([plain, info], 4.0, structure=False) is plain
+    with pytest.raises(network.ModelError, match="map-only"):
+        network.choose_model([info], 4.0, structure=False)
+    with pytest.raises(network.ModelError, match="needs a structure"):
+        network.resolve_model(str(model2), 4.0, structure=False)
 
 
 def test_dense_equals_patches_with_two_channels_and_a_variance(model2, prepared):
     prep, xyz = prepared
-    info = dm_model.read_model_info(model2)
-    p = dm_model.Predictor(info, device="cpu")
+    info = network.read_model_info(model2)
+    p = network.Predictor(info, device="cpu")
     grid = pp.Grid(pp.stack_channels(prep, info.channels, xyz, np.full(len(xyz), 6.0), info.spec),
                    prep.grid.origin, prep.grid.voxel_size)
     dense = p.predict_dense(grid, prep.centers)
@@ -81,11 +81,11 @@ def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2
     v = add_map(cx, values, origin)
     res = run(cx, f"defmap #{v.id_string} structure #{s.id_string} model {model2} uncertainty true color false")
     assert res.atom_sd is not None and res.atom_rotation_values is None  # one pass, SD from the variance head
-    info = dm_model.read_model_info(model2)
+    info = network.read_model_info(model2)
     # the same numbers by hand: preprocess, model channel, dense run
     prep = pp.prepare_points(values, pp.grid_transforms(origin, (1.0,) * 3)[0], heavy.coords, info.spec)
     x = pp.stack_channels(prep, info.channels, heavy.coords, pp.element_weights(heavy.element_names), info.spec)
-    p = dm_model.Predictor(info, device="cpu")
+    p = network.Predictor(info, device="cpu")
     want = p.predict_dense(pp.Grid(x, prep.grid.origin, prep.grid.voxel_size), prep.centers)
     at = want[prep.point_to_center]
     z = (at - at.mean()) / at.std()  # sd_slope: the SD grows with the prediction's z-score over the atoms
@@ -104,9 +104,9 @@ def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2
     # normalModes uses the model's fitted ANM weight
     nm = run(cx, f"defmap #{v.id_string} structure #{s.id_string} model {model2} normalModes true color false "
                  "attribute dnm")
-    from chimerax.defmap import nma
+    from chimerax.defmap import combination
     ok = np.isfinite(nm.nma_residue_values)
-    want_c = nma.combine(nm.map_residue_values, nm.nma_residue_values, 0.5)
+    want_c = combination.combine(nm.map_residue_values, nm.nma_residue_values, 0.5)
     assert np.allclose(nm.residue_values[ok], want_c[ok])
     with pytest.raises(UserError, match="needs a structure"):
         run(cx, f"defmap #{v.id_string} model {model2}")
@@ -114,11 +114,11 @@ def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2
 
 def test_structure_mode_combines_the_density_contrast_at_the_fitted_weight(cx, model2, tmp_path):
     """calibration.contrast_weight c: residue values are z(network) + c z(model density - map density), rescaled to
-    the network's mean and SD (nma.combine); atoms move with their residue; c = 0 leaves the network alone."""
+    the network's mean and SD (combination.combine); atoms move with their residue; c = 0 leaves the network alone."""
     from chimerax.pdb import open_pdb
 
-    from chimerax.defmap import nma
-    from chimerax.defmap.common import residue_means, residue_subset_means
+    from chimerax.defmap import combination
+    from chimerax.defmap.residues import residue_means, residue_subset_means
     s = open_pdb(cx, str(shared_path("md_reference", "1ail_A.pdb")))[0][0]
     cx.models.add([s])
     heavy = s.atoms.filter(s.atoms.element_numbers != 1)
@@ -130,14 +130,14 @@ def test_structure_mode_combines_the_density_contrast_at_the_fitted_weight(cx, m
     res = run(cx, spec + str(withc) + " attribute dcon")
     assert base.network_residue_values is None and base.contrast_weight == 0.0
     assert res.contrast_weight == 0.3 and np.allclose(res.network_residue_values, base.residue_values)
-    info = dm_model.read_model_info(withc)
+    info = network.read_model_info(withc)
     prep = pp.prepare_points(values, pp.grid_transforms(origin, (1.0,) * 3)[0], heavy.coords, info.spec)
     x = pp.stack_channels(prep, info.channels, heavy.coords, pp.element_weights(heavy.element_names), info.spec)
     contrast = (x[1] - x[0])[tuple(prep.centers.T)][prep.point_to_center]
     assert res.atoms == heavy  # every atom inside the map, in the same order
     rl, heavy_means = residue_means(res.atoms, contrast)
     con = residue_subset_means(res.atoms, contrast, rl, heavy_means, "backbone")
-    want = nma.combine(base.residue_values, con, 0.3)
+    want = combination.combine(base.residue_values, con, 0.3)
     assert np.allclose(res.residue_values, want)
     assert np.corrcoef(want, con)[0, 1] > np.corrcoef(base.residue_values, con)[0, 1]
     shift = (want - base.residue_values)[res.residues.indices(res.atoms.residues)]
@@ -151,7 +151,7 @@ def test_structure_mode_combines_the_density_contrast_at_the_fitted_weight(cx, m
 def test_rigid_density_and_native_contrast():
     """rigid_density_at is the molmap sum over all atoms (chunked or not); native_contrast ranks atoms the map blurs
     beyond a rigid model above the rest, at the map's own resolution, where the network's 5 Å lattice is coarser."""
-    from chimerax.defmap.nma import combine, combine_terms
+    from chimerax.defmap.combination import combine, combine_terms
     rng = np.random.default_rng(1)
     xyz = np.cumsum(rng.normal(0, 1, (400, 3)) * 3.8 / np.sqrt(3), axis=0)
     w = rng.choice([6.0, 7.0, 8.0], 400)
@@ -183,8 +183,8 @@ def test_structure_mode_combines_the_contrast_at_map_resolution(cx, model2, tmp_
     when none is given); log and returnJson say so."""
     from chimerax.pdb import open_pdb
 
-    from chimerax.defmap import nma
-    from chimerax.defmap.common import residue_means, residue_subset_means
+    from chimerax.defmap import combination
+    from chimerax.defmap.residues import residue_means, residue_subset_means
     s = open_pdb(cx, str(shared_path("md_reference", "1ail_A.pdb")))[0][0]
     cx.models.add([s])
     heavy = s.atoms.filter(s.atoms.element_numbers != 1)
@@ -205,9 +205,9 @@ def test_structure_mode_combines_the_contrast_at_map_resolution(cx, model2, tmp_
         nat = residue_subset_means(res.atoms, native, rl, heavy_means, "backbone")
         if given:
             base_given = run(cx, spec + str(model2) + given + " attribute nbase")
-            want = nma.combine(base_given.residue_values, nat, 0.6)
+            want = combination.combine(base_given.residue_values, nat, 0.6)
         else:
-            want = nma.combine(base.residue_values, nat, 0.6)
+            want = combination.combine(base.residue_values, nat, 0.6)
         assert np.allclose(res.residue_values, want)
         assert np.allclose([r.nnat for r in res.residues], want)
         j = res.as_dict()
@@ -217,9 +217,9 @@ def test_structure_mode_combines_the_contrast_at_map_resolution(cx, model2, tmp_
 
 def test_voxel_mode_combines_the_maps_packing_at_the_fitted_weight(cx, tmp_path):
     """calibration.map_packing_weight k: voxel mode reports z(network) + k z(the contour's packing,
-    nma.map_packing), rescaled to the network's mean and SD, with normalModes adding its term beside it; the log and
-    returnJson say so; a model without the weight reports the network alone."""
-    from chimerax.defmap import nma
+    map_shape.map_packing), rescaled to the network's mean and SD, with normalModes adding its term beside it; the
+    log and returnJson say so; a model without the weight reports the network alone."""
+    from chimerax.defmap import combination, map_shape, nma
     from chimerax.defmap.cmd import predict_voxels
     rng = np.random.default_rng(7)
     xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
@@ -232,12 +232,12 @@ def test_voxel_mode_combines_the_maps_packing_at_the_fitted_weight(cx, tmp_path)
     base, prep, *_ = predict_voxels(cx, v, str(plain_model), None, "cpu", None, level)
     got, prep2, _, stages, _ = predict_voxels(cx, v, str(model), None, "cpu", None, level)
     assert np.array_equal(prep.centers, prep2.centers) and "packing" in stages and "normal_modes" not in stages
-    pk = nma.map_packing(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
+    pk = map_shape.map_packing(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
     assert np.isfinite(pk).all() and pk.std() > 0
-    assert np.allclose(got, nma.combine_terms(base, [(pk, 0.7)]))
+    assert np.allclose(got, combination.combine_terms(base, [(pk, 0.7)]))
     both, *_ = predict_voxels(cx, v, str(model), None, "cpu", None, level, normal_modes=True)
     fl = nma.map_elastic_network(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
-    assert np.allclose(both, nma.combine_terms(base, [(pk, 0.7), (fl, 0.25)]))
+    assert np.allclose(both, combination.combine_terms(base, [(pk, 0.7), (fl, 0.25)]))
     res = run(cx, f"defmap #{v.id_string} model {model} level {level} color false")
     assert res.map_packing_weight == 0.7 and res.as_dict()["map_packing_weight"] == 0.7
     assert np.allclose(res.dynamics.full_matrix()[tuple(prep.centers.T)], got, atol=1e-5)
@@ -249,7 +249,7 @@ def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
     """Voxel mode has no model, so ``normalModes true`` takes normal modes of the map's own pseudo-atoms in the
     contour (nma.map_elastic_network): z(network) + w z(their log fluctuation), w = calibration.map_anm_weight,
     rescaled to the network's mean and SD; without it the network's values are untouched."""
-    from chimerax.defmap import nma
+    from chimerax.defmap import combination, map_shape, nma
     from chimerax.defmap.cmd import predict_voxels
     rng = np.random.default_rng(5)
     xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
@@ -263,10 +263,10 @@ def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
     assert np.array_equal(prep.centers, prep2.centers) and "normal_modes" in stages
     fl = nma.map_elastic_network(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
     assert np.isfinite(fl).all()
-    assert np.allclose(got, nma.combine(base, fl, 0.5))
+    assert np.allclose(got, combination.combine(base, fl, 0.5))
     res = run(cx, f"defmap #{v.id_string} model {model} level {level} color false normalModes true")
     assert res.map_anm_weight == 0.5 and res.as_dict()["normal_modes"] and res.as_dict()["map_anm_weight"] == 0.5
-    assert res.pseudo_atoms == len(nma.map_pseudo_atoms(prep.grid.values, len(prep.centers), SPEC.voxel_size)) > 4
+    assert res.pseudo_atoms == len(map_shape.map_pseudo_atoms(prep.grid.values, len(prep.centers), SPEC.voxel_size)) > 4
     assert np.allclose(res.dynamics.full_matrix()[tuple(prep.centers.T)], got, atol=1e-5)
     plain = run(cx, f"defmap #{v.id_string} model {model} level {level} color false")
     assert plain.map_anm_weight == 0.0 and not plain.as_dict()["normal_modes"]
@@ -285,7 +285,7 @@ def test_two_channel_model_runs_without_the_onnx_package(model2, tmp_path):
     code = (
         "import sys; sys.modules['onnx'] = None\n"
         "import numpy as np\n"
-        "from chimerax.defmap import model as m, preprocess as pp\n"
+        "from chimerax.defmap import network as m, preprocess as pp\n"
         f"info = m.read_model_info({str(model2)!r})\n"
         "assert info.needs_structure and info.has_variance\n"
         "p = m.Predictor(info, device='cpu')\n"

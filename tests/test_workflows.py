@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from chimerax.core.commands import run
 
-from chimerax.defmap import model as dm_model
+from chimerax.defmap import network
 from chimerax.defmap import preprocess as pp
 
 from .helpers import (
@@ -314,8 +314,8 @@ def test_models_lists_metadata_and_map_resolution_picks_sharpest_adequate_model(
         linear_onnx_model(mdir / f"const{res_a:g}.onnx", np.zeros(6 ** 3), res_a / 10, spec, f"const-{res_a:g}A")
     user = linear_onnx_model(tmp_path / "mine.onnx", np.zeros(6 ** 3), 0.93,
                              pp.FeatureSpec(voxel_size=1.5, box=6, filter_resolution=4.0), "my-own")
-    monkeypatch.setenv(dm_model.MODEL_DIR_ENV, str(mdir))
-    monkeypatch.setattr(dm_model, "PACKAGE_MODEL_DIR", tmp_path / "empty")
+    monkeypatch.setenv(network.MODEL_DIR_ENV, str(mdir))
+    monkeypatch.setattr(network, "PACKAGE_MODEL_DIR", tmp_path / "empty")
     j = json.loads(run(cx, "defmap models mapResolution 5.5", return_json=True).json_value)
     assert [m["name"] for m in j["models"]] == ["const-5A", "const-6A", "const-7A"]
     assert [m["resolution"] for m in j["models"]] == [5.0, 6.0, 7.0]

@@ -66,7 +66,7 @@ sys.path.insert(0, str(ROOT / "tools"))  # the headless harness (not part of the
 SHARED = ROOT.parent / "shared" / "data"
 SHIPPED_MODEL = ROOT / "onnx_models" / "defmap_5A.onnx"  # map-only: what voxel mode picks by default
 SHIPPED_STRUCTURE_MODEL = ROOT / "onnx_models" / "defmap_mapmodel_5A.onnx"  # map + model: structure mode's default
-# the shipped architecture (tools: sparse.conv_chain on the shipped models), first layer's cin = input channels
+# the shipped architecture (tools: shared_features.conv_chain on the shipped models), first layer's cin = input channels
 SHIPPED_LAYERS = ((16, 3), (32, 3), (64, 3), (64, 3), (128, 2), (64, 1), (2, 1))
 KEYS = ("case", "seconds", "peak_rss_mb", "patches_per_s", "gflops", "flop_efficiency", "reference_ratio")
 CASES = ("6ez8", "emd3488", "voxel200", "complex8", "voxel400")
@@ -121,12 +121,12 @@ def case_model(models: dict[str, Path], case: str) -> Path:
 
 def model_record(model: Path, structure: bool) -> dict:
     """Which model a case ran, and whether ``defmap`` without ``model`` would have picked the same file."""
-    from chimerax.defmap import model as dm_model
-    info = dm_model.read_model_info(model)
+    from chimerax.defmap import network
+    info = network.read_model_info(model)
     try:
-        default = dm_model.resolve_model(None, None, structure).path
+        default = network.resolve_model(None, None, structure).path
         is_default = default.resolve().read_bytes() == model.resolve().read_bytes()
-    except dm_model.ModelError:
+    except network.ModelError:
         is_default = False
     return {"model": _shown(model), "model_name": info.name, "model_channels": list(info.channels),
             "model_outputs": list(info.outputs), "model_is_default": bool(is_default)}
@@ -513,15 +513,14 @@ def run_levers(model: Path, subset: int = 2048) -> dict:
     import headless
     import onnxruntime as ort
 
-    from chimerax.defmap import model as dm_model
+    from chimerax.defmap import network, shared_features
     from chimerax.defmap import preprocess as pp
-    from chimerax.defmap import sparse
     session = headless.boot()
     open_case(session, "6ez8", False)
     s = session.models.list(model_id=(1,))[0]
     v = session.models.list(model_id=(2,))[0]
     heavy = s.atoms.filter(s.atoms.element_numbers != 1)
-    info = dm_model.read_model_info(model)
+    info = network.read_model_info(model)
     spec, hr = info.spec, info.spec.box // 2
     values, x2i = v.full_matrix(), np.array(v.data.xyz_to_ijk_transform.matrix)
     xyz = v.scene_position.inverse().transform_points(heavy.scene_coords)
@@ -542,7 +541,7 @@ def run_levers(model: Path, subset: int = 2048) -> dict:
     out["extract_vectorized_unique_s"] = timed(lambda: pp.extract_patches(grid, centers, spec.box))
     # per-patch onnxruntime: batch size x threads x spinning x I/O binding, on a subset (rates are per patch)
     sub = pp.extract_patches(grid, centers[:subset], spec.box)[:, None]
-    fpp = sparse.chain_flops(sparse.conv_chain(model), (spec.box,) * 3)
+    fpp = shared_features.chain_flops(shared_features.conv_chain(model), (spec.box,) * 3)
     rows = []
     for threads, spin in ((1, "1"), (2, "1"), (2, "0")):
         so = ort.SessionOptions()
@@ -574,13 +573,13 @@ def run_levers(model: Path, subset: int = 2048) -> dict:
                      "patches_per_s": n_bound / dt, "gflops": n_bound * fpp / dt / 1e9})
     out["per_patch_onnxruntime"] = rows
     # whole-set methods on all unique centres: per-patch (best settings above, extrapolated), dense tiles, shared
-    pred = dm_model.Predictor(info, "cpu")
+    pred = network.Predictor(info, "cpu")
     pred.flops = 0.0
     t_dense = timed(lambda: pred.predict_dense(prep.grid, centers), 1)
     out["dense_tiles"] = {"seconds": t_dense, "gflop": pred.dense_flops(prep.grid, centers) / 1e9,
                           "centres_per_s": len(centers) / t_dense}
     for threads in (1, 2):
-        net = sparse.SparseConvNet(sparse.conv_chain(model), threads=threads)
+        net = shared_features.SparseConvNet(shared_features.conv_chain(model), threads=threads)
         t_sh = timed(lambda net=net: net.predict(grid, centers - hr), 2)
         gflop = net.estimate_flops(grid.shape, centers - hr) / 1e9
         out[f"shared_threads{threads}"] = {"seconds": t_sh, "gflop": gflop, "centres_per_s": len(centers) / t_sh,

@@ -2,8 +2,8 @@
 shipped map-only models on maps simulated from the same MD RMSF, and the parameter-free combination of the two.
 
 ``python -m defmap_train.anm_baseline [MD_REFERENCE_DIR]`` prints Pearson r per chain; the README and the model card
-quote it.  The combination is ``chimerax.defmap.nma.combine`` (the sum of the two per-residue z-scores, no weight
-fitted to these chains), what ``defmap ... normalModes true`` does.
+quote it.  The combination is ``chimerax.defmap.combination.combine`` (the sum of the two per-residue z-scores, no
+weight fitted to these chains), what ``defmap ... normalModes true`` does.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from chimerax.defmap.nma import anm_log_fluctuations, combine
+from chimerax.defmap.combination import combine
+from chimerax.defmap.nma import anm_log_fluctuations
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "md_reference"
 SAMPLES = Path(__file__).resolve().parents[1] / "data" / "md_reference_samples"

@@ -207,7 +207,7 @@ def predict_with_onnx(model_path: Path, values: np.ndarray, xyz_to_ijk: np.ndarr
                       map_resolution: float | None) -> np.ndarray:
     """Per-atom prediction through the bundle's own code path (preprocess + Predictor)."""
     from chimerax.defmap import preprocess as pp
-    from chimerax.defmap.model import Predictor, read_model_info
+    from chimerax.defmap.network import Predictor, read_model_info
     info = read_model_info(model_path)
     prep = pp.prepare_points(values, xyz_to_ijk, xyz, info.spec, map_resolution=map_resolution)
     pred = Predictor(info, device="cpu")
@@ -220,7 +220,7 @@ def predict_with_onnx(model_path: Path, values: np.ndarray, xyz_to_ijk: np.ndarr
 
 
 def shipped_model_for(models_dir: Path, resolution: float) -> Path | None:
-    from chimerax.defmap.model import choose_model, read_model_info
+    from chimerax.defmap.network import choose_model, read_model_info
     found = [read_model_info(p) for p in sorted(models_dir.glob("*.onnx"))]
     return choose_model(found, resolution).path if found else None
 
@@ -272,7 +272,7 @@ def atlas_chains(md_dir: Path, models_dir: Path, res_list: list[float]) -> dict:
         mp = shipped_model_for(models_dir, res)
         if mp is None or not groups:
             continue
-        from chimerax.defmap.model import read_model_info
+        from chimerax.defmap.network import read_model_info
         if abs(read_model_info(mp).resolution - res) > 1e-6:
             continue
         per = {}
@@ -285,7 +285,7 @@ def atlas_chains(md_dir: Path, models_dir: Path, res_list: list[float]) -> dict:
 
 
 def _onnx_center_pred(model_path: Path, item: Item) -> np.ndarray:
-    from chimerax.defmap.model import Predictor, read_model_info
+    from chimerax.defmap.network import Predictor, read_model_info
     from chimerax.defmap.preprocess import Grid
     info = read_model_info(model_path)
     pred = Predictor(info, device="cpu")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chimerax.defmap.model import make_metadata
+from chimerax.defmap.network import make_metadata
 
 from .dataset import spec_for
 from .model import build, flops_per_patch

@@ -14,7 +14,7 @@ z(model density − map density at the atom on the network's lattice, ``preproce
 same at the map's own resolution and sampling, ``preprocess.native_contrast``) in structure mode's z(network) +
 c z(contrast) + n z(native contrast), fitted together on a grid to maximize the mean CV residue r),
 ``map_packing_weight`` and ``map_anm_weight`` (map-only: weights k of z(the contour's packing around each voxel,
-``nma.map_packing``; voxel mode's default) and then e of z(normal modes of the map's own pseudo-atoms,
+``map_shape.map_packing``; voxel mode's default) and then e of z(normal modes of the map's own pseudo-atoms,
 ``nma.map_elastic_network``; voxel mode's ``normalModes``), the contour enclosing the protein's volume, fitted on the
 mean over the kinds of test map) and ``anm_weight`` (weight w of z(ANM)
 added to structure mode's values with ``normalModes``; 0 means the prior is dropped).
@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from chimerax.defmap.model import calibrated_sd
-from chimerax.defmap.nma import RESIDUE_VOLUME, anm_log_fluctuations, map_elastic_network, map_packing, zscore
+from chimerax.defmap.combination import zscore
+from chimerax.defmap.map_shape import RESIDUE_VOLUME, map_packing
+from chimerax.defmap.network import calibrated_sd
+from chimerax.defmap.nma import anm_log_fluctuations, map_elastic_network
 from chimerax.defmap.preprocess import density_contrast, element_weights, native_contrast, rigid_density_at
 
 from .dataset import Item, list_samples, load_item, map_kind

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from chimerax.defmap import preprocess as pp
-from chimerax.defmap.nma import anm_log_fluctuations, zscore
+from chimerax.defmap.combination import zscore
+from chimerax.defmap.nma import anm_log_fluctuations
 
 from .dataset import map_baselines
 from .validate_md import (

@@ -16,7 +16,7 @@ SMOKE_PROTEINS = ("5pti", "1fas", "1orc")
 
 def smoke(out: Path, md: bool = True) -> dict:
     from chimerax.defmap import preprocess as pp
-    from chimerax.defmap.model import Predictor, read_model_info
+    from chimerax.defmap.network import Predictor, read_model_info
 
     from .dataset import list_samples, load_item, make_sample, spec_for
     from .ensembles import anm_record, record_from_residue_table, save_record

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from chimerax.defmap.model import ROTATIONS
+from chimerax.defmap.rotations import ROTATIONS
 
 from .dataset import Item
 from .model import build

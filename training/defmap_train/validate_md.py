@@ -32,16 +32,10 @@ import numpy as np
 from scipy import stats
 
 from chimerax.defmap import preprocess as pp
-from chimerax.defmap.model import calibrated_sd
-from chimerax.defmap.nma import (
-    RESIDUE_VOLUME,
-    anm_log_fluctuations,
-    combine,
-    combine_terms,
-    map_elastic_network,
-    map_packing,
-    zscore,
-)
+from chimerax.defmap.combination import combine, combine_terms, zscore
+from chimerax.defmap.map_shape import RESIDUE_VOLUME, map_packing
+from chimerax.defmap.network import calibrated_sd
+from chimerax.defmap.nma import anm_log_fluctuations, map_elastic_network
 
 from .cli import DEFAULT_DATA, REPO, SHARED, seed_of
 from .ensembles import _record
@@ -197,8 +191,8 @@ class OnnxModel:
     def predict(self, values, x2i, xyz, elements, map_resolution,
                 n_residues: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """Per-atom (mean log10 RMSF, the head's raw SD or None).  ``n_residues`` sets the volume a user's contour
-        would enclose (``nma.RESIDUE_VOLUME`` each) for what voxel mode reads from the map's own shape (map-only kind):
-        its packing (``last_packing``) and the normal modes of its pseudo-atoms that ``normalModes true`` adds
+        would enclose (``map_shape.RESIDUE_VOLUME`` each) for what voxel mode reads from the map's own shape (map-only
+        kind): its packing (``last_packing``) and the normal modes of its pseudo-atoms that ``normalModes true`` adds
         (``last_map_anm``)."""
         prep = pp.prepare_points(values, x2i, xyz, self.spec, map_resolution=map_resolution)
         x = pp.stack_channels(prep, self.channels, xyz, pp.element_weights(elements), self.spec)

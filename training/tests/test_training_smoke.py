@@ -16,8 +16,8 @@ needs_shared = pytest.mark.skipif(not (SHARED / "structures").is_dir(),
 
 def test_fcn_dense_equals_per_patch_and_rotations():
     """The FCN's output voxel o is the patch starting at o; rotated lattices give the rotated patches' values."""
-    from chimerax.defmap.model import ROTATIONS
     from chimerax.defmap.preprocess import extract_patches
+    from chimerax.defmap.rotations import ROTATIONS
     from defmap_train.dataset import Item
     from defmap_train.model import build
     from defmap_train.train import predict_item
@@ -36,7 +36,7 @@ def test_fcn_dense_equals_per_patch_and_rotations():
 
 
 def test_export_parity_and_metadata(tmp_path):
-    from chimerax.defmap.model import read_model_info
+    from chimerax.defmap.network import read_model_info
     from defmap_train.export import export_onnx
     from defmap_train.model import build
     for arch in ("fcn", "reference"):

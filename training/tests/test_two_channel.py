@@ -59,7 +59,7 @@ def test_model_density_channel_matches_a_rigid_map():
 
 
 def test_two_channel_fcn_dense_equals_per_patch_and_nll():
-    from chimerax.defmap.model import ROTATIONS
+    from chimerax.defmap.rotations import ROTATIONS
     from defmap_train.dataset import Item
     from defmap_train.model import build
     from defmap_train.train import channel_patches, loss_terms, predict_item

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .preprocess import FeatureSpec, Grid
-from .rotations import ROTATIONS, rotate_patches  # noqa: F401  (ROTATIONS: training imports it from here)
+from .rotations import rotate_patches
 
 META_KEY = "defmap"
 FORMAT_VERSION = 1
@@ -211,7 +211,7 @@ def calibrated_sd(head_sd: np.ndarray, prediction: np.ndarray, calibration: dict
     simulated CV) x exp(``sd_slope`` x the prediction's z-score over the scored atoms): on real MD flexible residues
     are predicted less surely, and the head, trained on simulated labels, is only partly right (power and slope are
     fitted on md_reference by ``defmap-train validate-md``; 1 and 0 when absent)."""
-    from .nma import zscore
+    from .combination import zscore
     slope = float(calibration.get("sd_slope", 0.0))
     head = np.asarray(head_sd, dtype=np.float64) ** float(calibration.get("sd_power", 1.0))
     return head * float(calibration.get("sd_scale", 1.0)) * np.exp(slope * zscore(prediction))
@@ -283,28 +283,28 @@ class Predictor:
         self.patches = 0
         self.flops = 0.0  # network FLOPs executed (2 x multiply-adds), for GFLOP/s reports
         self.method = ""  # how the last prediction ran: patches, dense or shared
-        self._chain = None  # layers of a conv-chain model (chimerax.defmap.sparse), read on first use
+        self._chain = None  # layers of a conv-chain model (chimerax.defmap.shared_features), read on first use
         # a model with a variance output: log-variance per centre of the last prediction (None otherwise)
         self.last_log_variance: np.ndarray | None = None
 
     def conv_layers(self):
-        """The model as a chain of valid 3-D convolutions (sparse.ConvLayer list), or None if it is not one."""
+        """The model as a chain of valid 3-D convolutions (shared_features.ConvLayer list), or None if it is not one."""
         if self._chain is None:
-            from . import sparse
-            self._chain = sparse.conv_chain(self.info.path) or []
+            from . import shared_features
+            self._chain = shared_features.conv_chain(self.info.path) or []
         return self._chain or None
 
     def _flops_per_patch(self) -> float:
         layers = self.conv_layers()
         if layers:
-            from .sparse import chain_flops
+            from .shared_features import chain_flops
             return chain_flops(layers, (self.info.spec.box,) * 3)
         return float(self.info.flops_per_patch or 0.0)
 
     def predict_centers(self, grid: Grid, centers: np.ndarray, batch_size: int | None = None,
                         rotation: int = 0, allow_dense: bool = False, progress: Progress | None = None) -> np.ndarray:
         """One prediction per centre voxel by the fastest exact method: shared-feature evaluation on the CPU when
-        the model is a plain conv chain (chimerax.defmap.sparse; any number of input channels and outputs),
+        the model is a plain conv chain (chimerax.defmap.shared_features; any number of input channels and outputs),
         otherwise batched per-patch evaluation (or dense tiles, for unrotated multi-channel/output models).  With
         ``allow_dense``, dense tiles (:meth:`predict_dense`) are used instead when they need fewer FLOPs after
         weighting by their measured speed advantage (``DENSE_SPEEDUP``): when centres fill most of the lattice.
@@ -317,7 +317,7 @@ class Predictor:
             if (allow_dense or (multi and rotation == 0)) and self.info.fully_convolutional and len(centers):
                 return self.predict_dense(grid, centers, progress=progress)
             return self.predict_patches(grid, centers, batch_size, rotation, progress)
-        from .sparse import SparseConvNet
+        from .shared_features import SparseConvNet
         if getattr(self, "_sparse", None) is None:
             self._sparse = SparseConvNet(layers, threads=self.threads)
         nch = 1 if grid.values.ndim == 3 else grid.values.shape[0]
@@ -388,7 +388,7 @@ class Predictor:
 
     def dense_flops(self, grid: Grid, centers: np.ndarray, tile: int = DENSE_TILE) -> float:
         """FLOPs :meth:`predict_dense` executes for these centres (tiles that hold at least one centre)."""
-        from .sparse import chain_flops
+        from .shared_features import chain_flops
         layers = self.conv_layers()
         if not layers:
             return float("inf")
@@ -404,7 +404,7 @@ class Predictor:
         """Fully convolutional evaluation: whole tiles in one pass, equal to per-patch evaluation at each centre."""
         if not self.info.fully_convolutional:
             raise ModelError(f"Model {self.info.name} is not fully convolutional, so it cannot run densely")
-        from .sparse import chain_flops
+        from .shared_features import chain_flops
         layers = self.conv_layers()
         box = self.info.spec.box
         lo = box // 2

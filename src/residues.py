@@ -1,19 +1,8 @@
-"""Small helpers shared by the ``defmap`` commands (cmd, compare, profile_plot, fragments).
-
-They live here, not in cmd.py, so that modules cmd.py imports lazily (compare, profile_plot) never import cmd back.
-"""
+"""Per-residue means of per-atom values, over all heavy atoms or the subset ``residueAtoms`` names."""
 
 from __future__ import annotations
 
 import numpy as np
-
-DEFAULT_PALETTE = "blue-white-red"  # rigid blue, flexible red
-
-
-def first_line(e: BaseException) -> str:
-    """The first non-empty line of an exception's message (ChimeraX errors can span paragraphs)."""
-    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0] if lines else type(e).__name__)[:300]
 
 
 def residue_means(atoms, values):
@@ -42,15 +31,3 @@ def residue_subset_means(atoms, values, residues, heavy_means, which: str) -> np
         idx = residues.indices(sub_res)
         out[idx[idx >= 0]] = sub_vals[idx >= 0]
     return out
-
-
-def default_palette(session=None):
-    """The palette ``defmap`` colors with unless told otherwise."""
-    from chimerax.core.colors import BuiltinColormaps
-    return BuiltinColormaps[DEFAULT_PALETTE]
-
-
-def no_value_color():
-    """Grey for residues without a value (ligands outside the map, unscored atoms)."""
-    from chimerax.core.colors import Color
-    return Color((0.6, 0.6, 0.6, 1.0))
