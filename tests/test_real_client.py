@@ -169,8 +169,8 @@ def test_defmap_runs_with_the_shipped_models_without_onnx(client_run, session):
 
 
 @pytest.mark.parametrize("script", ["examples/batch.cxc", "examples/batch_defmap.py"])
-def test_readme_batch_examples_run_in_the_client(client, script, tmp_path):
-    """The README's batch examples, as `chimerax --nogui --exit --script` runs them, in the client environment."""
+def test_batch_examples_run_in_the_client(client, script, tmp_path):
+    """The batch examples (docs/workflows.md), as `chimerax --nogui --exit --script` runs them, in the client."""
     py, _, _, _ = client
     shared_path("emdb", "5ni1_updated.cif")
     if script.endswith(".cxc"):
