@@ -261,7 +261,7 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
           eval_every: int | None = None, eval_seconds: float = 30.0, patience: int = 8, init: dict | None = None,
           log: Path | None = None, threads: int | None = None,
           sampler: str = "patches", channels: int = 1, outputs: int = 1,
-          groups: int = 0) -> tuple[torch.nn.Module, dict]:
+          groups: int = 0, schedule: str = "time") -> tuple[torch.nn.Module, dict]:
     """Adam on MSE of log10 RMSF until the time budget, max_steps or `patience` evaluations without improvement.
 
     ``groups`` > 0 (patch sampler, two outputs): batches of that many maps, the variance head learning each map's
@@ -273,7 +273,12 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
     Under torchrun (WORLD_SIZE > 1) this is DistributedDataParallel: every rank draws the same global batch of
     `batch` and computes its share of the rows, gradients are averaged across ranks, rank 0's clock sets the learning
     rate and the stop, and rank 0 alone validates and writes the log (callers check `is_main()` before writing).
+
+    The learning rate decays (cosine) over the time budget, so a run's result depends on how fast the machine ran it;
+    ``schedule="constant"`` keeps it at ``lr``, for runs that must repeat exactly whatever the load.
     """
+    if schedule not in ("time", "constant"):
+        raise ValueError(f"schedule must be 'time' or 'constant', not {schedule!r}")
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -305,7 +310,10 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
     budget = minutes * 60.0
     elapsed = 0.0
     for step in range(1, max_steps + 1):
-        frac = min(1.0, (elapsed if world > 1 else time.time() - t0) / budget)  # rank 0's clock under DDP
+        if schedule == "constant":
+            frac = 0.0
+        else:
+            frac = min(1.0, (elapsed if world > 1 else time.time() - t0) / budget)  # rank 0's clock under DDP
         for g in opt.param_groups:  # cosine decay over the time budget
             g["lr"] = lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * frac)))
         model.train()

@@ -37,7 +37,8 @@ def main(out: str) -> None:
     from defmap_train.train import is_main, train
     torch.set_num_threads(1)
     _, info = train(items(), [], arch="fcn", minutes=10.0, max_steps=STEPS, batch=BATCH, seed=3, eval_every=1,
-                    patience=10 ** 6, lr=1e-3)
+                    patience=10 ** 6, lr=1e-3,
+                    schedule="constant")  # a wall-clock schedule would give each run its own learning rates
     if is_main():
         Path(out).write_text(json.dumps({"losses": [h["loss"] for h in info["history"]], "steps": info["steps"],
                                          "seen": info["labelled_patches_seen"]}))
