@@ -1,29 +1,21 @@
-"""The issue-11 recipe: map-only and map + fitted-model networks with a variance head, protein-disjoint CV on the
-simulated set, calibration fitted on that CV (never on md_reference), final models and ONNX export.
+"""What the protein-disjoint CV measures and the calibration fitted on it (never on md_reference).
 
-``defmap-train train2`` runs, for each kind (``map``: one input channel, what voxel mode uses; ``map+model``: the map
-and the fitted model's own density from ``chimerax.defmap.preprocess.model_density``, what structure mode uses), a
-k-fold protein-disjoint CV (each fold model never sees its test proteins; early stopping on a further protein-disjoint
-part), then a final model on all proteins.  Both networks output a mean log10 RMSF and a log-variance (beta-NLL).
-
-From the CV predictions it measures, per protein: residue r of the network, residue r of ANM of the structure (how
-much of the labels the structure alone explains), 68 % interval coverage and Spearman(SD, |error|); and fits the
-numbers stored in the exported models' metadata under ``calibration``: ``sd_scale`` (the SD multiplier that gives
-68 % coverage on the CV), ``contrast_weight`` and ``native_contrast_weight`` (map + model only: weights c and n of
-z(model density − map density at the atom on the network's lattice, ``preprocess.density_contrast``) and of z(the
-same at the map's own resolution and sampling, ``preprocess.native_contrast``) in structure mode's z(network) +
-c z(contrast) + n z(native contrast), fitted together on a grid to maximize the mean CV residue r),
-``map_packing_weight`` and ``map_anm_weight`` (map-only: weights k of z(the contour's packing around each voxel,
-``map_shape.map_packing``; voxel mode's default) and then e of z(normal modes of the map's own pseudo-atoms,
-``nma.map_elastic_network``; voxel mode's ``normalModes``), the contour enclosing the protein's volume, fitted on the
-mean over the kinds of test map) and ``anm_weight`` (weight w of z(ANM)
-added to structure mode's values with ``normalModes``; 0 means the prior is dropped).
+:func:`item_rows` scores one test map of a fold model: per protein, residue r of the network, residue r of ANM of
+the structure (how much of the labels the structure alone explains), the |z| of the errors (68 % interval
+coverage) and Spearman(SD, |error|).  :func:`summarize` turns a CV's rows into the numbers the exported models store
+under ``calibration``: ``sd_scale`` (the SD multiplier that gives 68 % coverage on the CV), ``contrast_weight`` and
+``native_contrast_weight`` (map + model only: weights c and n of z(model density − map density at the atom on the
+network's lattice, ``preprocess.density_contrast``) and of z(the same at the map's own resolution and sampling,
+``preprocess.native_contrast``) in structure mode's z(network) + c z(contrast) + n z(native contrast), fitted
+together on a grid to maximize the mean CV residue r), ``map_packing_weight`` and ``map_anm_weight`` (map-only:
+weights k of z(the contour's packing around each voxel, ``map_shape.map_packing``; voxel mode's default) and then e
+of z(normal modes of the map's own pseudo-atoms, ``nma.map_elastic_network``; voxel mode's ``normalModes``), the
+contour enclosing the protein's volume, fitted on the mean over the kinds of test map) and ``anm_weight`` (weight w
+of z(ANM) added to structure mode's values with ``normalModes``; 0 means the prior is dropped).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +27,9 @@ from chimerax.defmap.network import calibrated_sd
 from chimerax.defmap.nma import anm_log_fluctuations, map_elastic_network
 from chimerax.defmap.preprocess import density_contrast, element_weights, native_contrast, rigid_density_at
 
-from .dataset import Item, list_samples, load_item, map_kind
-from .evaluate import folds_of, load_items, split_proteins
-from .export import export_onnx, load_checkpoint, save_checkpoint
-from .train import atom_predictions, pearson, predict_item, train
+from .dataset import Item, map_kind
+from .train import atom_predictions, pearson, predict_item
 
-KINDS = {"map": 1, "map+model": 2}
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)  # w of z(ANM); past 1 the prior outweighs the map
 CONTRAST_WEIGHTS = tuple(np.round(np.arange(0.0, 1.01, 0.05), 2))  # c of z(density contrast)
 MAP_SHAPE_WEIGHTS = tuple(np.round(np.arange(0.0, 2.01, 0.05), 2))  # k (packing), e (elastic network): map-only
@@ -125,8 +114,8 @@ def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0, sd_power:
 def summarize(all_rows: list[dict], sd_scale: float = 1.0) -> dict:
     """CV metrics and the fitted calibration.  The headline metrics, sd_scale and structure mode's weights come from
     the frame-averaged test maps (map kind "map"); voxel mode's weights are fitted on the mean over every kind of test
-    map there is (frame-averaged, Debye-Waller, clean), since a term that fits one kind can cost another (round 9:
-    the map's normal modes at 0.95 cost clean real-MD maps)."""
+    map there is (frame-averaged, Debye-Waller, clean), since a term that fits one kind can cost another (the map's
+    normal modes, weighted 0.95 when fitted on frame-averaged maps alone, cost clean real-MD maps)."""
     rows = [r for r in all_rows if r.get("map_kind", "map") == "map"] or all_rows
     per: dict[str, list[dict]] = {}
     for r in rows:
@@ -200,181 +189,3 @@ def summarize(all_rows: list[dict], sd_scale: float = 1.0) -> dict:
             best = (w, m)
     out["anm_weight"] = best[0]
     return out
-
-
-def init_from_onnx(path: Path, in_channels: int, outputs: int, logvar0: float = -3.8) -> dict:
-    """A state dict for build('fcn', in_channels, outputs) from an exported one-channel FCN: its weights read the map
-    channel, the model channel starts at zero weight, the log-variance output at zero weight and bias ``logvar0``."""
-    import onnx
-    import torch
-    from onnx import numpy_helper
-    w = {i.name: torch.from_numpy(numpy_helper.to_array(i).copy()) for i in onnx.load(str(path)).graph.initializer}
-    first = w["net.0.weight"]
-    if in_channels > first.shape[1]:
-        pad = torch.zeros(first.shape[0], in_channels - first.shape[1], *first.shape[2:])
-        w["net.0.weight"] = torch.cat([first, pad], dim=1)
-    last = max(int(k.split(".")[1]) for k in w)
-    if outputs > w[f"net.{last}.weight"].shape[0]:
-        lw, lb = w[f"net.{last}.weight"], w[f"net.{last}.bias"]
-        w[f"net.{last}.weight"] = torch.cat([lw, torch.zeros(outputs - lw.shape[0], *lw.shape[1:])])
-        w[f"net.{last}.bias"] = torch.cat([lb, torch.full((outputs - lb.shape[0],), logvar0)])
-    return w
-
-
-def run(a) -> dict:
-    data, out, ens = Path(a.data), Path(a.out), Path(a.ensembles)
-    out.mkdir(parents=True, exist_ok=True)
-    # the kinds of map asked for (file PROTEIN__KINDn.npz), each protein's frame maps (*__map*) first: CV test maps,
-    # validation and sd_scale stay on that kind
-    map_kinds = set(a.map_kinds.split(","))
-    groups = {p: sorted((f for f in fs if map_kind(f) in map_kinds),
-                        key=lambda f: ("__map" not in f.name, f.name)) for p, fs in list_samples(data).items()}
-    proteins = sorted(groups)
-    folds = folds_of(proteins, a.folds)
-    res = float(a.resolution)
-    results: dict = {"command": "defmap-train " + " ".join(sys.argv[1:]), "folds": folds, "kinds": {}}
-    kinds = a.kinds.split(",")
-    results["init"] = a.init_onnx or a.init_checkpoint or None
-    if a.init_cv:
-        results["init_cv"] = a.init_cv
-    if a.init_onnx and a.init_checkpoint:
-        raise SystemExit("give --init-onnx or --init-checkpoint, not both")
-    if a.init_checkpoint and len(kinds) != 1:
-        raise SystemExit("--init-checkpoint fine-tunes one kind: give --kinds too")
-    borrowed = json.loads(Path(a.calibration_from).read_text())["kinds"] if a.calibration_from else {}
-    for kind in kinds:
-        ch = KINDS[kind]
-        init = init_from_onnx(Path(a.init_onnx), ch, 2) if a.init_onnx else None
-        if a.init_checkpoint:  # fine-tune (e.g. 6 and 7 Å from the 5 Å final model of the same kind)
-            init = load_checkpoint(Path(a.init_checkpoint))[0].state_dict()
-        rows = []
-        for k, test in enumerate(folds if a.cv_minutes > 0 else []):
-            ck = out / "cv" / f"{kind}_fold{k}.pt"
-            if ck.exists():
-                model = load_checkpoint(ck)[0]
-            else:
-                fold_init = init
-                if a.init_cv:  # fold k from the earlier run's fold k: each fold model still never saw its test set
-                    prev = Path(a.init_cv) / f"{kind}_fold{k}.pt"
-                    prev_folds = json.loads((Path(a.init_cv).parent / f"train2_{res:g}A.json").read_text())["folds"]
-                    if prev_folds != folds:
-                        raise SystemExit(f"{a.init_cv}: its folds differ from this run's, so the CV would leak")
-                    fold_init = load_checkpoint(prev)[0].state_dict()
-                rest = [p for p in proteins if p not in test]
-                tr, va = split_proteins(rest, 0.15, k)
-                model, info = train(load_items([f for p in tr for f in groups[p]], res),
-                                    load_items([groups[p][0] for p in va], res), minutes=a.cv_minutes, seed=a.seed + k,
-                                    channels=ch, outputs=2, log=out / "cv" / f"{kind}_fold{k}.jsonl", init=fold_init,
-                                    eval_seconds=a.eval_seconds, threads=a.threads, groups=a.groups)
-                save_checkpoint(ck, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
-                print(f"{kind} fold {k}: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
-            for p in test:
-                for f in cv_test_maps(groups[p], a.eval_maps, a.fit_map_kinds.split(",") if kind == "map" else []):
-                    rows.append(item_rows(model, load_item(f, res), ens, a.sd_slope, a.sd_power, res))
-        summ = summarize(rows) if rows else {}
-        if summ:
-            summ["sd_slope"], summ["sd_power"] = a.sd_slope, a.sd_power
-        fitted_on = "protein-disjoint CV of the simulated training set (not md_reference)"
-        if not summ and kind in borrowed:  # no CV at this resolution: the calibration of the run it comes from
-            summ = dict(borrowed[kind].get("cv", {}))
-            fitted_on += f", at the resolution of {a.calibration_from}"
-        results["kinds"][kind] = {"cv": summ}
-        if summ:
-            print(f"{kind} CV: residue r {summ['residue_r']:.3f} (ANM of the structure {summ['anm_r']:.3f}), "
-                  f"coverage68 {summ['coverage68_raw']:.3f} (sd_scale {summ['sd_scale']:.2f}), "
-                  f"Spearman(SD,|err|) {summ['sd_spearman']:.3f}, contrast_weight {summ['contrast_weight']}, "
-                  f"native_contrast_weight {summ.get('native_contrast_weight', 0.0)} "
-                  f"(residue r {summ['residue_r_with_contrast']:.3f}), anm_weight {summ['anm_weight']}, "
-                  f"map_packing_weight {summ.get('map_packing_weight', 0.0)}"
-                  + (f" (residue r over map kinds {summ['residue_r_map_kinds']:.3f} -> "
-                     f"{summ['residue_r_with_packing']:.3f})" if "residue_r_with_packing" in summ else "")
-                  + f", map_anm_weight {summ.get('map_anm_weight', 0.0)}"
-                  + (f" (residue r {summ['residue_r_with_map_anm']:.3f})" if "residue_r_with_map_anm" in summ else ""),
-                  flush=True)
-        ckf = out / f"{kind}_{res:g}A.pt"
-        if a.minutes > 0 and not ckf.exists():
-            tr, va = split_proteins(proteins, 0.15, 0)
-            model, info = train(load_items([f for p in tr for f in groups[p]], res),
-                                load_items([groups[p][0] for p in va], res), minutes=a.minutes, seed=a.seed,
-                                channels=ch, outputs=2, log=out / f"{kind}_{res:g}A.jsonl", init=init,
-                                eval_seconds=a.eval_seconds, threads=a.threads, groups=a.groups)
-            save_checkpoint(ckf, model, "fcn", res, {k2: v for k2, v in info.items() if k2 != "history"})
-            print(f"{kind} final: {info['steps']} steps, best val r {info['best_val_r']:.3f}", flush=True)
-        if ckf.exists():
-            model, ck = load_checkpoint(ckf)
-            cal = {"sd_scale": summ.get("sd_scale", 1.0), "anm_weight": summ.get("anm_weight", 0.0),
-                   "contrast_weight": summ.get("contrast_weight", 0.0),
-                   "native_contrast_weight": summ.get("native_contrast_weight", 0.0),
-                   "map_anm_weight": summ.get("map_anm_weight", 0.0),
-                   "map_packing_weight": summ.get("map_packing_weight", 0.0),
-                   "sd_slope": summ.get("sd_slope", 0.0), "sd_power": summ.get("sd_power", 1.0),
-                   "fitted_on": fitted_on}
-            if cal["sd_slope"] or cal["sd_power"] != 1.0:
-                cal["sd_slope_fitted_on"] = ("the 17 md_reference chains (defmap-train validate-md, sd_slope and "
-                                             "sd_power); "
-                                             "sd_scale was fitted after it")
-            metrics = {k2: v for k2, v in summ.items() if not k2.startswith("_")}
-            name = f"defmap-{'mapmodel-' if ch == 2 else ''}{res:g}A"  # map-only keeps the old names (defmap-5A)
-            dst = out / "onnx" / f"{name.replace('-', '_')}.onnx"  # as shipped: defmap_5A.onnx, defmap_mapmodel_5A.onnx
-            dev = export_onnx(model, dst, name, res, metrics=metrics,
-                              training={k2: v for k2, v in ck.get("info", {}).items() if k2 != "history"},
-                              description=_describe(ch, res), extra={"calibration": cal})
-            print(f"{dst}: parity {dev:.1e}", flush=True)
-    (out / f"train2_{res:g}A.json").write_text(json.dumps(results, indent=1, default=float) + "\n")
-    return results
-
-
-def cv_test_maps(files: list[Path], eval_maps: int, other_kinds: list[str]) -> list[Path]:
-    """A test protein's CV maps: its first ``eval_maps`` files (frame-averaged first), and one map of each other kind
-    in ``other_kinds`` (map-only: voxel mode's weights are fitted over the kinds, see :func:`summarize`)."""
-    out = list(files[:eval_maps])
-    have = {map_kind(f) for f in out}
-    for mk in other_kinds:
-        out += [f for f in files if map_kind(f) == mk][:1] if mk not in have else []
-    return out
-
-
-def _describe(channels: int, res: float) -> str:
-    inp = "the map and the fitted model's own density (two channels)" if channels == 2 else "the map alone"
-    return (f"fully convolutional DEFMap variant for maps at about {res:g} Å or better, input {inp}; outputs mean "
-            "log10 RMSF (Å) and its log-variance. Trained on simulated maps of ANM ensembles with per-protein "
-            "deviations only the map shows (not MD): see MODEL_CARD.md")
-
-
-def add_parser(sub, default_data: str, default_ens: str) -> None:
-    t = sub.add_parser("train2", help="map-only and map+model networks with a variance head: CV, final, export")
-    t.add_argument("--data", default=default_data)
-    t.add_argument("--ensembles", default=default_ens, help="records of the training proteins (for ANM)")
-    t.add_argument("--out", required=True)
-    t.add_argument("--kinds", default="map+model,map")
-    t.add_argument("--resolution", type=float, default=5.0)
-    t.add_argument("--folds", type=int, default=3)
-    t.add_argument("--cv-minutes", type=float, default=3.5, help="per fold model (0: no CV)")
-    t.add_argument("--minutes", type=float, default=5.0, help="final model (0: none)")
-    t.add_argument("--eval-maps", type=int, default=2)
-    t.add_argument("--eval-seconds", type=float, default=60.0, help="validation cadence (wall clock)")
-    t.add_argument("--init-checkpoint", help="fine-tune from a train2 checkpoint of the same kind (e.g. the 5 Å "
-                   "final model for 6 or 7 Å); the fine-tuned model has seen every training protein")
-    t.add_argument("--init-cv", help="the cv/ folder of an earlier train2 run with the same folds: fold k starts "
-                   "from its fold k model, so a warm-started CV stays protein-disjoint (give --init-checkpoint for "
-                   "the final model)")
-    t.add_argument("--calibration-from", help="a train2_<res>A.json whose CV calibration (sd_scale, anm_weight) "
-                   "the exported models take when this run has no CV")
-    t.add_argument("--sd-slope", type=float, default=0.0, help="log SD grows by this times the prediction's z-score "
-                   "(fitted on real MD by validate-md); sd_scale and coverage are fitted with it on the CV")
-    t.add_argument("--sd-power", type=float, default=1.0, help="the head's SD enters to this power (fitted on real "
-                   "MD by validate-md with the slope; 0 ignores the head)")
-    t.add_argument("--map-kinds", default="map,dw,clean", help="which simulated maps to use (dataset's kinds: map = "
-                   "frame-averaged, dw = Debye-Waller, clean = Debye-Waller without confounders); round 3 used map")
-    t.add_argument("--fit-map-kinds", default="map,dw,clean", help="map-only: the kinds of CV test map voxel "
-                   "mode's weights (packing, normal modes of the map) are fitted on, as the mean over kinds (one map "
-                   "of each besides the --eval-maps frame-averaged ones); headline metrics and sd_scale stay on the "
-                   "frame-averaged maps")
-    t.add_argument("--groups", type=int, default=0, help="maps per batch (256 patches split evenly); > 0 trains the "
-                   "variance head on each map's errors less the map's offset (0: independent patches, beta-NLL)")
-    t.add_argument("--seed", type=int, default=0, help="fold k trains with seed SEED + k, the final model with SEED "
-                   "(another seed gives another ingredient for `soup`)")
-    t.add_argument("--threads", type=int, default=None, help="torch threads (two kinds in parallel: 1 each)")
-    t.add_argument("--init-onnx", help="start from an exported one-channel FCN (e.g. the shipped 5 Å model); the "
-                   "CV then is not fully protein-disjoint: that model saw every training protein (old labels)")
-    t.set_defaults(fn=lambda a: run(a))

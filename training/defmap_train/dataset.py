@@ -2,11 +2,13 @@
 
 One sample file per (protein, map): for each filter resolution the preprocessed lattice (float16), the unique centre
 voxels and the atom → centre index, plus the per-atom labels and two map-only baselines.  Labels per centre voxel are
-the mean log10 RMSF (Å) of the heavy atoms rounded to it.
+the mean log10 RMSF (Å) of the heavy atoms rounded to it.  Also the protein-disjoint splits every evaluation uses:
+a protein's maps are all on one side.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,3 +120,20 @@ def list_samples(data_dir: Path) -> dict[str, list[Path]]:
     for p in sorted(Path(data_dir).glob("*.npz")):
         out.setdefault(p.stem.split("__")[0], []).append(p)
     return out
+
+
+def load_items(paths: list[Path], resolution: float) -> list[Item]:
+    return [load_item(p, resolution) for p in paths]
+
+
+def split_proteins(proteins: list[str], frac: float, seed: int) -> tuple[list[str], list[str]]:
+    """(train, validation) proteins: a deterministic, protein-disjoint split."""
+    ps = sorted(proteins, key=lambda p: zlib.crc32(f"{seed}/{p}".encode()))
+    n_val = max(1, int(round(frac * len(ps)))) if len(ps) > 1 else 0
+    return sorted(ps[n_val:]), sorted(ps[:n_val])
+
+
+def folds_of(proteins: list[str], k: int) -> list[list[str]]:
+    """k protein-disjoint test folds, the same for every run on the same proteins."""
+    ps = sorted(proteins, key=lambda p: zlib.crc32(f"fold/{p}".encode()))
+    return [sorted(ps[i::k]) for i in range(k)]

@@ -1,5 +1,7 @@
 """End-to-end smoke test on tiny data (≤ 3 min on 2 cores): ensembles, maps, dataset, one short training run, ONNX
-export with torch-vs-onnxruntime parity, the bundle's own predictor on the exported model, and a few MD steps."""
+export with torch-vs-onnxruntime parity, the bundle's own predictor on the exported model, the shipped recipe
+(``defmap-train train``: CV, calibration, final models of both kinds, export) at a few steps per model, and a few MD
+steps."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cli import SHARED
+from .paths import SHARED
 
 SMOKE_PROTEINS = ("5pti", "1fas", "1orc")
 
@@ -68,12 +70,33 @@ def smoke(out: Path, md: bool = True) -> dict:
     ort_c = pred.predict_dense(Grid(it.grid, np.zeros(3), 1.5), it.centers)
     report["bundle_vs_torch"] = float(np.abs(ort_c - predict_item(model, it)).max())
     assert report["bundle_vs_torch"] <= 1e-5, report["bundle_vs_torch"]
+    report["recipe"] = _recipe_smoke(samples, out / "ensembles", out / "recipe")
     if md:
         report["md"] = _md_smoke(sdir / "5pti.cif", out / "md")
     report["seconds"] = round(time.time() - t0, 1)
     (out / "smoke.json").write_text(json.dumps(report, indent=1, default=float))
     print(json.dumps(report, indent=1, default=float))
     return report
+
+
+def _recipe_smoke(samples: Path, ensembles: Path, out: Path) -> dict:
+    """``defmap-train train`` on the tiny set: a 3-fold CV of one-protein folds, the calibration fitted on it, final
+    models of both kinds and their ONNX files, which the bundle reads with that calibration."""
+    from chimerax.defmap.network import read_model_info
+
+    from .pipeline import config, run, run_json
+    t = time.time()
+    res = run(config(out, data=str(samples), ensembles=str(ensembles), cv_minutes=0.5, minutes=0.5, max_steps=2,
+                     batch=16, eval_maps=1, eval_seconds=3600.0))
+    rep: dict = {"json": run_json(out, 5.0).exists()}
+    for kind, name in (("map", "defmap_5A"), ("map+model", "defmap_mapmodel_5A")):
+        cv = res["kinds"][kind]["cv"]
+        mi = read_model_info(out / "onnx" / f"{name}.onnx")
+        assert mi.calibration["sd_scale"] == cv["sd_scale"] and cv["proteins"] == len(SMOKE_PROTEINS), (mi, cv)
+        assert mi.needs_structure == (kind == "map+model") and mi.has_variance, mi
+        rep[kind] = {"residue_r": cv["residue_r"], "sd_scale": cv["sd_scale"]}
+    rep["seconds"] = round(time.time() - t, 1)
+    return rep
 
 
 def _md_smoke(pdb: Path, out: Path) -> dict | str:

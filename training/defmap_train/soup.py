@@ -1,5 +1,5 @@
-"""Weight averaging ("model soup", Wortsman et al. 2022) of train2 runs whose models share an ancestry: runs B, C, ...
-warm-started from run A fold by fold (``train2 --init-cv``) and final by final (``--init-checkpoint``).  An averaged
+"""Weight averaging ("model soup", Wortsman et al. 2022) of `train` runs whose models share an ancestry: runs B, C, ...
+warm-started from run A fold by fold (``train --init-cv``) and final by final (``--init-checkpoint``).  An averaged
 fold k model has still never seen fold k's test proteins, so the soup's CV is as protein-disjoint as any run's, and one
 averaged network costs what one network costs at run time."""
 

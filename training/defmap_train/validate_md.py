@@ -37,9 +37,9 @@ from chimerax.defmap.map_shape import RESIDUE_VOLUME, map_packing
 from chimerax.defmap.network import calibrated_sd
 from chimerax.defmap.nma import anm_log_fluctuations, map_elastic_network
 
-from .cli import DEFAULT_DATA, REPO, SHARED, seed_of
 from .ensembles import _record
 from .maps import CLEAN, Randomization, simulate_map
+from .paths import DEFAULT_DATA, REPO, SHARED, seed_of
 from .structure import Structure, load_structure
 
 MD_DIR = SHARED / "md_reference"
@@ -226,9 +226,9 @@ class OnnxModel:
 
 
 def read_meta(path: Path) -> dict:
-    """The DEFMap metadata JSON, read without the onnx package (the bundle's reader)."""
-    from chimerax.defmap.onnx_format import read_metadata
-    return json.loads(read_metadata(path)["defmap"])
+    """The DEFMap metadata JSON, read by onnxruntime as the bundle reads it."""
+    from chimerax.defmap.network import read_metadata
+    return json.loads(read_metadata(Path(path))["defmap"])
 
 
 def dense_run(session, input_name: str, x: np.ndarray, centers: np.ndarray, box: int, tile: int = 32) -> np.ndarray:

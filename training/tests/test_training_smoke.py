@@ -106,11 +106,13 @@ def test_anm_record_frames_match_rmsf():
 
 @needs_shared
 def test_smoke(tmp_path):
-    """`defmap-train smoke`: tiny data, a short training run, export, parity, the bundle's predictor, a few MD steps."""
+    """`defmap-train smoke`: tiny data, a short training run, export, parity, the bundle's predictor, the shipped
+    recipe end to end (both kinds' CV, calibration and ONNX files the bundle reads), a few MD steps."""
     from defmap_train.smoke import smoke
     rep = smoke(tmp_path / "smoke")
     assert rep["parity_fcn"] <= 1e-5 and rep["parity_reference"] <= 1e-5
     assert rep["bundle_vs_torch"] <= 1e-5
+    assert rep["recipe"]["json"] and all(np.isfinite(rep["recipe"][k]["sd_scale"]) for k in ("map", "map+model"))
     if isinstance(rep.get("md"), dict):
         assert rep["md"]["frames"] >= 2
 

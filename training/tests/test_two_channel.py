@@ -1,5 +1,6 @@
-"""Issue 11 pieces: the fitted-model density channel, two-channel / two-output networks (dense = per patch, beta-NLL,
-ONNX export with channels in the metadata), the label engine's deviations, and validate-md's ONNX runner."""
+"""The shipped recipe's pieces: the fitted-model density channel, two-channel / two-output networks (dense = per
+patch, beta-NLL, ONNX export with channels in the metadata), the label engine's deviations, the CV's calibration fit,
+soup, and validate-md's ONNX runner."""
 
 from __future__ import annotations
 
@@ -179,27 +180,27 @@ def test_grouped_batches_and_within_map_variance_loss():
 
 def test_dataset_kinds(tmp_path):
     """dw and clean samples are Debye-Waller maps (clean: no confounder), frame maps average frames; cache kept."""
-    from defmap_train.cli import _dataset_one
     from defmap_train.ensembles import Deviations, anm_record, save_record
+    from defmap_train.generate import dataset_one
     rec = anm_record(_toy_structure(40), np.random.default_rng(0), deviations=Deviations())
     rec["name"] = "toy"
     save_record(rec, tmp_path / "toy.npz")
     params = {}
     for kind in ("map", "dw", "clean"):
-        msg = _dataset_one((tmp_path / "toy.npz", tmp_path, 0, kind, (5.0,)))
+        msg = dataset_one((tmp_path / "toy.npz", tmp_path, 0, kind, (5.0,)))
         assert msg.startswith(f"toy__{kind}0.npz:")
         with np.load(tmp_path / f"toy__{kind}0.npz") as z:
             params[kind] = json.loads(str(z["map_params"]))
     assert params["map"]["source"] == "frames" and params["dw"]["source"] == "debye_waller"
     assert params["clean"]["source"] == "debye_waller" and params["clean"]["snr"] > 1e5
     assert params["dw"]["snr"] < 1e5
-    assert _dataset_one((tmp_path / "toy.npz", tmp_path, 0, "dw", (5.0,))) == "toy__dw0.npz exists"
+    assert dataset_one((tmp_path / "toy.npz", tmp_path, 0, "dw", (5.0,))) == "toy__dw0.npz exists"
 
 
 def test_sd_probe_metrics():
     """sd-probe ranks validate-md's error: a feature equal to the abs residual ranks it perfectly, its negative
     anti-ranks it; segment-long errors have a high lag-1 autocorrelation, independent ones do not."""
-    from defmap_train.sd_probe import _lag1
+    from defmap_train.diagnostics.sd_probe import _lag1
     from defmap_train.validate_md import sd_error_spearman
     rng = np.random.default_rng(3)
     pred = rng.normal(size=200)
@@ -245,7 +246,7 @@ def test_cv_fits_the_contrast_weights_only_where_the_contrasts_help():
     """summarize: the two contrasts' weights (on the network's lattice, at the map's own resolution) are fitted
     together to maximize the mean CV residue r (both 0 for map-only rows, whose contrasts are NaN), and for map-only
     rows the weight of the map's elastic network; the ANM weight is fitted on top of them."""
-    from defmap_train.mapmodel import summarize
+    from defmap_train.calibration import summarize
     rng = np.random.default_rng(0)
 
     def rows(contrast, native="unrelated", map_anm="absent", packing="absent", kind="map", r=0.5):
@@ -285,7 +286,7 @@ def test_cv_fits_voxel_modes_weights_over_the_kinds_of_test_map():
     """summarize: voxel mode's weights maximize the mean over the kinds of test map (a term that helps frame-averaged
     maps as much as it misleads clean ones gets no weight), while the headline metrics and sd_scale stay on the
     frame-averaged maps."""
-    from defmap_train.mapmodel import summarize
+    from defmap_train.calibration import summarize
     rng = np.random.default_rng(1)
 
     def rows(packing, kind, r):

@@ -1,4 +1,4 @@
-"""validate-md regenerates the README / MODEL_CARD block from its own result and train2's CV JSON."""
+"""validate-md regenerates the docs' / MODEL_CARD's block from its own result and the train run's CV JSON."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def _result() -> dict:
 
 def test_docs_block_replaces_only_the_marked_text(tmp_path):
     from defmap_train.validate_md import DOC_BEGIN, DOC_END, docs_block, update_docs
-    tj = tmp_path / "train2_5A.json"
+    tj = tmp_path / "train_5A.json"
     tj.write_text(json.dumps({"kinds": {"map+model": {"cv": {"proteins": 54, "residue_r": 0.66, "anm_r": 0.61,
                                                                "coverage68_calibrated": 0.68, "sd_scale": 1.1,
                                                                "anm_weight": 0.5, "contrast_weight": 0.2,

@@ -15,13 +15,11 @@ import numpy as np
 
 from chimerax.defmap.nma import anm_log_fluctuations
 
-from .cli import DEFAULT_DATA, HERE, SHARED
-
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 def record_stats(path: Path) -> dict:
-    from .ensembles import load_record, record_structure
+    from ..ensembles import load_record, record_structure
     rec = load_record(path)
     st = record_structure(rec)
     ca = st.ca_index()
@@ -32,7 +30,7 @@ def record_stats(path: Path) -> dict:
 
 
 def md_stats(md_dir: Path) -> list[dict]:
-    from .validate_md import load_chain, md_chains
+    from ..validate_md import load_chain, md_chains
     out = []
     for c in md_chains(md_dir):
         st, md = load_chain(md_dir, c)
@@ -65,6 +63,3 @@ def run(a) -> dict:
         Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     return res
 
-
-DEFAULTS = {"ensembles": str(DEFAULT_DATA / "ensembles"), "md_reference": str(SHARED / "md_reference"),
-            "out": str(HERE / "reports" / "engine_check.json")}

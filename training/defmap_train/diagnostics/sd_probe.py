@@ -1,5 +1,6 @@
-"""Which per-residue quantities rank the real-MD errors of the map + model prediction?  A diagnostic for issue 11's
-uncertainty target: it bounds what an SD built from them could reach, the MD truth's own |z-score| included."""
+"""Which per-residue quantities rank the real-MD errors of the map + model prediction?  ``defmap-train sd-probe``: it
+bounds what an SD built from them could reach (the target is Spearman(SD, |error|) ≥ 0.3), the MD truth's own
+|z-score| included."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import zscore
 from chimerax.defmap.nma import anm_log_fluctuations
 
-from .dataset import map_baselines
-from .validate_md import (
+from ..dataset import map_baselines
+from ..validate_md import (
     MD_DIR,
     VARIANTS,
     _rel,

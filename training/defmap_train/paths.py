@@ -1,0 +1,18 @@
+"""Where training finds its inputs and writes its outputs, and how it seeds random draws: one place, so that no
+module needs the command line's module for a path or a seed."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parents[1]  # training/
+REPO = HERE.parent
+SHARED = REPO.parent / "shared" / "data"  # structures, md_reference, emdb (read only, beside the repository)
+DEFAULT_DATA = HERE / "data"  # generated ensembles, samples and map caches (gitignored)
+
+
+def seed_of(*parts) -> int:
+    """A seed from names and numbers (e.g. "map", protein, k): every generated file is reproducible on its own, in
+    any order and in any process."""
+    return zlib.crc32("/".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
