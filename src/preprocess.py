@@ -119,11 +119,8 @@ def resample(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, origin: np.ndarray,
     check_memory(nvox * RESAMPLE_BYTES_PER_VOXEL, "the resampled grid")
     m = np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4).copy()
     # only the part of the input the lattice covers is converted to float32 (a small region of a big map stays small)
-    corners = _box_corners_xyz(shape_zyx, np.hstack([np.eye(3) * voxel_size, np.reshape(origin, (3, 1))]))
-    cijk = corners @ m[:, :3].T + m[:, 3]
     full = np.array(values_zyx.shape[::-1], dtype=np.int64)
-    lo = np.clip(np.floor(cijk.min(axis=0)).astype(np.int64) - 1, 0, full - 1)
-    hi = np.clip(np.ceil(cijk.max(axis=0)).astype(np.int64) + 2, lo + 1, full)
+    lo, hi = source_window(m, origin, shape_zyx, voxel_size, full)
     src = np.ascontiguousarray(values_zyx[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], dtype=np.float32)
     m[:, 3] -= lo  # indices into the cropped source
     src_offset = lo.astype(np.float64)
@@ -144,6 +141,28 @@ def resample(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, origin: np.ndarray,
         out[iz] = vals.reshape(ny, nx)
         inside[iz] = ok.reshape(ny, nx)
     return out, inside
+
+
+def source_window(xyz_to_ijk: np.ndarray, origin: np.ndarray, shape_zyx: tuple[int, int, int], voxel_size: float,
+                  size_ijk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) ijk bounds of the input map's voxels that trilinear resampling onto this lattice reads (with one voxel
+    to spare on each side, clipped to a map of ``size_ijk`` voxels)."""
+    m = np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
+    corners = _box_corners_xyz(shape_zyx, np.hstack([np.eye(3) * voxel_size, np.reshape(origin, (3, 1))]))
+    cijk = corners @ m[:, :3].T + m[:, 3]
+    size = np.asarray(size_ijk, dtype=np.int64)
+    lo = np.clip(np.floor(cijk.min(axis=0)).astype(np.int64) - 1, 0, size - 1)
+    hi = np.clip(np.ceil(cijk.max(axis=0)).astype(np.int64) + 2, lo + 1, size)
+    return lo, hi
+
+
+def points_source_window(points_xyz: np.ndarray, xyz_to_ijk: np.ndarray, size_ijk: np.ndarray, spec: FeatureSpec,
+                         map_resolution: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) ijk bounds of the part of an input map that :func:`prepare_points` reads for these points (their
+    lattice plus the patch and filter margin), so a caller can read only that subregion of a tomogram-sized map."""
+    sigma = lowpass_sigma_voxels(spec, map_resolution)
+    origin, shape = lattice_for_points(np.asarray(points_xyz, dtype=np.float64), spec, margin_voxels(spec, sigma))
+    return source_window(xyz_to_ijk, origin, shape, spec.voxel_size, size_ijk)
 
 
 RESAMPLE_BYTES_PER_VOXEL = 16  # raw + filtered + standardized float32, inside and support masks
