@@ -137,12 +137,23 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
     p = Path(path)
     if not p.is_file():
         raise ModelError(f"Model file {p} does not exist")
-    from .onnx_format import OnnxFormatError, read_metadata
+    return parse_metadata(p, read_metadata(p))
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The model's ``metadata_props``, read by onnxruntime: a CPU session with one thread and no graph optimization
+    (about 5 ms for a shipped model, as fast as decoding the protocol buffer in Python was)."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.intra_op_num_threads = so.inter_op_num_threads = 1
+    so.log_severity_level = 4
     try:
-        props = read_metadata(p)
-    except (OnnxFormatError, UnicodeDecodeError) as e:
-        raise ModelError(f"Model file {p.name} is not a readable ONNX model ({e})") from None
-    return parse_metadata(p, props)
+        sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types for unreadable files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].rsplit("failed:", 1)[-1].strip()
+        raise ModelError(f"Model file {path.name} is not a readable ONNX model ({first[:200]})") from None
+    return dict(sess.get_modelmeta().custom_metadata_map)
 
 
 def model_dirs() -> list[Path]:
