@@ -294,12 +294,13 @@ class Predictor:
         self.patches = 0
         self.flops = 0.0  # network FLOPs executed (2 x multiply-adds), for GFLOP/s reports
         self.method = ""  # how the last prediction ran: patches, dense or shared
-        self._chain = None  # layers of a conv-chain model (chimerax.defmap.shared_features), read on first use
+        self._chain = None  # the conv chain from the model's side file (shared_features), read on first use
         # a model with a variance output: log-variance per centre of the last prediction (None otherwise)
         self.last_log_variance: np.ndarray | None = None
 
     def conv_layers(self):
-        """The model as a chain of valid 3-D convolutions (shared_features.ConvLayer list), or None if it is not one."""
+        """The model as a chain of valid 3-D convolutions (shared_features.ConvChain) from the side file that
+        training's export writes beside it, or None without one (then the model runs per patch or in dense tiles)."""
         if self._chain is None:
             from . import shared_features
             self._chain = shared_features.conv_chain(self.info.path) or []

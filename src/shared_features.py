@@ -2,23 +2,35 @@
 
 Neighbouring patches overlap almost entirely, so evaluating each 10³ patch on its own recomputes the same early
 feature maps again and again (14.6 MFLOP per patch for the shipped network).  Here the network — a chain of valid
-3-D convolutions with pointwise activations, read from the ONNX file — is evaluated layer by layer only at the
-feature-map positions that some requested centre needs (the Minkowski sum of the centres with the later kernels),
-each layer as gathered rows times a weight matrix (sgemm).  Input channels (map, model density) sit side by side
-in the gathered (dz, dy, dx, c) columns, and a network with several outputs (mean, log-variance) gives one column
-each.  The result equals per-patch evaluation up to float32 summation order (|Δ| ~ 1e-6), and costs about 2.4 MFLOP
-per centre on a protein (one channel, one output).
+3-D convolutions with pointwise activations — is evaluated layer by layer only at the feature-map positions that
+some requested centre needs (the Minkowski sum of the centres with the later kernels), each layer as gathered rows
+times a weight matrix (sgemm).  Input channels (map, model density) sit side by side in the gathered (dz, dy, dx, c)
+columns, and a network with several outputs (mean, log-variance) gives one column each.  The result equals
+per-patch evaluation up to float32 summation order (|Δ| ~ 1e-6), and costs about 2.4 MFLOP per centre on a protein
+(one channel, one output).
 
 Work proceeds block by block (``block``³ centre voxels plus the receptive-field halo), so memory is bounded by the
 block size and the row chunk, whatever the size of the map: at most ~100 MB of feature rows for a 64³ block filled
 with centres.  Measured on 6EZ8 (2 shared cores): 64³ blocks recompute ~3 % of the features at block faces (40³:
 ~10 %), and 2 MB row chunks (cache-sized) ran ~25 % faster than 16 MB ones.  Two channels, two outputs (training's
 v2 defmap-mapmodel-5A, 6EZ8's 18,769 atom centres, simulated 5 Å map): shared 0.4 s, dense tiles 2.3 s.
+
+The chain comes from a side file beside the model, ``NAME.stages.npz`` (:func:`stages_path`), which training's
+export writes with the ``onnx`` package (ChimeraX ships none, so the bundle neither parses nor writes ONNX itself):
+the layers' weights, biases, activations and LeakyReLU slopes, the SHA-256 of the ``.onnx`` file they were read
+from, and per stage (:func:`split_stages`) a serialized ONNX graph — input ``x`` (n, k³·cin), output ``y``
+(n, cout), and for each layer i of the stage MatMul ``W{i}``, Add ``B{i}`` and the activation.  ``W{i}`` and
+``B{i}`` are external initializers that each session is given from the layers (:func:`stage_weights`), so one graph
+serves every rotation of the network; as initializers (not graph inputs) they are prepacked as constants are, which
+keeps results bit-identical to graphs with the weights inside (graph inputs differ by ~1e-6).  A model without the
+side file, or with one written for other bytes, is evaluated per patch or in dense tiles instead (network.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +39,8 @@ import numpy as np
 from .rotations import ROTATIONS, inverse_rotation
 
 ACTIVATIONS = ("LeakyRelu", "Relu", "Identity")
+STAGES_SUFFIX = ".stages.npz"
+STAGES_FORMAT = 1
 PIPELINE = False  # overlap the next gather with onnxruntime's product: measured no gain on 2 shared cores
 _NO_SPIN = True  # spinning intra-op threads lose badly when the cores are shared (measured)
 
@@ -55,81 +69,107 @@ class ConvLayer:
         return np.ascontiguousarray(self.weight.transpose(2, 3, 4, 1, 0).reshape(-1, self.cout), dtype=np.float32)
 
 
-def conv_chain(path: str | Path) -> list[ConvLayer] | None:
-    """The model as a chain of stride-1, unpadded, cubic 3-D convolutions with pointwise activations, or None.
+class ConvChain(list):
+    """A model's conv layers in order (a list of :class:`ConvLayer`) with ``graphs``: per stage
+    (:func:`split_stages`), the serialized ONNX graph that evaluates it on gathered rows."""
 
-    Any number of input channels (the first layer's cin) and outputs (the last layer's cout).  None means
-    "evaluate with onnxruntime": any node, attribute or topology outside that pattern.
-    """
-    from .onnx_format import OnnxFormatError, read_graph
-    try:
-        g = read_graph(path)
-    except (OnnxFormatError, UnicodeDecodeError):
-        return None
-    consts = dict(g.initializers)
-    inputs = [i for i in g.inputs if i not in consts]
-    if len(inputs) != 1 or len(g.outputs) != 1:
-        return None
-    cur = inputs[0]
-    layers: list[ConvLayer] = []
-    for node in g.nodes:
-        if node.op_type == "Constant":
-            consts[node.outputs[0]] = node.attributes.get("value")
-            continue
-        if not node.inputs or node.inputs[0] != cur or len(node.outputs) != 1:
-            return None
-        attrs = node.attributes
-        if node.op_type == "Conv":
-            w = consts.get(node.inputs[1]) if len(node.inputs) > 1 else None
-            if w is None or w.ndim != 5 or len(set(w.shape[2:])) != 1:
-                return None
-            if len(node.inputs) > 2 and node.inputs[2]:
-                b = consts.get(node.inputs[2])
-                if b is None:
-                    return None
-            else:
-                b = np.zeros(w.shape[0], dtype=np.float32)
-            if (any(v != 1 for v in attrs.get("strides", [1])) or any(v != 1 for v in attrs.get("dilations", [1]))
-                    or any(v != 0 for v in attrs.get("pads", [0])) or attrs.get("group", 1) != 1
-                    or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID")):
-                return None
-            if layers and layers[-1].cout != w.shape[1]:
-                return None
-            layers.append(ConvLayer(np.asarray(w, dtype=np.float32), np.asarray(b, dtype=np.float32).reshape(-1)))
-        elif node.op_type in ACTIVATIONS:
-            if not layers or layers[-1].activation is not None:
-                return None
-            if node.op_type != "Identity":
-                layers[-1].activation = node.op_type
-                layers[-1].alpha = float(attrs.get("alpha", 0.01))
+    def __init__(self, layers: Iterable[ConvLayer], graphs: Iterable[bytes]):
+        super().__init__(layers)
+        self.graphs = list(graphs)
+
+
+def split_stages(layers: list[ConvLayer]) -> list[list[ConvLayer]]:
+    """Stages: a gathering convolution followed by the pointwise (1³) layers that run on the same positions."""
+    stages: list[list[ConvLayer]] = []
+    for i, ly in enumerate(layers):
+        if i == 0 or ly.k > 1:
+            stages.append([ly])
         else:
-            return None
-        cur = node.outputs[0]
-    if cur != g.outputs[0] or not layers:
+            stages[-1].append(ly)
+    return stages
+
+
+def stage_weights(stage: list[ConvLayer]) -> dict[str, np.ndarray]:
+    """The stage graph's external initializers: ``W{i}`` (k³·cin, cout) and ``B{i}`` (cout,) of its layer i."""
+    out = {}
+    for i, ly in enumerate(stage):
+        out[f"W{i}"] = ly.matrix()
+        out[f"B{i}"] = np.ascontiguousarray(ly.bias, dtype=np.float32)
+    return out
+
+
+def stages_path(model_path: str | Path) -> Path:
+    """The side file of a model: ``defmap_5A.onnx`` -> ``defmap_5A.stages.npz`` in the same folder."""
+    p = Path(model_path)
+    return p.with_name(p.stem + STAGES_SUFFIX)
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def save_chain(model_path: str | Path, layers: list[ConvLayer], graphs: list[bytes]) -> Path:
+    """Write the side file of the model at ``model_path`` (training's export calls this; see the module docstring)."""
+    if len(graphs) != len(split_stages(layers)):
+        raise ValueError(f"{len(graphs)} stage graphs for {len(split_stages(layers))} stages")
+    arrays = {"format_version": np.array(STAGES_FORMAT), "model_sha256": np.array(file_sha256(model_path)),
+              "activation": np.array([ly.activation or "" for ly in layers]),
+              "alpha": np.array([ly.alpha for ly in layers], dtype=np.float64)}
+    for i, ly in enumerate(layers):
+        arrays[f"weight{i}"] = np.asarray(ly.weight, dtype=np.float32)
+        arrays[f"bias{i}"] = np.asarray(ly.bias, dtype=np.float32).reshape(-1)
+    for j, g in enumerate(graphs):
+        arrays[f"graph{j}"] = np.frombuffer(g, dtype=np.uint8)
+    out = stages_path(model_path)
+    np.savez(out, **arrays)
+    return out
+
+
+def conv_chain(path: str | Path) -> ConvChain | None:
+    """The model at ``path`` as a chain of stride-1, unpadded, cubic 3-D convolutions with pointwise activations,
+    read from its side file; None (evaluate with onnxruntime) when there is none, or it belongs to other bytes.
+
+    Any number of input channels (the first layer's cin) and outputs (the last layer's cout)."""
+    side = stages_path(path)
+    if not side.is_file():
         return None
-    return layers
+    try:
+        with np.load(side, allow_pickle=False) as z:
+            if int(z["format_version"]) != STAGES_FORMAT or str(z["model_sha256"]) != file_sha256(path):
+                return None
+            acts, alphas = [str(a) for a in z["activation"]], [float(a) for a in z["alpha"]]
+            layers = [ConvLayer(z[f"weight{i}"], z[f"bias{i}"], acts[i] or None, alphas[i]) for i in range(len(acts))]
+            graphs = [z[f"graph{j}"].tobytes() for j in range(len(split_stages(layers)))]
+    except (OSError, KeyError, ValueError, IndexError, EOFError, zipfile.BadZipFile):  # unreadable or not this layout
+        return None
+    if not layers or not all(_well_formed(ly) for ly in layers) or any(
+            b.cin != a.cout for a, b in zip(layers, layers[1:])):
+        return None
+    return ConvChain(layers, graphs)
+
+
+def _well_formed(ly: ConvLayer) -> bool:
+    w = ly.weight
+    return (w.dtype == np.float32 and w.ndim == 5 and len(set(w.shape[2:])) == 1 and ly.bias.shape == (ly.cout,)
+            and ly.activation in (None, "LeakyRelu", "Relu"))
 
 
 class SparseConvNet:
     """A conv chain evaluated only where requested outputs need it (see the module docstring)."""
 
-    def __init__(self, layers: list[ConvLayer], block: int = 64, chunk_bytes: int = 2 << 20,
-                 threads: int | None = None):
-        self.layers = layers
-        self.extent = 1 + sum(ly.k - 1 for ly in layers)  # input patch edge that gives one output voxel
+    def __init__(self, chain: ConvChain, block: int = 64, chunk_bytes: int = 2 << 20, threads: int | None = None):
+        self.layers = list(chain)
+        self.graphs = chain.graphs
         self.block = int(block)
         self.chunk_bytes = int(chunk_bytes)
         self.threads = threads
         self.flops = 0.0  # multiply-adds x 2 actually executed, summed over calls
         self._rotated: dict[int, SparseConvNet] = {}
-        # stages: a gathering convolution followed by the pointwise (1³) layers that run on the same positions
-        self.stages: list[list[ConvLayer]] = []
-        for i, ly in enumerate(layers):
-            if i == 0 or ly.k > 1:
-                self.stages.append([ly])
-            else:
-                self.stages[-1].append(ly)
-        self._sessions = [_stage_session(st, threads) for st in self.stages]
+        self.extent = 1 + sum(ly.k - 1 for ly in self.layers)  # input patch edge that gives one output voxel
+        self.stages = split_stages(self.layers)
+        if len(self.graphs) != len(self.stages):
+            raise ValueError(f"{len(self.graphs)} stage graphs for a chain of {len(self.stages)} stages")
+        self._sessions = [_StageSession(g, st, threads) for g, st in zip(self.graphs, self.stages)]
         self.pipeline = PIPELINE
         self._executor = None
 
@@ -148,7 +188,8 @@ class SparseConvNet:
             inv = inverse_rotation(k)
             layers = [ConvLayer(np.ascontiguousarray(ROTATIONS[inv](ly.weight)), ly.bias, ly.activation, ly.alpha)
                       for ly in self.layers]
-            self._rotated[k] = SparseConvNet(layers, self.block, self.chunk_bytes, self.threads)
+            self._rotated[k] = SparseConvNet(ConvChain(layers, self.graphs), self.block, self.chunk_bytes,
+                                             self.threads)
         return self._rotated[k]
 
     @property
@@ -239,9 +280,9 @@ class SparseConvNet:
                 if self.pipeline:  # onnxruntime drops the GIL: the next gather overlaps this product
                     if pending is not None:
                         pending.result()
-                    pending = self._pool().submit(_run_into, sess, cols, y, s)
+                    pending = self._pool().submit(sess.run_into, cols, y, s)
                 else:
-                    _run_into(sess, cols, y, s)
+                    sess.run_into(cols, y, s)
             if pending is not None:
                 pending.result()
             self.flops += 2.0 * len(pos) * sum(ly.k ** 3 * ly.cin * ly.cout for ly in stage)
@@ -251,40 +292,28 @@ class SparseConvNet:
         return h[lookup[rel @ strides]]
 
 
-def _run_into(sess, cols: np.ndarray, y: np.ndarray, s: int) -> None:
-    y[s:s + len(cols)] = sess.run(None, {"x": cols})[0]
+class _StageSession:
+    """One stage's onnxruntime session, given the stage's weights as external initializers.  onnxruntime reads
+    their memory rather than copying it, so the arrays live as long as the session."""
+
+    def __init__(self, graph: bytes, stage: list[ConvLayer], threads: int | None):
+        import os
+
+        import onnxruntime as ort
+        self.weights = {name: ort.OrtValue.ortvalue_from_numpy(a) for name, a in stage_weights(stage).items()}
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads or os.cpu_count() or 1
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0" if _NO_SPIN else "1")
+        so.add_external_initializers(list(self.weights), list(self.weights.values()))
+        self.session = ort.InferenceSession(graph, sess_options=so, providers=["CPUExecutionProvider"])
+
+    def run_into(self, cols: np.ndarray, y: np.ndarray, s: int) -> None:
+        y[s:s + len(cols)] = self.session.run(None, {"x": cols})[0]
 
 
-def _stage_session(stage: list[ConvLayer], threads: int | None):
-    """An onnxruntime graph for one stage: MatMul + bias + activation per layer on gathered rows."""
-    import os
-
-    import onnxruntime as ort
-
-    from .onnx_format import model_bytes, node_proto, tensor_proto
-    nodes, inits, x = [], [], "x"
-    for i, ly in enumerate(stage):
-        inits += [tensor_proto(f"W{i}", ly.matrix()), tensor_proto(f"B{i}", ly.bias)]
-        nodes += [node_proto("MatMul", [x, f"W{i}"], [f"m{i}"]), node_proto("Add", [f"m{i}", f"B{i}"], [f"a{i}"])]
-        x = f"a{i}"
-        if ly.activation == "LeakyRelu":
-            nodes.append(node_proto("LeakyRelu", [x], [f"r{i}"], alpha=ly.alpha))
-            x = f"r{i}"
-        elif ly.activation == "Relu":
-            nodes.append(node_proto("Relu", [x], [f"r{i}"]))
-            x = f"r{i}"
-    nodes.append(node_proto("Identity", [x], ["y"]))
-    kdim = stage[0].k ** 3 * stage[0].cin
-    model = model_bytes(nodes, inits, [("x", ["n", kdim])], [("y", ["n", stage[-1].cout])])
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads or os.cpu_count() or 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0" if _NO_SPIN else "1")
-    return ort.InferenceSession(model, sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def chain_flops(layers: list[ConvLayer], input_shape) -> float:
+def chain_flops(layers: Iterable[ConvLayer], input_shape) -> float:
     """FLOPs (2 x multiply-adds) of a dense valid evaluation of the chain on an input of this (z, y, x) shape."""
     total, n = 0.0, np.array(input_shape, dtype=np.int64)
     for ly in layers:

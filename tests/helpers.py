@@ -1,4 +1,7 @@
-"""Test helpers: simulated maps and small ONNX models trained inside the tests (numpy + onnx.helper, no torch)."""
+"""Test helpers: simulated maps and small ONNX models trained inside the tests (numpy + onnx.helper, no torch).
+
+The models get their shared-feature side file from training's export (defmap_train.export.write_stages), the code
+that writes it for every exported model, so the tests run the bundle's shared-feature path as users' models do."""
 
 from __future__ import annotations
 
@@ -94,7 +97,14 @@ def linear_onnx_model(path: Path, weights: np.ndarray, bias: float, spec, name: 
         m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
+    write_stages(path)
     return path
+
+
+def write_stages(path: Path) -> Path | None:
+    """The model's shared-feature side file, as ``defmap-train export`` and ``defmap-train stages`` write it."""
+    from defmap_train.export import write_stages
+    return write_stages(path)
 
 
 def train_linear_model(patches: np.ndarray, labels: np.ndarray, ridge: float = 1.0) -> tuple[np.ndarray, float]:
@@ -107,7 +117,7 @@ def train_linear_model(patches: np.ndarray, labels: np.ndarray, ridge: float = 1
     return w, float(ym - mu @ w)
 
 
-# The network of issue 4: a fully convolutional, valid-padding 3D CNN (stand-in until training ships models).
+# The shipped network's shape: a fully convolutional, valid-padding 3D CNN (one input channel, one output).
 FCN_LAYERS = ((1, 16, 3), (16, 32, 3), (32, 64, 3), (64, 128, 4), (128, 64, 1), (64, 1, 1))
 LEAKY_ALPHA = 0.01
 
@@ -171,6 +181,7 @@ def fcn_onnx_model(path: Path, spec, seed: int = 0, name: str = "standin-fcn-5A"
         m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.checker.check_model(m)
     onnx.save(m, str(path))
+    write_stages(path)
     return path
 
 

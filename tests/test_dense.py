@@ -11,7 +11,7 @@ from chimerax.core.commands import run
 from chimerax.defmap import network, shared_features
 from chimerax.defmap import preprocess as pp
 
-from .helpers import FCN_LAYERS, fcn_flops_per_patch, fcn_onnx_model, shared_path, simulated_1aku
+from .helpers import FCN_LAYERS, fcn_flops_per_patch, fcn_onnx_model, shared_path, simulated_1aku, write_stages
 
 TOL = 1e-5
 SPEC = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
@@ -22,7 +22,7 @@ SHIPPED = Path(__file__).resolve().parents[1] / "onnx_models" / "defmap_5A.onnx"
 
 @pytest.fixture(scope="module", params=["stand-in", "shipped"])
 def fcn_model(request, tmp_path_factory):
-    """The issue's architecture with fixed random weights, and the shipped 5 Å model when it is there."""
+    """The shipped architecture with fixed random weights, and the shipped 5 Å model when it is there."""
     if request.param == "shipped":
         if not SHIPPED.is_file():
             pytest.skip("onnx_models/defmap_5A.onnx is not there")
@@ -38,7 +38,7 @@ def prepared():
     return atoms, voxels
 
 
-def test_stand_in_model_has_the_issue_shape(tmp_path):
+def test_stand_in_model_has_the_shipped_shape(tmp_path):
     fcn_model = fcn_onnx_model(tmp_path / "fcn5.onnx", SPEC, seed=3)
     import onnxruntime as ort
     s = ort.InferenceSession(str(fcn_model), providers=["CPUExecutionProvider"])
@@ -84,7 +84,8 @@ def test_shared_blocks_and_chunks_do_not_change_results(fcn_model, prepared):
 
 
 def test_non_chain_models_fall_back_to_onnxruntime(tmp_path):
-    """Graphs outside the conv-chain pattern (here one Conv + Sigmoid) are left to onnxruntime."""
+    """Graphs outside the conv-chain pattern (here one Conv + Sigmoid) get no side file from the export, and are
+    left to onnxruntime."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
     w = numpy_helper.from_array(np.ones((1, 1, 10, 10, 10), np.float32) * 1e-3, "W")
@@ -98,6 +99,8 @@ def test_non_chain_models_fall_back_to_onnxruntime(tmp_path):
     for k, v in network.make_metadata("sig", SPEC, fully_convolutional=True).items():
         m.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
     onnx.save(m, str(tmp_path / "sig.onnx"))
+    assert write_stages(tmp_path / "sig.onnx") is None
+    assert not shared_features.stages_path(tmp_path / "sig.onnx").exists()
     assert shared_features.conv_chain(tmp_path / "sig.onnx") is None
     pred = network.Predictor(network.read_model_info(tmp_path / "sig.onnx"), "cpu")
     grid = pp.Grid(np.random.default_rng(0).random((20, 20, 20), dtype=np.float32), np.zeros(3), 1.5)
@@ -143,7 +146,7 @@ def test_shared_memory_stays_flat_with_map_size(tmp_path):
 
 
 def test_every_method_reports_progress_up_to_all_centres(fcn_model, prepared):
-    """Status-line progress inside one inference call: per batch, tile or block, rising to 1 (issue 13)."""
+    """Status-line progress inside one inference call: per batch, tile or block, rising to 1."""
     prep = prepared[1]
     pred = network.Predictor(network.read_model_info(fcn_model), "cpu")
     sparse_net = shared_features.SparseConvNet(shared_features.conv_chain(fcn_model), block=16)
