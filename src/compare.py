@@ -24,8 +24,8 @@ from .keylabels import tidy_key
 from .palette import no_value_color
 from .progress import Progress
 
-if TYPE_CHECKING:  # cmd.py imports this module to register the command; at run time cmd is imported lazily
-    from .cmd import StructureResult
+if TYPE_CHECKING:
+    from .predict import StructureResult
 
 DIFF_PALETTE = "blue-white-red"  # diverging: blue = more rigid in the second state, red = more flexible
 THREE_TO_ONE = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
@@ -209,7 +209,7 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
     atoms2 = structure if to is None else to
     if len(atoms2) == 0:
         raise UserError("The 'to' specification matches no atoms")
-    from .cmd import predict_structure
+    from .predict import predict_structure
     progress = Progress(session, "DEFMap compare")
     r1 = predict_structure(session, maps[0], structure, model, map_resolution, device,
                            progress=progress.span(0.0, 0.45, f"first map {maps[0].name}: "))

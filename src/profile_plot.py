@@ -1,9 +1,9 @@
 """Per-residue dynamics profiles (DEFMap Fig 5A style) with a test-time-augmentation uncertainty band.
 
-The band comes from predicting every patch in all 24 orientations of the cube: a CNN trained with rotation
-augmentation should give the same answer in each, so the spread across orientations shows where the prediction is
-unstable.  The residue SD is taken over the 24 *residue means* (not averaged atom SDs), so it is the spread of the
-number that is actually reported.
+The band is each residue's SD (``recipe.residue_sd``): from the model's variance output, or from predicting every patch
+in all 24 orientations of the cube (a CNN trained with rotation augmentation should give the same answer in each, so
+the spread across orientations shows where the prediction is unstable).  This module only draws; the SD is computed
+by ``predict.add_uncertainty`` and stored by ``attributes.store_uncertainty``.
 """
 
 from __future__ import annotations
@@ -12,39 +12,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-
-
-def residue_rotation_sd(result) -> np.ndarray:
-    """Each residue's SD: from the model's variance output when it has one (mean of the residue's atom SDs, already
-    scaled by the calibration fitted on the simulated CV); else the SD over rotations of the residue's mean
-    prediction (zeros when only one orientation was run)."""
-    if getattr(result, "atom_sd", None) is not None:
-        return _residue_values(result, result.atom_sd)
-    per = result.atom_rotation_values
-    if per is None or per.shape[1] < 2:
-        return np.zeros(len(result.residues))
-    means = np.stack([_residue_values(result, per[:, k]) for k in range(per.shape[1])], axis=1)
-    return means.std(axis=1)
-
-
-def _residue_values(result, atom_values: np.ndarray) -> np.ndarray:
-    """Residue values over the same atoms as the result's residue values (residueAtoms)."""
-    from .residues import residue_means, residue_subset_means  # result.residues = result.atoms.unique_residues
-    means = residue_means(result.atoms, atom_values)[1]
-    return residue_subset_means(result.atoms, atom_values, result.residues, means,
-                                getattr(result, "residue_atoms", "heavy"))
-
-
-def store_uncertainty(session, result) -> None:
-    """Residue attribute ``<attribute>_sd`` (None where no value), registered so sessions keep it."""
-    from chimerax.atomic import Residue
-    name = result.attribute + "_sd"
-    Residue.register_attr(session, name, "DEFMap", attr_type=float, can_return_none=True)
-    result.residue_sd = residue_rotation_sd(result)
-    for r in result.structure.residues:
-        setattr(r, name, None)
-    for r, sd in zip(result.residues, result.residue_sd):
-        setattr(r, name, float(sd))
 
 
 def profile_data(residues, values: np.ndarray, sd: np.ndarray | None = None) -> dict[str, dict]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from chimerax.core.commands import run
 
-from chimerax.defmap import cmd as dm_cmd
 from chimerax.defmap import network
+from chimerax.defmap import predict as dm_predict
 from chimerax.defmap import preprocess as pp
 
 from .helpers import fcn_onnx_model
@@ -71,7 +71,7 @@ def test_repeated_runs_and_fresh_sessions_agree(scene, which, fcn_model, sigmoid
     model = fcn_model if which == "fcn" else sigmoid_model
     first = _structure(scene, model)
     again = _structure(scene, model)
-    dm_cmd.release_predictors()  # a fresh onnxruntime session
+    dm_predict.release_predictors()  # a fresh onnxruntime session
     fresh = _structure(scene, model)
     assert len(first) > 50
     assert np.array_equal(first, again)
@@ -92,12 +92,12 @@ def test_patches_and_dense_and_default_paths_agree(scene, fcn_model):
 
     Each method is exactly repeatable (above); between methods float32 sums run in different orders, so they agree to
     ~4e-6 on this 4-layer network rather than 1e-6."""
-    from chimerax.defmap.cmd import predict_voxels
+    from chimerax.defmap.predict import predict_voxels
     vol = scene.models.list(model_id=(1,))[0]
     outs = {}
     for dense in (None, True, False):
-        preds, prep, *_ = predict_voxels(scene, vol, str(fcn_model), None, "cpu", None, 0.05, dense)
-        outs[dense] = (prep.centers.copy(), np.asarray(preds, np.float64))
+        res = predict_voxels(scene, vol, str(fcn_model), None, "cpu", None, 0.05, dense)
+        outs[dense] = (res.prep.centers.copy(), np.asarray(res.values, np.float64))
     c0, v0 = outs[False]
     for dense in (None, True):
         c, v = outs[dense]

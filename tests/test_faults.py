@@ -16,8 +16,8 @@ import pytest
 from chimerax.core.commands import run
 from chimerax.core.errors import UserError
 
-from chimerax.defmap import cmd as dm_cmd
 from chimerax.defmap import network
+from chimerax.defmap import predict as dm_predict
 from chimerax.defmap import preprocess as pp
 
 from .hostile import MapSpec, build_map, compare, heavy_xyz_from_pdb, helix_pdb, snapshot
@@ -32,9 +32,9 @@ def scene(cx, tmp_path):
     build_map(cx, MapSpec(), heavy_xyz_from_pdb(HELIX))
     (tmp_path / "h.pdb").write_text(HELIX)
     run(cx, f"open {tmp_path / 'h.pdb'}", log=False)
-    dm_cmd.release_predictors()
+    dm_predict.release_predictors()
     yield cx
-    dm_cmd.release_predictors()
+    dm_predict.release_predictors()
 
 
 def refused(session, command: str, *words: str) -> str:

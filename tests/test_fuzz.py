@@ -413,7 +413,7 @@ def _check_message(msg: str) -> None:
 
 def _check_result(res) -> tuple[int, int]:
     """(values, warnings) of a result; values must be finite."""
-    from chimerax.defmap.cmd import StructureResult, VoxelResult
+    from chimerax.defmap.predict import StructureResult, VoxelResult
     res = getattr(res, "python_value", res)
     if isinstance(res, StructureResult):
         assert len(res.atom_values) > 0 and np.isfinite(res.atom_values).all(), "non-finite atom values"

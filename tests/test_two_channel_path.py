@@ -1,4 +1,4 @@
-"""Issue 11 in the bundle: models that read the fitted model's density as a second channel and give a variance.
+"""Models that read the fitted model's density as a second channel and give a variance, run by the bundle.
 
 A stand-in with the shipped architecture (2 input channels, 2 outputs: mean and log-variance) and fixed random
 weights, built with onnx.helper; the bundle reads it without the onnx package (onnxruntime and the side file).
@@ -220,7 +220,7 @@ def test_voxel_mode_combines_the_maps_packing_at_the_fitted_weight(cx, tmp_path)
     map_shape.map_packing), rescaled to the network's mean and SD, with normalModes adding its term beside it; the
     log and returnJson say so; a model without the weight reports the network alone."""
     from chimerax.defmap import combination, map_shape, nma
-    from chimerax.defmap.cmd import predict_voxels
+    from chimerax.defmap.predict import predict_voxels
     rng = np.random.default_rng(7)
     xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
     values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=8)
@@ -229,13 +229,16 @@ def test_voxel_mode_combines_the_maps_packing_at_the_fitted_weight(cx, tmp_path)
     model = fcn_onnx_model(tmp_path / "map5p.onnx", SPEC, seed=3, name="standin-5A",
                            metadata={"calibration": {"map_packing_weight": 0.7, "map_anm_weight": 0.25}})
     level = float(np.quantile(values, 0.9))
-    base, prep, *_ = predict_voxels(cx, v, str(plain_model), None, "cpu", None, level)
-    got, prep2, _, stages, _ = predict_voxels(cx, v, str(model), None, "cpu", None, level)
+    plain = predict_voxels(cx, v, str(plain_model), None, "cpu", None, level)
+    base, prep = plain.values, plain.prep
+    res = predict_voxels(cx, v, str(model), None, "cpu", None, level)
+    got, prep2, stages = res.values, res.prep, res.stages
     assert np.array_equal(prep.centers, prep2.centers) and "packing" in stages and "normal_modes" not in stages
+    assert res.map_packing_weight == 0.7 and res.map_anm_weight == 0.0 and res.dynamics is None
     pk = map_shape.map_packing(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
     assert np.isfinite(pk).all() and pk.std() > 0
     assert np.allclose(got, combination.combine_terms(base, [(pk, 0.7)]))
-    both, *_ = predict_voxels(cx, v, str(model), None, "cpu", None, level, normal_modes=True)
+    both = predict_voxels(cx, v, str(model), None, "cpu", None, level, normal_modes=True).values
     fl = nma.map_elastic_network(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
     assert np.allclose(both, combination.combine_terms(base, [(pk, 0.7), (fl, 0.25)]))
     res = run(cx, f"defmap #{v.id_string} model {model} level {level} color false")
@@ -250,7 +253,7 @@ def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
     contour (nma.map_elastic_network): z(network) + w z(their log fluctuation), w = calibration.map_anm_weight,
     rescaled to the network's mean and SD; without it the network's values are untouched."""
     from chimerax.defmap import combination, map_shape, nma
-    from chimerax.defmap.cmd import predict_voxels
+    from chimerax.defmap.predict import predict_voxels
     rng = np.random.default_rng(5)
     xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
     values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=6)
@@ -258,8 +261,10 @@ def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
     model = fcn_onnx_model(tmp_path / "map5e.onnx", SPEC, seed=2, name="standin-5A",
                            metadata={"calibration": {"map_anm_weight": 0.5}})
     level = float(np.quantile(values, 0.9))
-    base, prep, *_ = predict_voxels(cx, v, str(model), None, "cpu", None, level)
-    got, prep2, _, stages, _ = predict_voxels(cx, v, str(model), None, "cpu", None, level, normal_modes=True)
+    first = predict_voxels(cx, v, str(model), None, "cpu", None, level)
+    base, prep = first.values, first.prep
+    res = predict_voxels(cx, v, str(model), None, "cpu", None, level, normal_modes=True)
+    got, prep2, stages = res.values, res.prep, res.stages
     assert np.array_equal(prep.centers, prep2.centers) and "normal_modes" in stages
     fl = nma.map_elastic_network(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
     assert np.isfinite(fl).all()

@@ -250,7 +250,7 @@ def shutdown(session) -> None:
     if "app quit" in getattr(session.triggers, "_triggers", {}):
         session.triggers.activate_trigger("app quit", None)
     session.models.close(session.models.list())
-    from chimerax.defmap.cmd import release_predictors
+    from chimerax.defmap.predict import release_predictors
     release_predictors()
     session.logger.clear()  # closing may have shown a status
 

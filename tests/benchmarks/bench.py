@@ -277,7 +277,7 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
     import headless
     from chimerax.core.commands import run
 
-    from chimerax.defmap import cmd as dm_cmd
+    from chimerax.defmap import predict as dm_predict
     peaks = [sgemm_peak_gflops()]
     session = headless.boot()
     args, desc = open_case(session, case, quick)
@@ -297,7 +297,7 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         res = run(session, command, log=False)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        pred = next(iter(dm_cmd._PREDICTORS.values()))
+        pred = next(iter(dm_predict._PREDICTORS.values()))
         runs.append({"wall": wall, "cpu": cpu, "stages": dict(res.stages), "flops": pred.flops,
                      "method": pred.method, "patches": int(getattr(res, "patches", 0) or getattr(res, "voxels", 0))})
         pred.flops = 0.0

@@ -1,0 +1,315 @@
+"""The prediction recipe from plain arrays: what ``defmap`` computes, without ChimeraX.
+
+Structure mode (:func:`predict_atoms`): map values and their xyz->ijk transform, the heavy atoms' xyz (in the map's
+frame), elements, atom names and an integer residue index per atom -> the network's value per atom, the residue
+values (means over the ``residueAtoms`` subset), combined with the density contrasts the model's calibration weighs,
+optionally with normal modes of the C-alpha atoms (:func:`add_normal_modes`) and the SD of each residue
+(:func:`residue_sd`).  Voxel mode (:func:`predict_voxels`): a map and a level -> a value per lattice voxel at or above
+the level, combined with the contour's packing and optionally the normal modes of the map's own pseudo-atoms.
+
+The ChimeraX adapter (``predict.py``) gathers these arrays from ChimeraX objects and makes one call; training can make
+the same call on arrays it reads itself.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import combination, map_shape, network, nma
+from . import preprocess as pp
+from .progress import Progress
+from .progress import silent as silent_progress
+from .residues import group_in_order, reported_means
+
+RESIDUE_ATOMS_DEFAULT = "backbone"  # best on md_reference (training/reports/validate_md_shipped.md)
+
+
+class MapUnusable(ValueError):
+    """The map cannot be preprocessed for these atoms or this level (the message says why)."""
+
+
+class MapTooLarge(MemoryError):
+    """Preprocessing the map would need more memory than is available (the message says how much)."""
+
+
+class TooFewPseudoAtoms(ValueError):
+    """Voxel mode's normal modes: the contour gives too few pseudo-atoms close enough to each other."""
+
+
+@dataclass
+class AtomPrediction:
+    """Structure mode's values for the atoms that lie inside the map (``scored``), residues in the order their first
+    scored atom comes."""
+
+    scored: np.ndarray  # bool per input atom: it lies inside the map and got a value
+    atom_values: np.ndarray  # per scored atom; residue terms shift an atom with its residue
+    residue_ids: np.ndarray  # the caller's residue index of each residue with a scored atom
+    residue_values: np.ndarray
+    atom_residue: np.ndarray  # per scored atom: its residue's position in residue_ids
+    atom_names: np.ndarray  # of the scored atoms (residueAtoms picks by name)
+    residue_atoms: str
+    patches: int
+    stages: dict = field(default_factory=dict)
+    atom_rotation_values: np.ndarray | None = None  # (scored atoms, rotations) when more than one rotation ran
+    atom_sd: np.ndarray | None = None  # calibrated SD per scored atom (models with a variance output)
+    contrast_weight: float = 0.0
+    network_residue_values: np.ndarray | None = None  # the network alone, when a contrast was combined
+    native_contrast_weight: float = 0.0
+    native_resolution: float | None = None
+    map_residue_values: np.ndarray | None = None  # before normal modes, when they were combined
+    nma_residue_values: np.ndarray | None = None  # log10 ANM fluctuation per residue (NaN: no C-alpha)
+
+    def residue_sd(self) -> np.ndarray:
+        """Each residue's SD (:func:`residue_sd`)."""
+        return residue_sd(self.atom_residue, self.atom_names, len(self.residue_ids), self.residue_atoms,
+                          self.atom_sd, self.atom_rotation_values)
+
+
+def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: np.ndarray, xyz: np.ndarray,
+                  elements, atom_names, residue_index, *, map_resolution: float | None = None,
+                  inside: np.ndarray | None = None, batch_size: int | None = None, rotations: int = 1,
+                  residue_atoms: str = RESIDUE_ATOMS_DEFAULT, ca: tuple[np.ndarray, np.ndarray] | None = None,
+                  progress: Progress | None = None) -> AtomPrediction:
+    """Structure mode on arrays: ``values`` [z, y, x] with ``xyz_to_ijk`` (3x4), heavy atoms' ``xyz`` in the map's
+    frame, their ``elements``, ``atom_names`` and integer ``residue_index``; ``inside`` marks atoms inside the whole
+    map when ``values`` is a subregion of it; ``ca`` = (C-alpha xyz, their residue index) adds normal modes at the
+    model's ``anm_weight``.  Raises :class:`MapUnusable` / :class:`MapTooLarge` when the map cannot be preprocessed,
+    ``network.ModelError`` when the model fails."""
+    progress = progress or silent_progress()
+    info = predictor.info
+    if info.has_variance:  # the variance head is the uncertainty: one pass, no rotations
+        rotations = 1
+    stages: dict = {}
+    progress.update(0.1, "preprocessing")
+    t0 = time.perf_counter()
+    weights = pp.element_weights(elements)
+    prep = _prepared(lambda: pp.prepare_points(values, xyz_to_ijk, xyz, info.spec, map_resolution, inside))
+    if len(info.channels) > 1:  # the fitted model's own density on the same lattice (preprocess.model_density)
+        prep.grid.values = pp.stack_channels(prep, info.channels, xyz, weights, info.spec)
+    stages["preprocess"] = time.perf_counter() - t0
+    per_rotation = _infer_rotations(predictor, prep, batch_size, rotations, progress, stages)
+    progress.update(0.95, "residue means")
+    preds = per_rotation.mean(axis=1)
+    log_var = predictor.last_log_variance if info.has_variance else None
+    t0 = time.perf_counter()
+    scored = prep.point_to_center >= 0
+    at = prep.point_to_center[scored]
+    residue_ids, group = group_in_order(np.asarray(residue_index)[scored])
+    out = AtomPrediction(scored=scored, atom_values=preds[at], residue_ids=residue_ids, residue_values=None,
+                         atom_residue=group, atom_names=np.asarray(atom_names)[scored], residue_atoms=residue_atoms,
+                         patches=len(prep.centers), stages=stages,
+                         atom_rotation_values=per_rotation[at] if rotations > 1 else None)
+    out.residue_values = network_means = _residue_values(out, out.atom_values)
+    if log_var is not None:
+        out.atom_sd = network.calibrated_sd(np.exp(0.5 * log_var[at]), out.atom_values, info.calibration)
+    terms = _contrast_terms(out, info, prep, values, xyz_to_ijk, xyz, weights, map_resolution)
+    if terms:
+        out.network_residue_values = network_means
+        out.residue_values = combination.combine_terms(network_means, terms)
+        out.atom_values = out.atom_values + (out.residue_values - network_means)[group]
+    stages["mapping"] = time.perf_counter() - t0
+    if ca is not None:
+        add_normal_modes(out, ca[0], ca[1], float(info.calibration.get("anm_weight", 1.0)))
+    return out
+
+
+def _prepared(prepare) -> pp.Prepared:
+    """``prepare()``'s result, its ValueError and MemoryError told apart from the model's own faults."""
+    try:
+        return prepare()
+    except MemoryError as e:
+        raise MapTooLarge(str(e)) from None
+    except ValueError as e:
+        raise MapUnusable(str(e)) from None
+
+
+def _infer_rotations(predictor: network.Predictor, prep: pp.Prepared, batch_size: int | None, rotations: int,
+                     progress: Progress, stages: dict) -> np.ndarray:
+    """(centres, rotations) network values, one column per orientation of the cube."""
+    t0 = time.perf_counter()
+    predictor.seconds = 0.0
+    per_rotation = np.empty((len(prep.centers), rotations), dtype=np.float64)
+    for k in range(rotations):
+        stage = f"inference on {len(prep.centers):,} patches"
+        if rotations > 1:
+            stage += f", rotation {k + 1}/{rotations}"
+        part = progress.span(0.2 + 0.75 * k / rotations, 0.2 + 0.75 * (k + 1) / rotations)
+        part.update(0.0, stage)
+        per_rotation[:, k] = predictor.predict_centers(prep.grid, prep.centers, batch_size, rotation=k,
+                                                       progress=lambda f, part=part, stage=stage: part.update(f, stage))
+    stages["inference"] = predictor.seconds
+    stages["patches"] = time.perf_counter() - t0 - predictor.seconds
+    return per_rotation
+
+
+def _residue_values(pred: AtomPrediction, atom_values: np.ndarray) -> np.ndarray:
+    """Residue means of per-scored-atom values over the atoms ``residueAtoms`` names."""
+    return reported_means(pred.atom_residue, atom_values, pred.atom_names, len(pred.residue_ids), pred.residue_atoms)
+
+
+def _contrast_terms(pred: AtomPrediction, info: network.ModelInfo, prep: pp.Prepared, values: np.ndarray,
+                    xyz_to_ijk: np.ndarray, xyz: np.ndarray, weights: np.ndarray,
+                    map_resolution: float | None) -> list[tuple[np.ndarray, float]]:
+    """The per-residue density contrasts the calibration gives a weight, each with its weight (fitted on the
+    simulated CV); records the weights and the resolution on ``pred``."""
+    terms = []
+    scored = pred.scored
+    c_weight = float(info.calibration.get("contrast_weight", 0.0)) if pp.MODEL_CHANNEL in info.channels else 0.0
+    n_weight = float(info.calibration.get("native_contrast_weight", 0.0))
+    if c_weight > 0:  # + c z(contrast on the network's lattice)
+        grid = prep.grid.values
+        contrast = pp.density_contrast(grid[info.channels.index(pp.MAP_CHANNEL)],
+                                       grid[info.channels.index(pp.MODEL_CHANNEL)],
+                                       prep.centers)[prep.point_to_center[scored]]
+        terms.append((_residue_values(pred, contrast), c_weight))
+    if n_weight > 0:  # + n z(contrast at the map's own resolution and sampling)
+        pred.native_resolution = float(map_resolution or info.spec.filter_resolution)
+        rigid = pp.rigid_density_at(xyz, weights, pred.native_resolution)[scored]
+        native = pp.native_contrast(pp.map_values_at(values, xyz_to_ijk, xyz[scored]), rigid)
+        terms.append((_residue_values(pred, native), n_weight))
+    pred.contrast_weight, pred.native_contrast_weight = c_weight, n_weight
+    return terms
+
+
+def add_normal_modes(pred: AtomPrediction, ca_xyz: np.ndarray, ca_residue_index: np.ndarray,
+                     weight: float = 1.0) -> None:
+    """Combine the residue values with ANM fluctuations of the C-alpha atoms (nma.py says why); atom values shift
+    with their residue so residue means stay consistent.  ValueError or MemoryError from the ANM leave ``pred``
+    unchanged."""
+    t0 = time.perf_counter()
+    nma_vals, combined = normal_mode_values(pred.residue_ids, pred.residue_values, ca_xyz, ca_residue_index, weight)
+    map_vals = np.asarray(pred.residue_values, dtype=np.float64)
+    pred.atom_values = pred.atom_values + (combined - map_vals)[pred.atom_residue]
+    pred.map_residue_values, pred.nma_residue_values, pred.residue_values = map_vals, nma_vals, combined
+    pred.stages["normal_modes"] = time.perf_counter() - t0
+
+
+def normal_mode_values(residue_ids: np.ndarray, residue_values: np.ndarray, ca_xyz: np.ndarray,
+                       ca_residue_index: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """(log10 ANM fluctuation per residue, NaN where it has no C-alpha; the residue values combined with it)."""
+    fluct = nma.anm_log_fluctuations(ca_xyz)
+    pos = positions(residue_ids, ca_residue_index)
+    nma_vals = np.full(len(residue_ids), np.nan)
+    nma_vals[pos[pos >= 0]] = fluct[pos >= 0]
+    return nma_vals, combination.combine(np.asarray(residue_values, dtype=np.float64), nma_vals, weight)
+
+
+def positions(ids: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Position of each query id in ``ids`` (distinct), -1 where it is not there."""
+    ids, query = np.asarray(ids).reshape(-1), np.asarray(query).reshape(-1)
+    if len(ids) == 0:
+        return np.full(len(query), -1, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    i = np.clip(np.searchsorted(ids, query, sorter=order), 0, len(ids) - 1)
+    return np.where(ids[order[i]] == query, order[i], -1)
+
+
+def residue_sd(atom_residue: np.ndarray, atom_names: np.ndarray, n_residues: int, residue_atoms: str,
+               atom_sd: np.ndarray | None = None, rotation_values: np.ndarray | None = None) -> np.ndarray:
+    """Each residue's SD: from the model's variance output when it has one (mean of the residue's atom SDs, already
+    calibrated); else the SD over rotations of the residue's value, so it is the spread of the number reported
+    (zeros when only one orientation ran)."""
+    def means(v):
+        return reported_means(atom_residue, v, atom_names, n_residues, residue_atoms)
+    if atom_sd is not None:
+        return means(atom_sd)
+    if rotation_values is None or rotation_values.shape[1] < 2:
+        return np.zeros(n_residues)
+    return np.stack([means(rotation_values[:, k]) for k in range(rotation_values.shape[1])], axis=1).std(axis=1)
+
+
+@dataclass
+class VoxelPrediction:
+    """Voxel mode's values at the lattice voxels at or above the level (``prep.centers``)."""
+
+    prep: pp.Prepared
+    values: np.ndarray
+    stages: dict
+    map_packing_weight: float = 0.0  # weight of the contour's packing (0: not combined)
+    map_anm_weight: float = 0.0  # weight of the normal modes of the map's pseudo-atoms (0: not combined)
+    pseudo_atoms: int = 0  # how many pseudo-atoms the contour gave, when normal modes were combined
+
+
+def map_anm_weight(info: network.ModelInfo) -> float:
+    """Weight of the map's own normal modes in voxel mode (calibration, fitted on the CV; 1 for models without it)."""
+    return float(info.calibration.get("map_anm_weight", 1.0))
+
+
+def map_packing_weight(info: network.ModelInfo) -> float:
+    """Weight of the map's packing (``map_shape.map_packing``) in voxel mode (calibration, fitted on the CV; 0, i.e. the
+    network alone, for models without it)."""
+    return float(info.calibration.get("map_packing_weight", 0.0))
+
+
+def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: np.ndarray,
+                   level: float, *, map_resolution: float | None = None, batch_size: int | None = None,
+                   dense: bool | None = None, normal_modes: bool = False,
+                   progress: Progress | None = None) -> VoxelPrediction:
+    """Voxel mode on arrays: the network at lattice voxels at or above ``level``, combined with what the map's own shape
+    says (there is no model to ask): how deeply the contour buries each voxel and, with ``normal_modes``, the normal
+    modes of pseudo-atoms in the contour, each at the weight the model's calibration gives.  ``dense`` None picks the
+    fastest exact method.  Raises :class:`MapUnusable` / :class:`MapTooLarge` / :class:`TooFewPseudoAtoms`, and
+    ``network.ModelError`` when the model fails or cannot run dense."""
+    progress = progress or silent_progress()
+    info = predictor.info
+    stages: dict = {}
+    progress.update(0.1, "preprocessing")
+    t0 = time.perf_counter()
+    prep = _prepared(lambda: pp.prepare_voxels(values, xyz_to_ijk, ijk_to_xyz, info.spec, float(level),
+                                               map_resolution))
+    stages["preprocess"] = time.perf_counter() - t0
+    preds = _infer_voxels(predictor, prep, batch_size, dense, progress, stages)
+    terms = []
+    out = VoxelPrediction(prep, preds, stages)
+    n, voxel = len(prep.centers), info.spec.voxel_size
+    if map_packing_weight(info):  # + k z(how deeply the contour buries each voxel)
+        t0 = time.perf_counter()
+        progress.update(0.9, "packing of the contour")
+        out.map_packing_weight = map_packing_weight(info)
+        terms.append((map_shape.map_packing(prep.grid.values, n, voxel, prep.centers), out.map_packing_weight))
+        stages["packing"] = time.perf_counter() - t0
+    if normal_modes:  # + e z(normal modes of the map's own pseudo-atoms)
+        t0 = time.perf_counter()
+        part = progress.span(0.9, 1.0)
+        part.update(0.0, "normal modes of the map")
+        fluct = nma.map_elastic_network(prep.grid.values, n, voxel, prep.centers,
+                                        progress=lambda f: part.update(f, "normal modes of the map"))
+        if not np.isfinite(fluct).any():
+            raise TooFewPseudoAtoms("too few pseudo-atoms within 15 Å of each other for normal modes")
+        terms.append((fluct, map_anm_weight(info)))
+        stages["normal_modes"] = time.perf_counter() - t0
+        out.map_anm_weight = map_anm_weight(info)
+    out.values = combination.combine_terms(preds, terms)
+    if out.map_anm_weight:
+        out.pseudo_atoms = len(map_shape.map_pseudo_atoms(prep.grid.values, n, voxel))
+    return out
+
+
+def _infer_voxels(predictor: network.Predictor, prep: pp.Prepared, batch_size: int | None, dense: bool | None,
+                  progress: Progress, stages: dict) -> np.ndarray:
+    """The network at every centre voxel: shared features, dense tiles or patches (``dense`` None: the fastest)."""
+    info = predictor.info
+    predictor.seconds = 0.0
+    t0 = time.perf_counter()
+    use_dense = info.fully_convolutional if dense is None else dense
+    if use_dense and not info.fully_convolutional:
+        raise network.ModelError(f"Model {info.name} is not fully convolutional; use dense false")
+    stage = f"inference on {len(prep.centers):,} voxels"
+    part = progress.span(0.2, 0.9)
+    part.update(0.0, stage)
+
+    def done(f: float) -> None:
+        part.update(f, stage)
+    if dense is None:  # fastest exact method: shared features, or dense tiles when the centres fill the lattice
+        preds = predictor.predict_centers(prep.grid, prep.centers, batch_size, allow_dense=info.fully_convolutional,
+                                          progress=done)
+    elif use_dense:
+        preds = predictor.predict_dense(prep.grid, prep.centers, progress=done)
+    else:
+        preds = predictor.predict_patches(prep.grid, prep.centers, batch_size, progress=done)
+    stages["inference"] = predictor.seconds
+    stages["patches"] = time.perf_counter() - t0 - predictor.seconds
+    return preds
