@@ -10,20 +10,11 @@ import time
 from html import escape
 
 import numpy as np
-from chimerax.core.commands import (
-    BoolArg,
-    CmdDesc,
-    ColormapRangeArg,
-    EnumOf,
-    FloatArg,
-    IntArg,
-    SaveFileNameArg,
-    StringArg,
-)
+from chimerax.core.commands import BoolArg, CmdDesc, ColormapRangeArg, EnumOf, FloatArg, SaveFileNameArg, StringArg
 from chimerax.core.errors import UserError
 
 from . import attributes, export, map_shape
-from .args import PaletteArg
+from .args import BatchSizeArg, MapResolutionArg, PaletteArg
 from .predict import (
     RESIDUE_ATOMS_DEFAULT,
     StructureResult,
@@ -204,9 +195,9 @@ def defmap_desc():
     from chimerax.map import MapsArg
     return CmdDesc(
         required=[("map", MapsArg)],
-        keyword=[("structure", AtomsArg), ("model", StringArg), ("map_resolution", FloatArg),
+        keyword=[("structure", AtomsArg), ("model", StringArg), ("map_resolution", MapResolutionArg),
                  ("device", EnumOf(("auto", "gpu", "cpu"))), ("color", BoolArg), ("palette", PaletteArg),
-                 ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg), ("batch_size", IntArg),
+                 ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg), ("batch_size", BatchSizeArg),
                  ("level", FloatArg), ("dense", BoolArg), ("uncertainty", BoolArg),
                  ("profile", SaveFileNameArg), ("save_csv", SaveFileNameArg), ("save_structure", SaveFileNameArg),
                  ("bfactor", EnumOf(("value", "z"))), ("normal_modes", BoolArg),

@@ -13,19 +13,17 @@ import math
 from dataclasses import dataclass, field
 from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
-from chimerax.core.commands import BoolArg, CmdDesc, ColormapArg, ColormapRangeArg, EnumOf, FloatArg, StringArg
+from chimerax.core.commands import BoolArg, CmdDesc, ColormapArg, ColormapRangeArg, EnumOf, StringArg
 from chimerax.core.errors import UserError
 
+from .args import DistanceArg, MapResolutionArg
 from .export import output_path
 from .keylabels import tidy_key
 from .palette import no_value_color
+from .predict import StructureResult, predict_structure
 from .progress import Progress
-
-if TYPE_CHECKING:
-    from .predict import StructureResult
 
 DIFF_PALETTE = "blue-white-red"  # diverging: blue = more rigid in the second state, red = more flexible
 THREE_TO_ONE = {"ALA": "A", "ARG": "R", "ASN": "N", "ASP": "D", "CYS": "C", "GLN": "Q", "GLU": "E", "GLY": "G",
@@ -202,14 +200,11 @@ def defmap_compare(session, maps, structure=None, to=None, ligand=None, partner=
         raise UserError("defmap compare needs 'structure ATOMS' (the model fitted in the first map)")
     if not attribute.isidentifier():
         raise UserError(f"attribute name '{attribute}' must be a Python identifier (letters, digits, _)")
-    if not (0 < distance <= 50):
-        raise UserError(f"distance must be between 0 and 50 Å, not {distance:g}")
     if ligand is not None and partner is not None:
         raise UserError("Give either 'ligand' or 'partner', not both")
     atoms2 = structure if to is None else to
     if len(atoms2) == 0:
         raise UserError("The 'to' specification matches no atoms")
-    from .predict import predict_structure
     progress = Progress(session, "DEFMap compare")
     r1 = predict_structure(session, maps[0], structure, model, map_resolution, device,
                            progress=progress.span(0.0, 0.45, f"first map {maps[0].name}: "))
@@ -343,7 +338,7 @@ def defmap_compare_desc() -> CmdDesc:
     return CmdDesc(
         required=[("maps", MapsArg)],
         keyword=[("structure", AtomsArg), ("to", AtomsArg), ("ligand", AtomsArg), ("partner", AtomsArg),
-                 ("distance", FloatArg), ("model", StringArg), ("map_resolution", FloatArg),
+                 ("distance", DistanceArg), ("model", StringArg), ("map_resolution", MapResolutionArg),
                  ("device", EnumOf(("auto", "gpu", "cpu"))), ("normalize", BoolArg), ("color", BoolArg),
                  ("palette", ColormapArg), ("range", ColormapRangeArg), ("key", BoolArg), ("attribute", StringArg),
                  ("save_csv", _save_arg()), ("profile", _save_arg())],

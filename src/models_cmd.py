@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from html import escape
 
-from chimerax.core.commands import CmdDesc, FloatArg
-from chimerax.core.errors import UserError
+from chimerax.core.commands import CmdDesc
 
 from . import network
+from .args import MapResolutionArg
+from .predict import check_ranges
 
 # CV metrics worth a column (a model's metadata may carry many more)
 SHOWN_METRICS = ("residue_r", "atom_r", "anm_r", "coverage68_calibrated", "baseline_residue_r")
@@ -16,8 +17,7 @@ SHOWN_METRICS = ("residue_r", "atom_r", "anm_r", "coverage68_calibrated", "basel
 def defmap_models(session, map_resolution: float | None = None, return_json: bool = False):
     """List models in $DEFMAP_MODEL_PATH and the bundle; mark the ones ``mapResolution`` would choose (structure mode
     prefers the map + model kind, voxel mode needs a map-only one)."""
-    if map_resolution is not None and not (0 < map_resolution < 100):
-        raise UserError(f"mapResolution must be between 0 and 100 Å, not {map_resolution:g}")
+    check_ranges(map_resolution)  # Python callers (the command's MapResolutionArg refuses the same)
     models = network.installed_models()
     chosen = voxel = None
     if models and map_resolution is not None:
@@ -56,5 +56,5 @@ def defmap_models(session, map_resolution: float | None = None, return_json: boo
 
 
 def defmap_models_desc() -> CmdDesc:
-    return CmdDesc(keyword=[("map_resolution", FloatArg)],
+    return CmdDesc(keyword=[("map_resolution", MapResolutionArg)],
                    synopsis="list installed DEFMap models and which one a map resolution picks")

@@ -21,7 +21,7 @@ from .progress import silent as silent_progress
 from .recipe import RESIDUE_ATOMS_DEFAULT
 from .residues import RESIDUE_ATOMS
 
-MAP_RESOLUTION_RANGE = (0, 100)  # Å, both ends excluded
+MAP_RESOLUTION_RANGE = (0, 100)  # Å, both ends excluded (the commands' Bounded arguments use the same)
 BATCH_SIZE_RANGE = (1, 1_000_000)  # patches per onnxruntime call, both ends included
 
 _PREDICTORS: dict[tuple, network.Predictor] = {}
@@ -133,7 +133,7 @@ def get_predictor(info: network.ModelInfo, device: str, logger=None) -> network.
 
 
 def check_ranges(map_resolution: float | None = None, batch_size: int | None = None) -> None:
-    """The range checks of both modes, in one place for the commands and Python callers."""
+    """The Python API's range checks (the commands' ``Bounded`` arguments refuse the same values when parsing)."""
     lo, hi = MAP_RESOLUTION_RANGE
     if map_resolution is not None and not (lo < map_resolution < hi):
         raise UserError(f"mapResolution must be between {lo:g} and {hi:g} Å, not {map_resolution:g}")

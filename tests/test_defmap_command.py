@@ -118,6 +118,44 @@ def test_voxel_mode_creates_dynamics_volume(cx, random_model):
     assert dyn.data.step == (1.5, 1.5, 1.5)
 
 
+
+@pytest.mark.parametrize("command, keyword, message", [
+    ("defmap #1 structure #2 mapResolution 0", "mapResolution", "Must be greater than 0"),
+    ("defmap #1 mapResolution 100", "mapResolution", "Must be less than 100"),
+    ("defmap #1 structure #2 mapResolution nan", "mapResolution", "Expected a finite number, not nan"),
+    ("defmap #1 batchSize 0", "batchSize", "Must be greater than or equal to 1"),
+    ("defmap #1 structure #2 batchSize 1000001", "batchSize", "Must be less than or equal to 1000000"),
+    ("defmap models mapResolution 250", "mapResolution", "Must be less than 100"),
+    ("defmap compare #1,1 structure #2 distance 0", "distance", "Must be greater than 0"),
+    ("defmap compare #1,1 structure #2 distance 50.5", "distance", "Must be less than or equal to 50"),
+])
+def test_out_of_range_arguments_are_refused_when_parsed(cx, random_model, command, keyword, message):
+    """Ranges are ChimeraX Bounded arguments: refused before any work, naming the keyword; nothing is stored."""
+    from chimerax.core.errors import UserError
+    _, s = open_emd3488(cx)
+    with pytest.raises(UserError) as e:
+        run(cx, f"{command} model {random_model}" if "models" not in command else command, log=False)
+    assert str(e.value) == f'Invalid "{keyword}" argument: {message}'
+    assert all(getattr(r, "defmap", None) is None for r in s.residues)
+    assert len(cx.models.list(model_id=(3,))) == 0  # no dynamics map
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"map_resolution": 0.0}, "mapResolution must be between 0 and 100 Å, not 0"),
+    ({"map_resolution": float("nan")}, "mapResolution must be between 0 and 100 Å, not nan"),
+    ({"batch_size": 0}, "batchSize must be between 1 and 1,000,000, not 0"),
+])
+def test_python_callers_get_the_same_ranges_checked(cx, random_model, kw, message):
+    """predict_structure and predict_voxels, called from Python (no parser), refuse the same values."""
+    from chimerax.core.errors import UserError
+
+    from chimerax.defmap.predict import predict_structure, predict_voxels
+    vol, s = open_emd3488(cx)
+    for call in (lambda: predict_structure(cx, vol, s.atoms, str(random_model), **kw),
+                 lambda: predict_voxels(cx, vol, str(random_model), **kw)):
+        with pytest.raises(UserError, match=f"^{message}$"):
+            call()
+
 def test_make_run_executes_cxc_script(tmp_path, random_model):
     mrc, pdb = shared_path("emdb", "emd_3488.mrc"), shared_path("emdb", "5me2.pdb")
     script = tmp_path / "job.cxc"
