@@ -100,9 +100,9 @@ def test_wheel_metadata_has_one_bundle_line_and_the_commands(client):
     gpu = next(r for r in requires if r.split()[1] == "onnxruntime-gpu")
     cpu = next(r for r in requires if r.split()[1] == "onnxruntime")
     assert "platform_machine" in gpu and "darwin" in cpu  # CUDA wheels only where they exist
-    # a plain build from a clean checkout carries the models, their card and the help page
-    for f in ("defmap_5A.onnx", "defmap_6A.onnx", "defmap_7A.onnx", "defmap_mapmodel_5A.onnx",
-              "defmap_mapmodel_6A.onnx", "defmap_mapmodel_7A.onnx", "MODEL_CARD.md"):
+    # a plain build from a clean checkout carries the models, their side files, their card and the help page
+    models = ("defmap_5A", "defmap_6A", "defmap_7A", "defmap_mapmodel_5A", "defmap_mapmodel_6A", "defmap_mapmodel_7A")
+    for f in [f"{m}.onnx" for m in models] + [f"{m}.stages.npz" for m in models] + ["MODEL_CARD.md"]:
         assert f"chimerax/defmap/onnx_models/{f}" in names
     assert "chimerax/defmap/docs/user/commands/defmap.html" in names
     assert not any(n.endswith(("headless.py", "demo.py")) for n in names), "test harness shipped in the wheel"
@@ -166,6 +166,30 @@ def test_defmap_runs_with_the_shipped_models_without_onnx(client_run, session):
     assert ids == [row[:2] for row in r["residues"]]
     diff = np.abs(np.array([row[2] for row in r["residues"]]) - here.residue_values)
     assert diff.max() <= 1e-6, diff.max()
+
+
+SHARED_IN_CLIENT = """
+import importlib.util
+import numpy as np
+from chimerax.defmap import network, preprocess as pp
+assert importlib.util.find_spec("onnx") is None
+models = network.installed_models()
+for info in models:
+    p = network.Predictor(info, "cpu")
+    c = len(info.channels)
+    x = np.abs(np.random.default_rng(0).normal(size=(c, 24, 24, 24))).astype(np.float32)
+    grid = pp.Grid(x[0] if c == 1 else x, np.zeros(3), info.spec.voxel_size)
+    y = p.predict_centers(grid, np.array([[8, 9, 10], [12, 12, 12]]), rotation=5)
+    assert p.method == "shared" and np.isfinite(y).all(), (info.name, p.method)
+print("shared", len(models))
+"""
+
+
+def test_shipped_models_run_shared_features_in_the_client(client, tmp_path):
+    """The wheel's side files give every shipped model its conv chain and stage graphs, read without onnx."""
+    py, _, _, _ = client
+    p = _run([str(py), "-c", SHARED_IN_CLIENT], cwd=tmp_path)
+    assert p.stdout.split() == ["shared", "6"], p.stdout
 
 
 @pytest.mark.parametrize("script", ["examples/batch.cxc", "examples/batch_defmap.py"])
