@@ -26,7 +26,7 @@ from .calibration import item_rows, summarize
 from .dataset import folds_of, list_samples, load_item, load_items, map_kind, split_proteins
 from .export import export_onnx, load_checkpoint, save_checkpoint
 from .paths import DEFAULT_DATA
-from .train import is_main, train
+from .train import init_distributed, is_main, train
 
 KINDS = {"map": 1, "map+model": 2}  # kind -> input channels
 VAL_FRACTION = 0.15  # of the training proteins, held out for early stopping
@@ -230,6 +230,7 @@ def run(a) -> dict:
     if a.init_checkpoint and len(kinds) != 1:
         raise SystemExit("--init-checkpoint fine-tunes one kind: give --kinds too")
     out.mkdir(parents=True, exist_ok=True)
+    created = init_distributed()[3]  # under torchrun: one process group for every model this run trains
     groups = sample_groups(Path(a.data), set(a.map_kinds.split(",")))
     folds = folds_of(sorted(groups), a.folds)
     results: dict = {"command": "defmap-train " + " ".join(sys.argv[1:]), "folds": folds, "kinds": {},
@@ -247,4 +248,8 @@ def run(a) -> dict:
             export_final(ckf, KINDS[kind], res, summ, fitted_on)
     if is_main():
         run_json(out, res).write_text(json.dumps(results, indent=1, default=float) + "\n")
+    if created:  # every rank is done with the group before any leaves (gloo aborts otherwise)
+        import torch
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return results

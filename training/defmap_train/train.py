@@ -40,9 +40,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def _init_distributed() -> tuple[int, int, torch.device, bool]:
+def init_distributed() -> tuple[int, int, torch.device, bool]:
     """(rank, world size, device, whether this call created the process group).  torchrun sets WORLD_SIZE/RANK/
-    LOCAL_RANK and the rendezvous; NCCL on GPUs (one per local rank), gloo on CPU."""
+    LOCAL_RANK and the rendezvous; NCCL on GPUs (one per local rank), gloo on CPU.  A caller that trains several
+    models in one process creates the group once (a second group after a destroyed one hung in its rendezvous under
+    torchrun, gloo); :func:`train` then leaves it alone."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     cuda = torch.cuda.is_available()
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}") if cuda else torch.device("cpu")
@@ -175,7 +177,7 @@ def loss_terms(pred: torch.Tensor, y: torch.Tensor, group: torch.Tensor | None =
     Gaussian NLL per label weighted by the detached variance**beta, so the mean keeps learning where the variance is
     large).  With ``group`` (each row's map): MSE for the mean plus a Gaussian NLL for the log-variance on the errors
     less their map's mean error (mean detached): a map's offset is the global flexibility scale, which no patch can
-    see.  Round 4 tried it; the head still did not rank errors and the mean got worse (reports/ISSUE11.md)."""
+    see.  Tried (``train --groups 16``): the head still did not rank errors and the mean got worse (CHANGELOG.md)."""
     m = torch.isfinite(y)
     if pred.shape[1] == 1:
         return ((pred[m] - y[m]) ** 2).mean()
@@ -283,7 +285,7 @@ def train(train_items: list[Item], val_items: list[Item], *, arch: str = "fcn", 
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    rank_, world, device, created = _init_distributed()
+    rank_, world, device, created = init_distributed()
     part = (rank_, world) if world > 1 else None
     main = rank_ == 0
     model = build(arch, channels, outputs)
