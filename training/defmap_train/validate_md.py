@@ -296,8 +296,8 @@ def pearson(a, b) -> float:
 
 
 def line_errors(pred: np.ndarray, truth: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """The errors issue 11 ranks, at the ``ok`` entries: truth minus the least-squares line of truth on the prediction
-    (MD and the training labels differ in scale)."""
+    """The errors the SD should rank, at the ``ok`` entries: truth minus the least-squares line of truth on the
+    prediction (MD and the training labels differ in scale)."""
     a, b = np.polyfit(pred[ok], truth[ok], 1)
     return truth[ok] - (a * pred[ok] + b)
 
@@ -518,8 +518,8 @@ def sd_slope_lines(slopes: dict) -> list[str]:
 
 
 def targets(summary: dict, slopes: dict | None = None) -> list[str]:
-    """Issue 11's done criteria, each with the measured numbers (mean per-residue r over the chains); the SD's
-    Spearman is the leave-one-chain-out one when the SD slope was fitted on these chains."""
+    """The targets the shipped models are held to, each with the measured numbers (mean per-residue r over the
+    chains); the SD's Spearman is the leave-one-chain-out one when the SD slope was fitted on these chains."""
     def g(v, k):
         return summary.get(v, {}).get(k, float("nan"))
     rows = [("hard: map + model ≥ ANM + 0.05", g("hard", "map+model"), g("hard", "anm") + 0.05),
@@ -532,7 +532,7 @@ def targets(summary: dict, slopes: dict | None = None) -> list[str]:
     sp = [x for x in sp if np.isfinite(x)]
     rows.append(("Spearman(SD, abs error) ≥ 0.3 (mean over map kinds" + (", leave-one-chain-out)" if loo else ")"),
                  float(np.mean(sp)) if sp else float("nan"), 0.3))
-    out = ["### Issue 11 targets", "", "| target | measured | needed | met |", "|---|---|---|---|"]
+    out = ["### Targets", "", "| target | measured | needed | met |", "|---|---|---|---|"]
     for name, got, need in rows:
         met = "–" if not (np.isfinite(got) and np.isfinite(need)) else ("yes" if got >= need else "no")
         out.append(f"| {name} | {_f(got)} | {_f(need)} | {met} |")
@@ -549,9 +549,9 @@ DOC_COLUMNS = [("raw", "raw intensity"), ("anm", "ANM of the fitted model"), ("m
 
 
 def docs_block(result: dict, train_jsons: list[Path]) -> str:
-    """The summary README and MODEL_CARD carry between the validate-md markers: mean r per kind of map, issue 11's
-    targets, and beside them how much of the training labels the structure alone explains (ANM vs label r on the
-    simulated protein-disjoint CV, from train2's JSON)."""
+    """The summary docs/validation.md and MODEL_CARD carry between the validate-md markers: mean r per kind of map,
+    the targets, and beside them how much of the training labels the structure alone explains (ANM vs label r on
+    the simulated protein-disjoint CV, from the train run's JSON)."""
     s = result["summary"]
     lines = [DOC_BEGIN, "", f"Generated from the repository root by `.venv/bin/{result['command']} --docs ...`; "
              "do not edit by hand. Mean per-residue Pearson r with log10 MD C-alpha RMSF over the md_reference chains "
