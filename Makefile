@@ -35,6 +35,10 @@ train-env: .venv/.defmap-train-env
 	.venv/bin/pip install -q --no-deps -e training
 	touch $@
 
+# The training smoke run (tiny data; every stage of the recipe at a few steps): training/README.md, "Smoke test"
+train-smoke: train-env
+	cd training && ../$(PY) -m defmap_train smoke --out runs/smoke
+
 # Two processes: torch importing inside a process that holds a ChimeraX session segfaulted in garbage collection.
 # -X faulthandler: should a test process ever crash (also at exit), its Python stack is printed.
 test: install train-env
