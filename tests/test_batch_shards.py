@@ -1,5 +1,5 @@
-"""Issue 13: examples/batch_defmap.py split into shards that run in separate processes, survive SIGKILL, resume and
-merge into one result per pair."""
+"""examples/batch_defmap.py split into shards that run in separate processes, survive SIGKILL, resume and merge into
+one result per pair."""
 
 from __future__ import annotations
 
@@ -57,9 +57,10 @@ def test_shard_index_comes_from_each_scheduler():
     assert b.pair_key("a.mrc", "b.pdb", "x  y") == b.pair_key(os.path.abspath("a.mrc"), "b.pdb", "x y")
 
 
-def test_two_shards_one_killed_and_restarted_merge_to_each_pair_once(random_model, tmp_path):
+def test_two_shards_one_killed_and_restarted_merge_to_each_pair_once(random_model, tmp_path, request):
     """5 pairs (one map is a text file), shard 0 by --shard and shard 1 by Slurm's variables, in two processes;
-    shard 0 is SIGKILLed after its first record and started again; the merge holds 4 results and 1 error."""
+    shard 0 is SIGKILLed after its first record, while it waits to read its second map, and started again; the merge
+    holds 4 results and 1 error."""
     specs = [("1orc.pdb", 1), ("1a28.pdb", 2), ("1a8o.pdb", 3), ("1ckb.pdb", 4)]
     good = []
     for name, seed in specs:
@@ -69,8 +70,14 @@ def test_two_shards_one_killed_and_restarted_merge_to_each_pair_once(random_mode
         good.append((write_map(m, origin, tmp_path / f"{pdb.stem}.mrc"), str(pdb)))
     bad = tmp_path / "not a map.mrc"
     bad.write_text("this is a text file, not an MRC map\n")
-    # list order: shard 0 (even indices) runs 1orc, then the slower 1a28 (so it is still busy when killed), then
-    # the bad map; shard 1 runs 1a8o and 1ckb
+    # list order: shard 0 (even indices) runs 1orc, then 1a28, then the bad map; shard 1 runs 1a8o and 1ckb.
+    # Until shard 0 is killed, 1a28's map is a named pipe that nobody writes: opening it blocks, so shard 0 is
+    # certainly still on that pair when the kill comes, however the processes are scheduled (a readable map let the
+    # pair, about 0.7 s of work, race this process's noticing the first record)
+    stalled = Path(good[1][0])
+    held = stalled.with_name(f"held {stalled.name}")
+    os.replace(stalled, held)
+    os.mkfifo(stalled)
     pairs = [good[0], good[2], good[1], good[3], (str(bad), str(shared_path("structures", "1orc.pdb")))]
     listing = tmp_path / "pairs.txt"
     listing.write_text("# map model\n" + "".join(f'"{m}" "{s}"\n' for m, s in pairs))
@@ -83,9 +90,19 @@ def test_two_shards_one_killed_and_restarted_merge_to_each_pair_once(random_mode
     b = load_batch_module()
     keys = [b.pair_key(m, s, f"model {random_model} mapResolution 4 color false") for m, s in pairs]
 
+    procs = []
+
     def run_proc(args, env):
-        return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                encoding="utf-8", errors="replace")
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      encoding="utf-8", errors="replace"))
+        return procs[-1]
+
+    def stop_leftovers():  # a failed assertion must not leave a shard waiting on the pipe for ever
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    request.addfinalizer(stop_leftovers)
     shard0 = run_proc(base + ["--shard", "0/2"], env)
     shard1 = run_proc(base, slurm)
     first = outdir / f"{keys[0]}.json"
@@ -101,6 +118,7 @@ def test_two_shards_one_killed_and_restarted_merge_to_each_pair_once(random_mode
     killed_record = first.read_text()
     assert json.loads(killed_record)["pid"] == shard0.pid
     assert not (outdir / f"{keys[2]}.json").exists()  # killed while on the 1a28 pair
+    os.replace(held, stalled)  # the map is readable now, under the same name (so the same key)
     # what a kill in the middle of writing leaves: a half-written temp file, which must not count as done
     (outdir / f".{keys[2]}.99999.tmp").write_text('{"key": "' + keys[2] + '", "status": "ok", "resid')
     restarted = run_proc(base + ["--shard", "0/2"], env)
