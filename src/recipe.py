@@ -24,7 +24,7 @@ from .progress import Progress
 from .progress import silent as silent_progress
 from .residues import group_in_order, reported_means
 
-RESIDUE_ATOMS_DEFAULT = "backbone"  # best on md_reference (training/reports/validate_md_shipped.md)
+RESIDUE_ATOMS_DEFAULT = "backbone"  # best on md_reference (training/reports/validate_md_shipped_backbone.md)
 
 
 class MapUnusable(ValueError):

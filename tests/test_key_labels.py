@@ -1,4 +1,4 @@
-"""Issue 13: the color key that ``defmap`` draws keeps its labels apart and inside the picture from 400 px wide up.
+"""The color key that ``defmap`` draws keeps its labels apart and inside the picture from 400 px wide up.
 
 The labels are measured in the key's own texture, the image ChimeraX's color-key model draws into the saved picture:
 columns of label pixels under the color bar form one block per label when the labels stand apart, and fewer blocks

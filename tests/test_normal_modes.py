@@ -180,7 +180,7 @@ def test_defmap_beats_the_structure_only_baseline_on_atlas_md(cx):
     """Real MD truth (ATLAS, never trained on): lightly noisy maps simulated from the MD RMSF, the shipped 5 Å model.
     Mean per-residue r with MD: the map-only prediction and the combination each beat ANM of the structure alone
     (the baseline the project set).  On these clean maps the map alone does best; on training's randomized maps the
-    combination does (training: python -m defmap_train.anm_baseline)."""
+    combination does (training: defmap-train validate-md)."""
     rows = np.array([_atlas_rows(cx, c) for c in ("1ab1_A", "1ail_A", "1b8d_K", "1bgf_A")])
     print("ATLAS residue r (map only, ANM only, combined):", rows.round(3).tolist(), rows.mean(axis=0).round(3))
     map_only, anm_only, combined = rows.mean(axis=0)

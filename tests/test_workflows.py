@@ -1,4 +1,4 @@
-"""The paper's workflows as commands (issue 5), each checked on numbers in a real headless ChimeraX session."""
+"""The paper's workflows as commands, each checked on numbers in a real headless ChimeraX session."""
 
 from __future__ import annotations
 

@@ -172,15 +172,15 @@ class OnnxModel:
         return "map+model" if pp.MODEL_CHANNEL in self.channels else "map"
 
     def calibrated_sd(self, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-        """The SD the bundle reports (``cmd.predict_structure``): head SD x ``sd_scale`` x exp(``sd_slope`` x the
+        """The SD the bundle reports (``recipe.predict_atoms``): head SD x ``sd_scale`` x exp(``sd_slope`` x the
         prediction's z-score over the atoms)."""
         return calibrated_sd(sd, mean, self.calibration)
 
     def reported_values(self, residue_pred: np.ndarray, per_res) -> np.ndarray:
-        """Residue values as the bundle reports them by default: structure mode's (``cmd.predict_structure``), the
+        """Residue values as the bundle reports them by default: structure mode's (``recipe.predict_atoms``), the
         network's combined with the last prediction's density contrast at ``calibration.contrast_weight`` and its
         contrast at the map's own resolution at ``calibration.native_contrast_weight``; voxel mode's
-        (``cmd.predict_voxels``), the network's combined with the map's packing at
+        (``recipe.predict_voxels``), the network's combined with the map's packing at
         ``calibration.map_packing_weight`` (unchanged without them)."""
         terms = [(per_res(v), float(self.calibration.get(key, 0.0)))
                  for v, key in ((self.last_contrast, "contrast_weight"), (self.last_native, "native_contrast_weight"),
