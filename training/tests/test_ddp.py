@@ -13,10 +13,14 @@ import pytest
 torch = pytest.importorskip("torch", reason="training needs torch (make train-env)")
 JOB = Path(__file__).with_name("ddp_job.py")
 # Same global batch and seed: the two ranks compute disjoint halves of exactly the one-process batch and DDP averages
-# their gradients, so the runs differ only by float32 summation order.  Measured max |Δ loss| over 8 steps: 3e-7
-# relative; the tolerance leaves room for other BLAS kernels but not for a different batch (which moves the losses
-# by ~10 %) or for unsynchronized replicas.
-RTOL = 1e-4
+# their gradients, so the runs differ only by float32 summation order.  Each run repeats bit-exactly (constant learning
+# rate), but the one- and two-process runs drift apart after a few steps: AdamW scales every gradient by its own
+# running size, so gradients that are zero up to rounding get lr-sized steps whose sign follows the rounding, and which
+# rounding a CPU's kernels make decides how far the losses drift (measured here: 7e-8, 4e-8, 1e-7 relative at steps
+# 1-3, then 4e-5, 5e-4, 1.7e-3).  A fixed 1e-4 on every step therefore failed on some machines and passed on others.
+# The first two steps (the same start and the first averaged update), before that drift, must agree to STRICT; a
+# different batch moves the losses by ~10 %, far outside either bound; every later step must stay within LOOSE.
+STRICT, STRICT_STEPS, LOOSE = 1e-5, 2, 1e-2
 
 
 def _run(cmd: list[str], out: Path) -> dict:
@@ -38,4 +42,5 @@ def test_torchrun_two_processes_match_one(tmp_path):
     a, b = one["losses"], two["losses"]
     assert a[-1] < 0.5 * a[0]  # it learns (0.83 -> 0.05 measured)
     for k, (x, y) in enumerate(zip(a, b)):
-        assert abs(x - y) <= RTOL * abs(x), f"step {k + 1}: one process {x}, two processes {y}"
+        tol = STRICT if k < STRICT_STEPS else LOOSE
+        assert abs(x - y) <= tol * abs(x), f"step {k + 1}: one process {x}, two processes {y}"
