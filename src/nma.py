@@ -228,6 +228,9 @@ def _msf_connected(ca: np.ndarray, plan: _Plan) -> np.ndarray:
 
 
 def _msf_multifrontal(ca: np.ndarray, plan: _Plan, grounded: np.ndarray) -> np.ndarray:
+    """The multifrontal Cholesky, selected inversion and rigid-body projection that `_msf_connected` describes,
+    with six coordinates grounded.  One function on purpose (85 lines): the factor pass up the tree and the
+    inversion pass down it share each node's front indices and factors, which helpers would pass back and forth."""
     n = len(ca)
     h = _hessian_csr(ca, plan.pairs)
     free = np.ones(3 * n, dtype=bool)
