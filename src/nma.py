@@ -363,7 +363,7 @@ def map_elastic_network(lattice: np.ndarray, n_voxels: int, voxel_size: float, c
 
 
 def _main(argv: list[str]) -> int:
-    """``python -m chimerax.defmap.nma FILE.pdb``: time ANM on the file's C-alpha atoms (the README quotes it)."""
+    """``python -m chimerax.defmap.nma FILE.pdb``: time ANM on its C-alpha atoms (docs/performance.md quotes it)."""
     import time
     ca = np.array([(float(ln[30:38]), float(ln[38:46]), float(ln[46:54])) for ln in open(argv[0])
                    if ln.startswith("ATOM") and ln[12:16] == " CA " and ln[16] in " A"])

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv once: pinned PyPI ChimeraX wheel plus the dependencies that actually install on Python 3.11 (see README).
+# Create .venv once: pinned PyPI ChimeraX wheel plus the dependencies that actually install on Python 3.11 (see docs/development.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}

@@ -4,8 +4,8 @@
         --save docs/bench_scaling.json
     .venv/bin/python tests/benchmarks/scaling.py docs/bench_scaling.json --png docs/scaling.png
 
-Prints the README's scaling table (markdown) and draws seconds and peak RSS against atoms (structure mode, with
-`normalModes true` and `uncertainty true`), C-alpha atoms (the normal-mode stage) and map voxels (voxel mode).
+Prints the scaling table of docs/performance.md (markdown) and draws seconds and peak RSS against atoms (structure
+mode, with `normalModes true` and `uncertainty true`), C-alpha atoms and map voxels (voxel mode).
 """
 
 from __future__ import annotations
