@@ -100,11 +100,26 @@ def align_sequences(a: str, b: str, matrix: str = ALIGN_MATRIX, gap_open: float 
         return []
     from chimerax import sim_matrices
     from chimerax.alignment_algs import NeedlemanWunsch
-    from chimerax.atomic import Sequence
     similarity = sim_matrices.matrix(matrix, logger)
-    _, pairs = NeedlemanWunsch.nw(Sequence(characters=a), Sequence(characters=b), score_gap=-gap_extend,
-                                  score_gap_open=-gap_open, similarity_matrix=similarity, ends_are_gaps=False)
+    _, pairs = NeedlemanWunsch.nw(_Letters(a), _Letters(b), score_gap=-gap_extend, score_gap_open=-gap_open,
+                                  similarity_matrix=similarity, ends_are_gaps=False)
     return sorted((int(i), int(j)) for i, j in pairs)
+
+
+class _Letters:
+    """One-letter residues as ``NeedlemanWunsch.nw`` reads a sequence (``characters``, length, no secondary
+    structure).  Not ``chimerax.atomic.Sequence``: each of those owns a C++ object whose deletion from ``__del__``
+    corrupted the garbage collector when a collection ran while one was finalized (``make test`` segfaulted in
+    ``gc`` with two freed ``Sequence`` objects in a list, docs/development.md)."""
+
+    def __init__(self, characters: str):
+        self.characters = characters
+
+    def __len__(self) -> int:
+        return len(self.characters)
+
+    def ss_type(self, loc: int, loc_is_ungapped: bool = False) -> None:
+        return None
 
 
 def match_residues(res1, vals1, res2, vals2, min_number_identity: float = 0.8, logger=None):
