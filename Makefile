@@ -2,7 +2,7 @@
 PY      := .venv/bin/python
 SITE     = $(shell $(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 WHEEL   := dist/ChimeraX_DEFMap-0.1.0-py3-none-any.whl
-SOURCES := $(wildcard src/*.py) bundle_info.xml $(wildcard onnx_models/*) $(wildcard docs/user/commands/*.html)
+SOURCES := $(wildcard src/*.py) bundle_info.xml $(wildcard onnx_models/*) $(wildcard onnx_models/prior/*) $(wildcard docs/user/commands/*.html)
 export PYOPENGL_PLATFORM ?= osmesa
 export PYTHONIOENCODING ?= utf-8
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from chimerax.core.errors import UserError
 
+from . import recipe
 from .combination import zscore
 from .keylabels import tidy_key
 from .palette import default_palette, no_value_color
@@ -89,25 +90,15 @@ def color_structure(session, result, palette=None, range=None, key=True) -> None
 
 
 def make_dynamics_volume(session, volume, prep, preds: np.ndarray, name: str):
-    """A new map on the model lattice holding predictions at scored voxels.
-
-    Unscored voxels take the value of the nearest scored voxel, so surfaces colored by sampling this map at the
-    contour edge show the prediction there rather than a fill value.
-    """
+    """A new map on the model lattice holding predictions at scored voxels (``recipe.dynamics_lattice``)."""
     from chimerax.map import Volume, volume_from_grid_data
     from chimerax.map_data import ArrayGridData
-    from scipy import ndimage
     earlier = [m for m in session.models.list(type=Volume) if m.name == name and m is not volume]
     if earlier:  # a repeated run replaces its dynamics map instead of piling up copies
         session.models.close(earlier)
     g = prep.grid
-    scored = np.zeros(g.values.shape, dtype=bool)
-    scored[tuple(prep.centers.T)] = True
-    arr = np.zeros(g.values.shape, dtype=np.float32)
-    arr[tuple(prep.centers.T)] = preds
-    nearest = ndimage.distance_transform_edt(~scored, return_distances=False, return_indices=True)
-    arr = arr[tuple(nearest)]
-    grid = ArrayGridData(arr, origin=tuple(g.origin), step=(g.voxel_size,) * 3, name=name)
+    grid = ArrayGridData(recipe.dynamics_lattice(prep, preds), origin=tuple(g.origin), step=(g.voxel_size,) * 3,
+                         name=name)
     v = volume_from_grid_data(grid, session, style="surface", show_dialog=False)
     v.scene_position = volume.scene_position
     v.display = False

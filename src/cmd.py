@@ -89,6 +89,14 @@ def _structure_mode(session, volume, structure, prediction: dict, coloring: dict
     return result
 
 
+def _prior_text(prior: str) -> str:
+    """How the log names the structure prior ``normalModes`` combined."""
+    if prior == "learned prior":
+        return ("structure prior learned from ATLAS MD (ANM, packing, exposure, chain ends; MD of single chains, so at "
+                "a complex's interfaces it expects more motion than the complex has)")
+    return "ANM (C-alpha, 15 Å)"
+
+
 def _voxel_mode(session, volume, prediction: dict, coloring: dict, *, level, dense, normal_modes) -> VoxelResult:
     t_start = time.perf_counter()
     progress = Progress(session, f"DEFMap voxel mode {volume.name}")
@@ -155,9 +163,10 @@ def log_structure_summary(session, result: StructureResult) -> None:
                 f"{result.native_contrast_weight:g} fitted on the simulated CV)")]
               if result.native_contrast_weight > 0 else []),
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
-            *([("Normal modes", f"map prediction combined with ANM of {np.isfinite(result.nma_residue_values).sum():,}"
-                f" C-alpha atoms (sum of z-scores; attributes <i>{result.attribute}_map</i>, "
-                f"<i>{result.attribute}_nma</i>)")] if result.nma_residue_values is not None else []),
+            *([("Normal modes", f"map prediction combined with the {_prior_text(result.prior)} of "
+                f"{np.isfinite(result.nma_residue_values).sum():,} C-alpha atoms (sum of z-scores; attributes "
+                f"<i>{result.attribute}_map</i>, <i>{result.attribute}_nma</i>)")]
+              if result.nma_residue_values is not None else []),
             ("Residues scored", f"{len(rv):,} of {result.structure.num_residues:,}"),
             ("Atoms outside map", f"{result.outside_atoms:,}"),
             ("log10 RMSF (Å) min / median / max", f"{rv.min():.3f} / {np.median(rv):.3f} / {rv.max():.3f}"),

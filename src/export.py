@@ -25,7 +25,7 @@ def write_residue_csv(path: str | Path, result) -> int:
     header = ["structure", "chain", "number", "insertion", "name", "log10_rmsf", "rmsf_angstrom", "z"]
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(header + (["sd"] if sd is not None else []) + (["map_log10_rmsf", "anm_log10"] if nm is not None
+        w.writerow(header + (["sd"] if sd is not None else []) + (["map_log10_rmsf", "prior_log10"] if nm is not None
                                                                    else []))
         for i, r in enumerate(result.residues):
             row = [result.structure.atomspec, r.chain_id, r.number, r.insertion_code, r.name, f"{rv[i]:.5f}",

@@ -47,7 +47,8 @@ class StructureResult:
     residue_sd: np.ndarray | None = None  # SD over rotations of each residue mean (uncertainty true)
     files: dict = field(default_factory=dict)  # outputs written: kind -> path
     map_residue_values: np.ndarray | None = None  # the map-only prediction, when normal modes were combined
-    nma_residue_values: np.ndarray | None = None  # log10 ANM fluctuation per residue (NaN: no C-alpha)
+    nma_residue_values: np.ndarray | None = None  # the structure prior per residue (NaN: no C-alpha)
+    prior: str = ""  # what gave it: "learned prior" (structure_prior.py) or "ANM"
     atom_sd: np.ndarray | None = None  # predicted SD per atom (models with a variance output, x calibrated scale)
     residue_atoms: str = "heavy"  # which atoms' values a residue value averages: ca, backbone or heavy
     contrast_weight: float = 0.0  # weight of the density contrast combined with the network (map + model models)
@@ -271,7 +272,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
 
 
 def add_normal_modes(result: StructureResult) -> None:
-    """Combine the map prediction with ANM fluctuations of the whole fitted model's C-alpha atoms (``recipe``);
+    """Combine the map prediction with the structure prior of the whole fitted model (``recipe.normal_mode_values``);
     raises UserError before anything is stored."""
     from chimerax.atomic import Residue
     t0 = time.perf_counter()
@@ -281,9 +282,10 @@ def add_normal_modes(result: StructureResult) -> None:
                       & (atoms.residues.polymer_types == Residue.PT_AMINO))
     residues = s.residues
     try:
-        nma_vals, combined = recipe.normal_mode_values(
+        nma_vals, combined, result.prior = recipe.normal_mode_values(
             residues.indices(result.residues), result.residue_values, ca.scene_coords, residues.indices(ca.residues),
-            float(result.model.calibration.get("anm_weight", 1.0)))
+            float(result.model.calibration.get("anm_weight", 1.0)),
+            atoms.filter(atoms.element_numbers != 1).scene_coords)
     except (ValueError, MemoryError) as e:
         raise UserError(f"normalModes: cannot compute normal modes of {s}: {first_line(e)}") from None
     map_vals = np.asarray(result.residue_values, dtype=np.float64)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import combination, map_shape, network, nma
+from . import combination, map_shape, network, nma, structure_prior
 from . import preprocess as pp
 from .progress import Progress
 from .progress import silent as silent_progress
@@ -55,12 +55,16 @@ class AtomPrediction:
     stages: dict = field(default_factory=dict)
     atom_rotation_values: np.ndarray | None = None  # (scored atoms, rotations) when more than one rotation ran
     atom_sd: np.ndarray | None = None  # calibrated SD per scored atom (models with a variance output)
+    atom_head_sd: np.ndarray | None = None  # the variance head's own SD per scored atom, before calibration
+    network_atom_values: np.ndarray | None = None  # per scored atom, the network alone
+    term_values: dict = field(default_factory=dict)  # per residue, each density contrast combined (by name)
     contrast_weight: float = 0.0
     network_residue_values: np.ndarray | None = None  # the network alone, when a contrast was combined
     native_contrast_weight: float = 0.0
     native_resolution: float | None = None
     map_residue_values: np.ndarray | None = None  # before normal modes, when they were combined
-    nma_residue_values: np.ndarray | None = None  # log10 ANM fluctuation per residue (NaN: no C-alpha)
+    nma_residue_values: np.ndarray | None = None  # the structure prior per residue (NaN: no C-alpha)
+    prior: str = ""  # what gave it: "learned prior" (structure_prior) or "ANM"
 
     def residue_sd(self) -> np.ndarray:
         """Each residue's SD (:func:`residue_sd`)."""
@@ -103,8 +107,10 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
                          patches=len(prep.centers), stages=stages,
                          atom_rotation_values=per_rotation[at] if rotations > 1 else None)
     out.residue_values = network_means = _residue_values(out, out.atom_values)
+    out.network_atom_values = out.atom_values
     if log_var is not None:
-        out.atom_sd = network.calibrated_sd(np.exp(0.5 * log_var[at]), out.atom_values, info.calibration)
+        out.atom_head_sd = np.exp(0.5 * log_var[at])
+        out.atom_sd = network.calibrated_sd(out.atom_head_sd, out.atom_values, info.calibration)
     terms = _contrast_terms(out, info, prep, values, xyz_to_ijk, xyz, weights, map_resolution)
     if terms:
         out.network_residue_values = network_means
@@ -112,7 +118,7 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
         out.atom_values = out.atom_values + (out.residue_values - network_means)[group]
     stages["mapping"] = time.perf_counter() - t0
     if ca is not None:
-        add_normal_modes(out, ca[0], ca[1], float(info.calibration.get("anm_weight", 1.0)))
+        add_normal_modes(out, ca[0], ca[1], float(info.calibration.get("anm_weight", 1.0)), heavy_xyz=xyz)
     return out
 
 
@@ -164,23 +170,26 @@ def _contrast_terms(pred: AtomPrediction, info: network.ModelInfo, prep: pp.Prep
         contrast = pp.density_contrast(grid[info.channels.index(pp.MAP_CHANNEL)],
                                        grid[info.channels.index(pp.MODEL_CHANNEL)],
                                        prep.centers)[prep.point_to_center[scored]]
-        terms.append((_residue_values(pred, contrast), c_weight))
+        pred.term_values["contrast"] = _residue_values(pred, contrast)
+        terms.append((pred.term_values["contrast"], c_weight))
     if n_weight > 0:  # + n z(contrast at the map's own resolution and sampling)
         pred.native_resolution = float(map_resolution or info.spec.filter_resolution)
         rigid = pp.rigid_density_at(xyz, weights, pred.native_resolution)[scored]
         native = pp.native_contrast(pp.map_values_at(values, xyz_to_ijk, xyz[scored]), rigid)
-        terms.append((_residue_values(pred, native), n_weight))
+        pred.term_values["native_contrast"] = _residue_values(pred, native)
+        terms.append((pred.term_values["native_contrast"], n_weight))
     pred.contrast_weight, pred.native_contrast_weight = c_weight, n_weight
     return terms
 
 
 def add_normal_modes(pred: AtomPrediction, ca_xyz: np.ndarray, ca_residue_index: np.ndarray,
-                     weight: float = 1.0) -> None:
-    """Combine the residue values with ANM fluctuations of the C-alpha atoms (nma.py says why); atom values shift
-    with their residue so residue means stay consistent.  ValueError or MemoryError from the ANM leave ``pred``
-    unchanged."""
+                     weight: float = 1.0, heavy_xyz: np.ndarray | None = None) -> None:
+    """Combine the residue values with the structure prior of the C-alpha atoms (:func:`normal_mode_values`); atom
+    values shift with their residue so residue means stay consistent.  ValueError or MemoryError from the prior
+    leave ``pred`` unchanged."""
     t0 = time.perf_counter()
-    nma_vals, combined = normal_mode_values(pred.residue_ids, pred.residue_values, ca_xyz, ca_residue_index, weight)
+    nma_vals, combined, pred.prior = normal_mode_values(pred.residue_ids, pred.residue_values, ca_xyz,
+                                                        ca_residue_index, weight, heavy_xyz)
     map_vals = np.asarray(pred.residue_values, dtype=np.float64)
     pred.atom_values = pred.atom_values + (combined - map_vals)[pred.atom_residue]
     pred.map_residue_values, pred.nma_residue_values, pred.residue_values = map_vals, nma_vals, combined
@@ -188,13 +197,16 @@ def add_normal_modes(pred: AtomPrediction, ca_xyz: np.ndarray, ca_residue_index:
 
 
 def normal_mode_values(residue_ids: np.ndarray, residue_values: np.ndarray, ca_xyz: np.ndarray,
-                       ca_residue_index: np.ndarray, weight: float) -> tuple[np.ndarray, np.ndarray]:
-    """(log10 ANM fluctuation per residue, NaN where it has no C-alpha; the residue values combined with it)."""
-    fluct = nma.anm_log_fluctuations(ca_xyz)
+                       ca_residue_index: np.ndarray, weight: float,
+                       heavy_xyz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(the structure prior per residue, NaN where it has no C-alpha; the residue values combined with it; what gave
+    the prior).  The prior is the one learned from MD (``structure_prior``) when it is installed and the structure's
+    heavy atoms are given, else ANM of the C-alpha atoms (nma.py says why it helps)."""
+    fluct, source = structure_prior.prior_values(ca_xyz, heavy_xyz)
     pos = positions(residue_ids, ca_residue_index)
     nma_vals = np.full(len(residue_ids), np.nan)
     nma_vals[pos[pos >= 0]] = fluct[pos >= 0]
-    return nma_vals, combination.combine(np.asarray(residue_values, dtype=np.float64), nma_vals, weight)
+    return nma_vals, combination.combine(np.asarray(residue_values, dtype=np.float64), nma_vals, weight), source
 
 
 def positions(ids: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -231,6 +243,31 @@ class VoxelPrediction:
     map_packing_weight: float = 0.0  # weight of the contour's packing (0: not combined)
     map_anm_weight: float = 0.0  # weight of the normal modes of the map's pseudo-atoms (0: not combined)
     pseudo_atoms: int = 0  # how many pseudo-atoms the contour gave, when normal modes were combined
+    network_values: np.ndarray | None = None  # the network alone at each centre
+    term_values: dict = field(default_factory=dict)  # per centre, each term combined ("packing", "normal_modes")
+
+    def lattice(self) -> np.ndarray:
+        """The values on the whole model lattice (:func:`dynamics_lattice`)."""
+        return dynamics_lattice(self.prep, self.values)
+
+    def values_at(self, xyz: np.ndarray) -> np.ndarray:
+        """The dynamics map's values at points (trilinear), as ``measure mapvalues`` reads them from it."""
+        g = self.prep.grid
+        x2i, _ = pp.grid_transforms(g.origin, (g.voxel_size,) * 3)
+        return pp.map_values_at(self.lattice(), x2i, xyz)
+
+
+def dynamics_lattice(prep: pp.Prepared, values: np.ndarray) -> np.ndarray:
+    """Values at the scored voxels, every other lattice voxel taking the value of the nearest scored one, so that
+    sampling at the contour edge (``color sample``) reads a prediction rather than a fill value."""
+    from scipy import ndimage
+    shape = prep.grid.values.shape[-3:]
+    scored = np.zeros(shape, dtype=bool)
+    scored[tuple(prep.centers.T)] = True
+    arr = np.zeros(shape, dtype=np.float32)
+    arr[tuple(prep.centers.T)] = values
+    nearest = ndimage.distance_transform_edt(~scored, return_distances=False, return_indices=True)
+    return arr[tuple(nearest)]
 
 
 def map_anm_weight(info: network.ModelInfo) -> float:
@@ -263,13 +300,14 @@ def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk:
     stages["preprocess"] = time.perf_counter() - t0
     preds = _infer_voxels(predictor, prep, batch_size, dense, progress, stages)
     terms = []
-    out = VoxelPrediction(prep, preds, stages)
+    out = VoxelPrediction(prep, preds, stages, network_values=preds)
     n, voxel = len(prep.centers), info.spec.voxel_size
     if map_packing_weight(info):  # + k z(how deeply the contour buries each voxel)
         t0 = time.perf_counter()
         progress.update(0.9, "packing of the contour")
         out.map_packing_weight = map_packing_weight(info)
-        terms.append((map_shape.map_packing(prep.grid.values, n, voxel, prep.centers), out.map_packing_weight))
+        out.term_values["packing"] = map_shape.map_packing(prep.grid.values, n, voxel, prep.centers)
+        terms.append((out.term_values["packing"], out.map_packing_weight))
         stages["packing"] = time.perf_counter() - t0
     if normal_modes:  # + e z(normal modes of the map's own pseudo-atoms)
         t0 = time.perf_counter()
@@ -279,6 +317,7 @@ def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk:
                                         progress=lambda f: part.update(f, "normal modes of the map"))
         if not np.isfinite(fluct).any():
             raise TooFewPseudoAtoms("too few pseudo-atoms within 15 Å of each other for normal modes")
+        out.term_values["normal_modes"] = fluct
         terms.append((fluct, map_anm_weight(info)))
         stages["normal_modes"] = time.perf_counter() - t0
         out.map_anm_weight = map_anm_weight(info)

@@ -135,9 +135,9 @@ def test_normal_modes_on_emd3488(cx, tmp_path):
     first_prot = next(i for i, r in enumerate(res.residues) if r.name != "HEM")
     row = rows[first_prot]
     assert float(row["map_log10_rmsf"]) == pytest.approx(res.residues[first_prot].defmap_map, abs=1e-5)
-    assert float(row["anm_log10"]) == pytest.approx(res.residues[first_prot].defmap_nma, abs=1e-5)
+    assert float(row["prior_log10"]) == pytest.approx(res.residues[first_prot].defmap_nma, abs=1e-5)
     assert float(row["log10_rmsf"]) == pytest.approx(res.residues[first_prot].defmap, abs=1e-5)
-    assert any(r["anm_log10"] == "" for r in rows)  # the haems
+    assert any(r["prior_log10"] == "" for r in rows)  # the haems
 
 
 def test_normal_modes_errors_change_nothing(cx, tmp_path):

@@ -59,6 +59,11 @@ def cmd_validate_md(a) -> None:
     run(a)
 
 
+def cmd_prior(a) -> None:
+    from .prior import run
+    run(a)
+
+
 def cmd_smoke(a) -> None:
     from .smoke import smoke
     smoke(Path(a.out), md=not a.no_md)
@@ -182,6 +187,8 @@ def _check_parsers(sub) -> None:
     vm.add_argument("--maps-per-variant", type=int, default=2)
     vm.add_argument("--residue-atoms", choices=["ca", "backbone", "heavy"], default="heavy")
     vm.add_argument("--chains", default="", help="comma-separated subset (default: all)")
+    vm.add_argument("--image-maps", type=int, default=1,
+                    help="image-formation maps per chain and kind (cross-family; 0: engine maps only)")
     vm.add_argument("--out", default=str(HERE / "reports" / "validate_md"),
                     help="writes OUT.json and OUT.md ('' to print only)")
     vm.add_argument("--docs", nargs="*", help="files whose validate-md block to regenerate "
@@ -189,6 +196,14 @@ def _check_parsers(sub) -> None:
     vm.add_argument("--train-json", nargs="*", help="train_<res>A.json files: their CV's ANM-vs-label r goes "
                     "beside the table")
     vm.set_defaults(fn=cmd_validate_md)
+    pr = sub.add_parser("prior", help="fit the structure prior to ATLAS MD (atlas_train), CV, export to ONNX")
+    pr.add_argument("--atlas-train", default=str(SHARED / "atlas_train"))
+    pr.add_argument("--folds", type=int, default=5)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--limit", type=int, default=0, help="first N chains only (smoke runs)")
+    pr.add_argument("--out", default=str(REPO / "onnx_models" / "prior" / "structure_prior.onnx"))
+    pr.add_argument("--report", default=str(HERE / "reports" / "structure_prior"))
+    pr.set_defaults(fn=cmd_prior)
     s = sub.add_parser("smoke", help="tiny end-to-end run (≤ 3 min on 2 cores)")
     s.add_argument("--out", default=str(HERE / "runs" / "smoke"))
     s.add_argument("--no-md", action="store_true")
