@@ -1,4 +1,4 @@
-"""Real-MD yardstick: ``defmap-train validate-md`` on the md_reference chains (never trained on).
+"""Real-MD yardstick on engine maps: ``defmap-train validate-md`` on the md_reference chains (never trained on).
 
 For each of the 17 chains with real MD RMSF (5 ATLAS 300 K, 12 mdCATH 320 K; ``../shared/data/md_reference``) maps are
 simulated from the chain's own MD:
@@ -10,16 +10,18 @@ simulated from the chain's own MD:
   at the frames' mean positions, as a user's model fitted into the map would sit.  Five chains have one real point per
   residue per frame (see the md_reference README), so their frames move each residue rigidly.
 
-Per map and chain, Pearson r per residue with log10 MD RMSF of: raw intensity (minus the map value), ANM of the fitted
-model (structure only), the map-only model (voxel mode's kind), the map + model model (structure mode's two-channel
-kind, when one is given: the network combined with the density contrast at the weight fitted on the simulated CV,
-as structure mode reports it; the network alone beside it), the combination the bundle uses with
-``normalModes true`` (z-score sum of the map prediction and ANM), and, for models with a variance output,
-Spearman(SD, |error|) with the error taken after a per-chain linear fit of MD on the prediction.  The residue value
-is the mean over ``--residue-atoms`` (heavy, backbone or ca) of the per-atom predictions; the map-only model is also
-reported with all three.
+Per map and chain, Pearson r per residue with log10 MD RMSF of the baselines (raw intensity minus the map value at the
+atoms, ANM of the fitted model, their z-sum) and of what ``defmap`` reports, computed by the bundle's own recipe
+(``chimerax.defmap.recipe``; ``training/tests/test_validate_md_recipe.py`` checks the values equal the command's):
+structure mode (``predict_atoms`` with the model ``defmap`` would choose: the default, the network alone, each density
+contrast alone, and with ``normalModes true``), voxel mode (``predict_voxels`` at the level enclosing the fitted model's
+volume and at about ChimeraX's initial level, its dynamics map read at the atoms; with ``normalModes true``; the network
+and the packing alone; the map-only model in structure mode), and Spearman(SD, |error|) of structure mode's SD with the
+error taken after a per-chain linear fit of MD on the prediction. The residue value is the mean over ``--residue-atoms``
+(heavy, backbone or ca; the bundle's default is backbone) of the per-atom values.
 
-Nothing here is fitted to these chains.  Maps are cached in ``training/data/validate_md`` (seeded; delete to remake).
+Only the SD's slope and power are fitted to these chains (reported leave-one-chain-out).  Maps are cached in
+``training/data/validate_md`` (seeded; delete to remake).
 """
 
 from __future__ import annotations
@@ -31,77 +33,27 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
+from chimerax.defmap import network, recipe, structure_prior
 from chimerax.defmap import preprocess as pp
-from chimerax.defmap.combination import combine, combine_terms, zscore
-from chimerax.defmap.map_shape import RESIDUE_VOLUME, map_packing
+from chimerax.defmap.combination import combine
+from chimerax.defmap.map_shape import RESIDUE_VOLUME
 from chimerax.defmap.network import calibrated_sd
-from chimerax.defmap.nma import anm_log_fluctuations, map_elastic_network
+from chimerax.defmap.nma import anm_log_fluctuations
 
 from .ensembles import _record
 from .maps import CLEAN, Randomization, simulate_map
-from .paths import DEFAULT_DATA, REPO, SHARED, seed_of
-from .structure import Structure, load_structure
+from .md_reference import ATLAS, frame_displacements, load_chain, md_chains
+from .paths import DEFAULT_DATA, REPO, seed_of
+from .structure import Structure
 
-MD_DIR = SHARED / "md_reference"
 CACHE = DEFAULT_DATA / "validate_md"
-VARIANTS = ("hard", "clean", "frames")
+ENGINE_VARIANTS = ("hard", "clean", "frames")  # made by the training engine's code (maps.py): in-family
+IMAGE_VARIANTS = {"image": "ensemble", "image_frames": "frames"}  # image_formation.py's maps: cross-family
+VARIANTS = ENGINE_VARIANTS + tuple(IMAGE_VARIANTS)
 BACKBONE = {"N", "CA", "C", "O"}
-ATLAS = {"1ab1_A", "1ail_A", "1bgf_A", "1b8d_K", "1ah7_A"}
 
 
 # ------------------------------------------------------------------ chains and maps
-
-def md_chains(md_dir: Path = MD_DIR) -> list[str]:
-    return sorted(p.name.split(".")[0] for p in Path(md_dir).glob("*.rmsf_nm.txt"))
-
-
-def load_chain(md_dir: Path, name: str) -> tuple[Structure, np.ndarray]:
-    """(structure, per-residue MD C-alpha RMSF in Å)."""
-    st = load_structure(Path(md_dir) / f"{name}.pdb", name)
-    txt = (Path(md_dir) / f"{name}.rmsf_nm.txt").read_text().replace("\n", ",")
-    md = np.array([float(x) for x in txt.split(",") if x.strip()]) * 10.0
-    if len(md) != st.n_res:
-        raise ValueError(f"{name}: {len(md)} RMSF values but {st.n_res} residues")
-    return st, md
-
-
-def frame_displacements(st: Structure, frames_dir: Path) -> np.ndarray | None:
-    """(F, N, 3) displacements of the structure's atoms in each MD frame, matched by (residue order, atom name); atoms
-    a frame lacks (five chains keep one point per residue) move with their residue's matched atoms."""
-    from .structure import load_structure as _load
-    files = sorted(Path(frames_dir).glob("*.pdb")) if Path(frames_dir).is_dir() else []
-    if not files:
-        return None
-    out = []
-    for f in files:
-        fr = _load(f)
-        if fr.n_res != st.n_res:
-            raise ValueError(f"{f.name}: {fr.n_res} residues, {st.name} has {st.n_res}")
-        pos = {(int(r), str(a)): x for r, a, x in zip(fr.res_index, fr.atom_name, fr.xyz)}
-        disp = np.full(st.xyz.shape, np.nan)
-        for i, (r, a) in enumerate(zip(st.res_index, st.atom_name)):
-            x = pos.get((int(r), str(a)))
-            if x is not None:
-                disp[i] = x - st.xyz[i]
-        # residues whose atoms are missing in the frame: the residue's one real point (N, or CAY of a cap)
-        for r in range(st.n_res):
-            sel = st.res_index == r
-            have = np.isfinite(disp[sel, 0])
-            if have.all():
-                continue
-            if have.any():
-                fill = disp[sel][have].mean(axis=0)
-            else:
-                pts = fr.xyz[fr.res_index == r]
-                ref = st.xyz[sel]
-                fill = pts.mean(axis=0) - ref[np.isin(st.atom_name[sel], ["N", "CAY"])].mean(axis=0) \
-                    if np.isin(st.atom_name[sel], ["N", "CAY"]).any() else pts.mean(axis=0) - ref.mean(axis=0)
-            d = disp[sel]
-            d[~have] = fill
-            disp[sel] = d
-        out.append(disp)
-    return np.stack(out)
-
 
 def chain_records(md_dir: Path, name: str) -> dict[str, dict]:
     """variant -> ensemble record (xyz = the fitted model the map comes with)."""
@@ -122,7 +74,7 @@ def cached_maps(md_dir: Path, name: str, maps_per_variant: int, cache: Path = CA
     cache.mkdir(parents=True, exist_ok=True)
     recs = None
     out = []
-    for variant in VARIANTS:
+    for variant in ENGINE_VARIANTS:
         for k in range(maps_per_variant):
             f = cache / f"{name}__{variant}{k}.npz"
             if not f.exists():
@@ -139,133 +91,100 @@ def cached_maps(md_dir: Path, name: str, maps_per_variant: int, cache: Path = CA
     return out
 
 
-# ------------------------------------------------------------------ models
+# ------------------------------------------------------------------ models: the bundle's own recipe
 
-class OnnxModel:
-    """An exported DEFMap model run with onnxruntime: old single-channel files and the new ones whose metadata lists
-    ``input_channels`` and ``outputs`` (mean and log-variance)."""
-
-    def __init__(self, path: Path):
-        import onnxruntime as ort
-        self.path = Path(path)
-        self.meta = read_meta(self.path)
-        self.spec = pp.FeatureSpec.from_dict(self.meta["features"])
-        self.channels = list(self.meta.get("input_channels") or [pp.MAP_CHANNEL])
-        self.outputs = list(self.meta.get("outputs") or [self.meta.get("output", "log10_rmsf_angstrom")])
-        self.fcn = bool(self.meta.get("fully_convolutional"))
-        self.calibration = dict(self.meta.get("calibration") or {})
-        opt = ort.SessionOptions()
-        opt.intra_op_num_threads = 2
-        self.session = ort.InferenceSession(str(self.path), opt, providers=["CPUExecutionProvider"])
-        self.input = self.session.get_inputs()[0].name
-        self.last_contrast: np.ndarray | None = None  # set by predict
-        self.last_native: np.ndarray | None = None
-        self.last_map_anm: np.ndarray | None = None
-        self.last_packing: np.ndarray | None = None
-
-    @property
-    def resolution(self) -> float:
-        return self.spec.filter_resolution
-
-    @property
-    def kind(self) -> str:
-        return "map+model" if pp.MODEL_CHANNEL in self.channels else "map"
-
-    def calibrated_sd(self, mean: np.ndarray, sd: np.ndarray) -> np.ndarray:
-        """The SD the bundle reports (``recipe.predict_atoms``): head SD x ``sd_scale`` x exp(``sd_slope`` x the
-        prediction's z-score over the atoms)."""
-        return calibrated_sd(sd, mean, self.calibration)
-
-    def reported_values(self, residue_pred: np.ndarray, per_res) -> np.ndarray:
-        """Residue values as the bundle reports them by default: structure mode's (``recipe.predict_atoms``), the
-        network's combined with the last prediction's density contrast at ``calibration.contrast_weight`` and its
-        contrast at the map's own resolution at ``calibration.native_contrast_weight``; voxel mode's
-        (``recipe.predict_voxels``), the network's combined with the map's packing at
-        ``calibration.map_packing_weight`` (unchanged without them)."""
-        terms = [(per_res(v), float(self.calibration.get(key, 0.0)))
-                 for v, key in ((self.last_contrast, "contrast_weight"), (self.last_native, "native_contrast_weight"),
-                                (self.last_packing, "map_packing_weight"))
-                 if v is not None and float(self.calibration.get(key, 0.0)) > 0]
-        return combine_terms(residue_pred, terms) if terms else residue_pred
-
-    def predict(self, values, x2i, xyz, elements, map_resolution,
-                n_residues: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Per-atom (mean log10 RMSF, the head's raw SD or None).  ``n_residues`` sets the volume a user's contour
-        would enclose (``map_shape.RESIDUE_VOLUME`` each) for what voxel mode reads from the map's own shape (map-only
-        kind): its packing (``last_packing``) and the normal modes of its pseudo-atoms that ``normalModes true`` adds
-        (``last_map_anm``)."""
-        prep = pp.prepare_points(values, x2i, xyz, self.spec, map_resolution=map_resolution)
-        x = pp.stack_channels(prep, self.channels, xyz, pp.element_weights(elements), self.spec)
-        y = dense_run(self.session, self.input, x, prep.centers, self.spec.box)
-        mean = np.full(len(xyz), np.nan, dtype=np.float32)
-        ok = prep.point_to_center >= 0
-        mean[ok] = y[0][prep.point_to_center[ok]]
-        self.last_contrast = None  # per atom, two-channel models: what structure mode combines with the network
-        self.last_native = self.last_map_anm = self.last_packing = None
-        if self.kind == "map" and n_residues:
-            n_vox = int(round(n_residues * RESIDUE_VOLUME / self.spec.voxel_size ** 3))
-            fl = map_elastic_network(prep.grid.values, n_vox, self.spec.voxel_size, prep.centers)
-            self.last_map_anm = np.full(len(xyz), np.nan)
-            self.last_map_anm[ok] = fl[prep.point_to_center[ok]]
-            pk = map_packing(prep.grid.values, n_vox, self.spec.voxel_size, prep.centers)
-            self.last_packing = np.full(len(xyz), np.nan)
-            self.last_packing[ok] = pk[prep.point_to_center[ok]]
-        if float(self.calibration.get("native_contrast_weight", 0.0)) > 0 or self.kind == "map+model":
-            rigid = pp.rigid_density_at(xyz, pp.element_weights(elements), map_resolution or self.resolution)
-            self.last_native = pp.native_contrast(pp.map_values_at(values, x2i, xyz), rigid)
-        if self.kind == "map+model":
-            self.last_contrast = np.full(len(xyz), np.nan)
-            self.last_contrast[ok] = pp.density_contrast(x[self.channels.index(pp.MAP_CHANNEL)],
-                                                         x[self.channels.index(pp.MODEL_CHANNEL)],
-                                                         prep.centers)[prep.point_to_center[ok]]
-        sd = None
-        if y.shape[0] > 1:
-            sd = np.full(len(xyz), np.nan, dtype=np.float32)
-            sd[ok] = np.exp(0.5 * y[1][prep.point_to_center[ok]])
-        return mean, sd
+def load_models(dirs: list[Path]) -> list[network.ModelInfo]:
+    """The models in these folders, read as the bundle reads installed ones."""
+    return [network.read_model_info(p) for d in dirs for p in sorted(Path(d).glob("*.onnx"))]
 
 
-def read_meta(path: Path) -> dict:
-    """The DEFMap metadata JSON, read by onnxruntime as the bundle reads it."""
-    from chimerax.defmap.network import read_metadata
-    return json.loads(read_metadata(Path(path))["defmap"])
+_PREDICTORS: dict[str, network.Predictor] = {}
 
 
-def dense_run(session, input_name: str, x: np.ndarray, centers: np.ndarray, box: int, tile: int = 32) -> np.ndarray:
-    """(K outputs, M centres) from tiles of a (C, z, y, x) lattice (output voxel o = the patch starting at o)."""
-    starts = np.asarray(centers) - box // 2
-    tile_of = starts // tile
-    keys, inv = np.unique(tile_of, axis=0, return_inverse=True)
-    inv = inv.reshape(-1)
-    out = None
-    for t, key in enumerate(keys):
-        t0 = key * tile
-        sub = x[:, t0[0]:t0[0] + tile + box - 1, t0[1]:t0[1] + tile + box - 1, t0[2]:t0[2] + tile + box - 1]
-        y = session.run(None, {input_name: np.ascontiguousarray(sub[None])})[0][0]
-        if out is None:
-            out = np.empty((y.shape[0], len(starts)), dtype=np.float32)
-        sel = np.flatnonzero(inv == t)
-        rel = starts[sel] - t0
-        out[:, sel] = y[:, rel[:, 0], rel[:, 1], rel[:, 2]]
-    return out
+def predictor(info: network.ModelInfo) -> network.Predictor:
+    """One onnxruntime session per model file for the whole run (CPU: the numbers must not depend on a GPU)."""
+    key = str(info.path)
+    if key not in _PREDICTORS:
+        _PREDICTORS[key] = network.Predictor(info, "cpu", threads=2)
+    return _PREDICTORS[key]
 
 
-def choose(models: list[OnnxModel], resolution: float) -> OnnxModel | None:
-    """As the bundle: the sharpest model at or coarser than the map's resolution (else the coarsest)."""
-    if not models:
+def pick(models: list[network.ModelInfo], resolution: float, structure: bool) -> network.ModelInfo | None:
+    """The model ``defmap`` would choose for this map (``network.choose_model``), None if none fits the mode."""
+    try:
+        return network.choose_model(models, resolution, structure)
+    except network.ModelError:
         return None
-    ms = sorted(models, key=lambda m: m.resolution)
-    ok = [m for m in ms if m.resolution >= resolution - 1e-6]
-    return ok[0] if ok else ms[-1]
 
 
-def load_models(dirs: list[Path]) -> dict[str, list[OnnxModel]]:
-    out: dict[str, list[OnnxModel]] = {"map": [], "map+model": []}
-    for d in dirs:
-        for p in sorted(Path(d).glob("*.onnx")):
-            m = OnnxModel(p)
-            out[m.kind].append(m)
+def model_volume_level(values: np.ndarray, n_residues: int, voxel_size: float) -> float:
+    """The level whose contour encloses the fitted model's volume (``map_shape.RESIDUE_VOLUME`` per residue)."""
+    n = int(round(n_residues * RESIDUE_VOLUME / voxel_size ** 3))
+    flat = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    return float(flat[-min(max(n, 1), len(flat))])
+
+
+def initial_level(values: np.ndarray) -> float:
+    """About ChimeraX's initial level for a map it opens (the value 1 % of the box's voxels exceed), the level
+    ``open MAP; defmap #1`` scores at."""
+    return float(np.quantile(np.asarray(values, dtype=np.float64), 0.99))
+
+
+def _full(ids: np.ndarray, vals: np.ndarray | None, n: int) -> np.ndarray:
+    """Per-residue values at positions ``ids`` in an array over all ``n`` residues (NaN elsewhere)."""
+    out = np.full(n, np.nan)
+    if vals is not None:
+        out[np.asarray(ids, dtype=np.int64)] = vals
     return out
+
+
+def _atoms(scored: np.ndarray, vals: np.ndarray | None) -> np.ndarray:
+    """Per-scored-atom values in an array over all atoms (NaN where an atom was not scored)."""
+    out = np.full(len(scored), np.nan)
+    if vals is not None:
+        out[scored] = vals
+    return out
+
+
+def structure_mode(info: network.ModelInfo, st: Structure, m: dict, residue_atoms: str) -> dict[str, np.ndarray]:
+    """``defmap MAP structure MODEL`` on one map (``recipe.predict_atoms``, with the C-alpha atoms for
+    ``normalModes true``): per-residue arrays over the chain's residues (``reported`` is the default's value), and per
+    atom the network's value and its head SD for the SD calibration."""
+    xyz = np.asarray(m["xyz"], dtype=np.float64)
+    x2i, _ = pp.grid_transforms(m["origin"], (float(m["voxel_size"]),) * 3)
+    ca = st.ca_index()
+    p = recipe.predict_atoms(predictor(info), np.asarray(m["values"], dtype=np.float32), x2i, xyz, st.element,
+                             st.atom_name, st.res_index, map_resolution=float(m["resolution"]),
+                             residue_atoms=residue_atoms, ca=(xyz[ca], st.res_index[ca]))
+    n = st.n_res
+    out = {"reported": _full(p.residue_ids, p.map_residue_values, n),
+           "network": _full(p.residue_ids, p.network_residue_values if p.network_residue_values is not None
+                            else p.map_residue_values, n),
+           "normal_modes": _full(p.residue_ids, p.residue_values, n),
+           "prior": _full(p.residue_ids, p.nma_residue_values, n),
+           "sd": _full(p.residue_ids, p.residue_sd(), n) if p.atom_sd is not None else None,
+           "atom_network": _atoms(p.scored, p.network_atom_values),
+           "atom_head_sd": _atoms(p.scored, p.atom_head_sd) if p.atom_head_sd is not None else None}
+    out.update({k: _full(p.residue_ids, v, n) for k, v in p.term_values.items()})
+    return out
+
+
+def voxel_mode(info: network.ModelInfo, m: dict, level: float, normal_modes: bool = False) -> recipe.VoxelPrediction:
+    """``defmap MAP level L`` on one map (``recipe.predict_voxels``)."""
+    vs = float(m["voxel_size"])
+    values = np.asarray(m["values"], dtype=np.float32)
+    x2i, i2x = pp.grid_transforms(m["origin"], (vs,) * 3)
+    return recipe.predict_voxels(predictor(info), values, x2i, i2x, level, map_resolution=float(m["resolution"]),
+                                 normal_modes=normal_modes)
+
+
+def voxel_at_atoms(vp: recipe.VoxelPrediction, xyz: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+    """Voxel mode's dynamics map (or other per-centre ``values`` on the same lattice) read at the atoms."""
+    if values is None:
+        return vp.values_at(xyz)
+    g = vp.prep.grid
+    x2i, _ = pp.grid_transforms(g.origin, (g.voxel_size,) * 3)
+    return pp.map_values_at(recipe.dynamics_lattice(vp.prep, values), x2i, xyz)
 
 
 # ------------------------------------------------------------------ metrics
@@ -310,71 +229,107 @@ def sd_error_spearman(pred: np.ndarray, sd: np.ndarray, truth: np.ndarray) -> fl
     return float(stats.spearmanr(sd[ok], np.abs(line_errors(pred, truth, ok))).statistic)
 
 
-def evaluate_chain(md_dir: Path, name: str, models: dict[str, list[OnnxModel]], maps_per_variant: int,
-                   residue_atoms: str) -> dict:
+def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_atoms: str,
+             truth: np.ndarray) -> dict:
+    """One map's row: Pearson r with the MD of each baseline and of what each mode of ``defmap`` reports, every
+    reported value from the bundle's recipe (``structure_mode``, ``voxel_mode``)."""
+    xyz = np.asarray(m["xyz"], dtype=np.float64)
+    vs, res = float(m["voxel_size"]), float(m["resolution"])
+    x2i, _ = pp.grid_transforms(m["origin"], (vs,) * 3)
+    values = np.asarray(m["values"], dtype=np.float32)
+
+    def per_res(v, atoms=residue_atoms):
+        return residue_values(v, st.res_index, st.atom_name, st.n_res, atoms)
+
+    from .dataset import map_baselines
+    raw = per_res(map_baselines(values, x2i, xyz, vs)["raw_intensity"])
+    ca = st.ca_index()
+    anm = np.full(st.n_res, np.nan)
+    anm[st.res_index[ca]] = anm_log_fluctuations(xyz[ca])
+    prior = np.full(st.n_res, np.nan)  # the structure prior normalModes uses (learned from MD when installed)
+    prior[st.res_index[ca]] = structure_prior.prior_values(xyz[ca], xyz)[0]
+    row: dict = {"resolution": res, "raw": pearson(raw, truth), "anm": pearson(anm, truth),
+                 "raw+anm_zsum": pearson(combine(raw, anm), truth), "prior": pearson(prior, truth),
+                 "raw+prior_zsum": pearson(combine(raw, prior), truth)}
+    reported: dict[str, np.ndarray] = {}
+    info = pick(models, res, structure=True)
+    if info is not None:  # structure mode: `defmap MAP structure MODEL` and with `normalModes true`
+        kind = "map+model"
+        sm = structure_mode(info, st, m, residue_atoms)
+        pr = reported[kind] = sm["reported"]
+        row[kind], row[f"{kind}_model"] = pearson(pr, truth), info.path.name
+        row[f"{kind}_network"] = pearson(sm["network"], truth)
+        for term, col in (("contrast", "contrast"), ("native_contrast", "native")):  # each alone, a diagnostic
+            if term in sm:
+                row[col] = pearson(sm[term], truth)
+        row[f"{kind}+anm_zsum"] = pearson(combine(pr, anm), truth)
+        row[f"{kind}+anm_fitted"] = pearson(sm["normal_modes"], truth)  # normalModes true: w·prior, w from the CV
+        if sm["sd"] is not None:
+            row[f"{kind}_sd_spearman"] = sd_error_spearman(pr, sm["sd"], truth)
+            row[f"_fit_{kind}"] = (sm["atom_network"], sm["atom_head_sd"], per_res, truth, pr)  # for fit_sd_slope
+        row[f"{kind}_value_spearman"] = sd_error_spearman(pr, pr, truth)  # the value itself as an SD, a diagnostic
+    info = pick(models, res, structure=False)
+    if info is not None:  # voxel mode: `defmap MAP level L`, read at the fitted model's atoms
+        level = model_volume_level(values, st.n_res, vs)
+        vp = voxel_mode(info, m, level)
+        at = voxel_at_atoms(vp, xyz)
+        pr = reported["map"] = per_res(at)
+        row["map"], row["map_model"] = pearson(pr, truth), info.path.name
+        row["map_network"] = pearson(per_res(voxel_at_atoms(vp, xyz, vp.network_values)), truth)
+        if "packing" in vp.term_values:
+            row["map_packing"] = pearson(per_res(voxel_at_atoms(vp, xyz, vp.term_values["packing"])), truth)
+        for atoms in ("ca", "backbone", "heavy"):
+            row[f"map_{atoms}"] = pearson(per_res(at, atoms), truth)
+        row["map+anm_zsum"] = pearson(combine(pr, anm), truth)
+        try:
+            nm = voxel_mode(info, m, level, normal_modes=True)
+            row["map+map_anm"] = pearson(per_res(nm.values_at(xyz)), truth)
+            row["map_anm"] = pearson(per_res(voxel_at_atoms(nm, xyz, nm.term_values["normal_modes"])), truth)
+        except recipe.TooFewPseudoAtoms:
+            pass
+        one = structure_mode(info, st, m, residue_atoms)  # `defmap MAP structure MODEL model <map-only model>`
+        row["map_structure"] = pearson(one["reported"], truth)
+        if one["sd"] is not None:  # the SD that model reports there, and its calibration's slope and power
+            row["map_sd_spearman"] = sd_error_spearman(one["reported"], one["sd"], truth)
+            row["_fit_map"] = (one["atom_network"], one["atom_head_sd"], per_res, truth, one["reported"])
+        try:  # at about the level ChimeraX opens the map with (`open MAP; defmap #1`)
+            row["map_initial_level"] = pearson(per_res(voxel_mode(info, m, initial_level(values)).values_at(xyz)),
+                                               truth)
+        except recipe.MapUnusable:
+            pass
+    if len(reported) == 2:  # does the two modes' disagreement rank the structure mode errors? (a diagnostic)
+        row["pair_sd_spearman"] = sd_error_spearman(reported["map+model"],
+                                                    np.abs(reported["map+model"] - reported["map"]), truth)
+    return row
+
+
+def image_maps(md_dir: Path, name: str, n: int) -> list[dict]:
+    """The chain's image-formation maps (``image_formation``; made and cached on first use, minutes each), under
+    validate-md's variant names."""
+    if n <= 0:
+        return []
+    from .image_formation import image_formation_map
+    out = []
+    for variant, kind in IMAGE_VARIANTS.items():
+        for k in range(n):
+            m = image_formation_map(name, kind, k, md_dir=md_dir)
+            if m is not None:
+                out.append({**m, "variant": variant})
+    return out
+
+
+def evaluate_chain(md_dir: Path, name: str, models: list[network.ModelInfo], maps_per_variant: int,
+                   residue_atoms: str, n_image_maps: int = 0) -> dict:
     st, md = load_chain(md_dir, name)
     truth = np.log10(md)
     rows: dict[str, list[dict]] = {}
-    anm_cache: dict[bytes, np.ndarray] = {}
-    for m in cached_maps(md_dir, name, maps_per_variant):
-        xyz = np.asarray(m["xyz"], dtype=np.float64)
-        vs, res = float(m["voxel_size"]), float(m["resolution"])
-        x2i, _ = pp.grid_transforms(m["origin"], (vs,) * 3)
-        values = np.asarray(m["values"], dtype=np.float32)
-
-        def per_res(v, atoms=residue_atoms):
-            return residue_values(v, st.res_index, st.atom_name, st.n_res, atoms)
-
-        key = xyz.tobytes()
-        if key not in anm_cache:
-            anm_cache[key] = anm_log_fluctuations(xyz[st.ca_index()])
-        anm = anm_cache[key]
-        from .dataset import map_baselines
-        raw = per_res(map_baselines(values, x2i, xyz, vs)["raw_intensity"])
-        row = {"resolution": res, "raw": pearson(raw, truth), "anm": pearson(anm, truth)}
-        kind_pred: dict[str, np.ndarray] = {}
-        for kind, ms in models.items():
-            mod = choose(ms, res)
-            if mod is None:
-                continue
-            mean, sd = mod.predict(values, x2i, xyz, st.element, res, st.n_res)
-            net = per_res(mean)
-            pr = mod.reported_values(net, per_res)
-            if mod.last_contrast is not None:
-                row["contrast"] = pearson(per_res(mod.last_contrast), truth)  # the one voxel alone, a diagnostic
-                row["native"] = pearson(per_res(mod.last_native), truth)  # and the contrast at the map's resolution
-            if mod.last_map_anm is not None:  # voxel mode's normalModes: the map's own elastic network
-                man = per_res(mod.last_map_anm)
-                row["map_anm"] = pearson(man, truth)
-                pak, cal = per_res(mod.last_packing), mod.calibration
-                row["map_packing"] = pearson(pak, truth)
-                row["map+map_anm"] = pearson(combine_terms(net, [(pak, float(cal.get("map_packing_weight", 0.0))),
-                                                                 (man, float(cal.get("map_anm_weight", 1.0)))]), truth)
-            if pr is not net:  # the contrast was combined: the network alone beside it
-                row[f"{kind}_network"] = pearson(net, truth)
-            kind_pred[kind] = pr
-            row[kind] = pearson(pr, truth)
-            row[f"{kind}_model"] = mod.path.name
-            row[f"{kind}+anm_zsum"] = pearson(combine(pr, anm), truth)
-            if "anm_weight" in mod.calibration:  # the weight fitted on the simulated CV, never on these chains
-                w = float(mod.calibration["anm_weight"])
-                row[f"{kind}+anm_fitted"] = pearson(zscore(pr) + w * zscore(anm), truth)
-            if kind == "map":
-                for atoms in ("ca", "backbone", "heavy"):
-                    row[f"map_{atoms}"] = pearson(per_res(mean, atoms), truth)
-            if sd is not None:
-                row[f"{kind}_sd_spearman"] = sd_error_spearman(pr, per_res(mod.calibrated_sd(mean, sd)), truth)
-                row[f"_fit_{kind}"] = (mean, sd, per_res, truth, pr)  # for fit_sd_slope
-            # a diagnostic for the SD: does the predicted value itself (more flexible = less sure) rank the errors?
-            row[f"{kind}_value_spearman"] = sd_error_spearman(pr, pr, truth)
-        if len(kind_pred) == 2:  # do the two kinds' disagreement rank the map + model errors? (a diagnostic)
-            row["pair_sd_spearman"] = sd_error_spearman(kind_pred["map+model"],
-                                                        np.abs(kind_pred["map+model"] - kind_pred["map"]), truth)
-        rows.setdefault(m["variant"].item() if hasattr(m["variant"], "item") else m["variant"], []).append(row)
+    for m in cached_maps(md_dir, name, maps_per_variant) + image_maps(md_dir, name, n_image_maps):
+        variant = m["variant"].item() if hasattr(m["variant"], "item") else m["variant"]
+        rows.setdefault(variant, []).append(map_rows(st, m, models, residue_atoms, truth))
     out = {"chain": name, "source": "ATLAS 300 K" if name in ATLAS else "mdCATH 320 K", "residues": st.n_res,
            "variants": {}}
     for v, rs in rows.items():
-        keys = [k for k in rs[0] if not k.endswith("_model") and not k.startswith("_")]
+        keys = list(dict.fromkeys(k for r in rs for k in r if not k.endswith("_model") and not k.startswith("_")))
         out.setdefault("_fit", []).extend((v, k[5:], r[k]) for r in rs for k in r if k.startswith("_fit_"))
         out["variants"][v] = {k: float(np.nanmean([r.get(k, np.nan) for r in rs])) for k in keys}
         out["variants"][v]["maps"] = len(rs)
@@ -455,17 +410,19 @@ def sd_slope_report(chains: list[dict]) -> dict:
     return out
 
 
-COLUMNS = [("raw", "raw intensity"), ("contrast", "density contrast alone"),
+COLUMNS = [("raw", "raw intensity"), ("raw+anm_zsum", "z(raw) + z(ANM)"), ("prior", "structure prior alone"),
+           ("raw+prior_zsum", "z(raw) + z(prior)"), ("contrast", "density contrast alone"),
            ("native", "contrast at map resolution alone"), ("anm", "ANM (fitted model)"),
            ("map_packing", "packing of the map alone"), ("map_network", "map-only network alone"),
-           ("map", "map-only (voxel mode)"), ("map_anm", "ANM of the map's pseudo-atoms alone"),
+           ("map", "voxel mode (level: model volume)"), ("map_initial_level", "voxel mode (ChimeraX's initial level)"),
+           ("map_anm", "ANM of the map's pseudo-atoms alone"),
            ("map+map_anm", "map-only ⊕ ANM of the map (voxel mode normalModes)"),
            ("map+model_network", "map + model network alone"),
            ("map+model", "map + model (structure mode)"), ("map+anm_zsum", "map-only ⊕ ANM (z-sum)"),
            ("map+model+anm_zsum", "map+model ⊕ ANM (z-sum)"),
-           ("map+model+anm_fitted", "map+model ⊕ w·ANM (w from CV)"),
-           ("map+model_sd_spearman", "Spearman(SD, abs err)"),
-           ("map_sd_spearman", "Spearman(SD, abs err) map-only"),
+           ("map+model+anm_fitted", "map+model ⊕ w·prior (normalModes; w from CV)"),
+           ("map_structure", "map-only model in structure mode"), ("map+model_sd_spearman", "Spearman(SD, abs err)"),
+           ("map_sd_spearman", "Spearman(SD, abs err), map-only model in structure mode"),
            ("pair_sd_spearman", "Spearman(abs(map+model − map-only), abs err)"),
            ("map+model_value_spearman", "Spearman(map+model prediction, abs err)")]
 ATOM_COLUMNS = [("map_ca", "C-alpha"), ("map_backbone", "backbone"), ("map_heavy", "heavy atoms")]
@@ -527,6 +484,12 @@ def targets(summary: dict, slopes: dict | None = None) -> list[str]:
             ("clean: map + model ≥ raw intensity", g("clean", "map+model"), g("clean", "raw")),
             ("hard: map + model ≥ raw intensity + 0.15", g("hard", "map+model"), g("hard", "raw") + 0.15),
             ("hard: map-only ≥ raw intensity + 0.15", g("hard", "map"), g("hard", "raw") + 0.15)]
+    for v in IMAGE_VARIANTS:  # the cross-family targets: beat every cheap rival a user has, by 0.03
+        if v in summary:
+            best = max(g(v, "anm"), g(v, "raw"), g(v, "raw+anm_zsum"))
+            rows.append((f"{v}: structure mode ≥ max(ANM, raw, z-sum) + 0.03", g(v, "map+model"), best + 0.03))
+    if "image" in summary:
+        rows.append(("image: voxel mode ≥ raw intensity + 0.10", g("image", "map"), g("image", "raw") + 0.10))
     loo = ((slopes or {}).get("map+model") or {}).get("loo_spearman")
     sp = [loo.get(v, np.nan) if loo else g(v, "map+model_sd_spearman") for v in VARIANTS if v in summary]
     sp = [x for x in sp if np.isfinite(x)]
@@ -540,11 +503,15 @@ def targets(summary: dict, slopes: dict | None = None) -> list[str]:
 
 
 DOC_BEGIN, DOC_END = "<!-- validate-md:begin -->", "<!-- validate-md:end -->"
-DOC_COLUMNS = [("raw", "raw intensity"), ("anm", "ANM of the fitted model"), ("map_network", "map-only network alone"),
-               ("map", "map-only (voxel mode)"),
+DOC_COLUMNS = [("raw", "raw intensity"), ("anm", "ANM of the fitted model"), ("raw+anm_zsum", "z(raw) + z(ANM)"),
+               ("prior", "structure prior (learned from MD) alone"), ("raw+prior_zsum", "z(raw) + z(prior)"),
+               ("map_network", "map-only network alone"),
+               ("map", "voxel mode (level enclosing the model's volume)"),
+               ("map_initial_level", "voxel mode at ChimeraX's initial level"),
                ("map+map_anm", "voxel mode with normalModes (ANM of the map)"),
                ("map+model_network", "map + model network alone"),
-               ("map+model", "map + model (structure mode)"), ("map+model+anm_fitted", "map + model ⊕ w·ANM"),
+               ("map+model", "map + model (structure mode)"),
+               ("map+model+anm_fitted", "structure mode with normalModes (⊕ w·prior)"),
                ("map+model_sd_spearman", "Spearman(SD, abs error), slope and power fitted on these chains")]
 
 
@@ -559,8 +526,11 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
              f"leave-one-chain-out one below), {result['maps_per_variant']} maps per chain; residue = mean over "
              f"{result['residue_atoms']} atoms. Models: {', '.join(Path(m).name for m in result['models'])}.", "",
              "| maps (chains) | " + " | ".join(t for _, t in DOC_COLUMNS) + " |", "|---|" + "---|" * len(DOC_COLUMNS)]
-    label = {"hard": "hard: Debye–Waller from MD RMSF + training confounders", "clean": "clean: same, no confounders",
-             "frames": "frames: mean density of MD snapshots, model at their mean"}
+    label = {"hard": "hard: Debye–Waller from MD RMSF + training confounders (in-family)",
+             "clean": "clean: same, no confounders (in-family)",
+             "frames": "frames: mean density of MD snapshots, model at their mean (in-family)",
+             "image": "image formation: particle images of an ensemble with the MD RMSF, reconstructed (cross-family)",
+             "image_frames": "image formation from the MD snapshots, model at their mean (cross-family)"}
     for v in VARIANTS:
         if v in s:
             lines.append(f"| {label[v]} ({s[v]['chains']}) | " + " | ".join(_f(s[v].get(k)) for k, _ in DOC_COLUMNS)
@@ -615,7 +585,7 @@ def run(a) -> dict:
     chains = [c for c in md_chains(md_dir) if not a.chains or c in a.chains.split(",")]
     res = []
     for c in chains:
-        r = evaluate_chain(md_dir, c, models, a.maps_per_variant, a.residue_atoms)
+        r = evaluate_chain(md_dir, c, models, a.maps_per_variant, a.residue_atoms, a.image_maps)
         res.append(r)
         print(f"{c}: " + "; ".join(f"{v} " + ", ".join(f"{k} {d[k]:.3f}" for k, _ in COLUMNS
                                                          if np.isfinite(d.get(k, np.nan)))
@@ -632,8 +602,9 @@ def run(a) -> dict:
         c.pop("_fit", None)
     cmd = "defmap-train validate-md " + " ".join(
         [f"--models {' '.join(_rel(d) for d in dirs)}", f"--maps-per-variant {a.maps_per_variant}",
+         f"--image-maps {a.image_maps}",
          f"--residue-atoms {a.residue_atoms}"] + ([f"--chains {a.chains}"] if a.chains else []))
-    result = {"command": cmd, "models": [_rel(m.path) for ms in models.values() for m in ms],
+    result = {"command": cmd, "models": [_rel(m.path) for m in models],
               "residue_atoms": a.residue_atoms, "maps_per_variant": a.maps_per_variant, "chains": res,
               "summary": summary, "sd_slope": slopes, "seconds": round(time.time() - t0, 1)}
     text = markdown(result)

@@ -87,30 +87,34 @@ def test_two_channel_fcn_dense_equals_per_patch_and_nll():
 
 
 def test_two_channel_export_metadata_and_runner(tmp_path):
-    """Export writes input_channels/outputs/calibration; validate-md's runner (no onnx package) runs the file."""
+    """Export writes input_channels/outputs/calibration; the bundle's recipe, which validate-md calls, runs the file
+    (no onnx package) and gives torch's values."""
+    from chimerax.defmap import network, recipe
     from chimerax.defmap import preprocess as pp
     from defmap_train.export import export_onnx
     from defmap_train.model import build
-    from defmap_train.validate_md import OnnxModel
     torch.manual_seed(0)
     m = build("fcn", in_channels=2, outputs=2)
     f = tmp_path / "m2.onnx"
     dev = export_onnx(m, f, "toy-mapmodel", 5.0, extra={"calibration": {"sd_scale": 1.3, "anm_weight": 0.25}})
     assert dev < 1e-5
-    om = OnnxModel(f)
-    assert om.channels == ["density", "model_density"] and om.kind == "map+model"
-    assert om.outputs == ["log10_rmsf_angstrom", "log_variance"] and om.calibration["sd_scale"] == 1.3
+    info = network.read_model_info(f)
+    assert list(info.channels) == ["density", "model_density"] and info.needs_structure
+    assert list(info.outputs) == ["log10_rmsf_angstrom", "log_variance"] and info.calibration["sd_scale"] == 1.3
     st = _toy_structure()
     _, _, vals, x2i = _prep(st.xyz)
-    mean, sd = om.predict(vals, x2i, st.xyz, st.element, 3.0)
-    assert mean.shape == (len(st.xyz),) and np.isfinite(mean).all() and (sd > 0).all()
+    p = recipe.predict_atoms(network.Predictor(info, "cpu"), vals, x2i, st.xyz, st.element, st.atom_name,
+                             st.res_index, map_resolution=3.0)
+    mean, sd = p.network_atom_values, p.atom_head_sd
+    assert p.scored.all() and np.isfinite(mean).all() and (sd > 0).all()
     # equal to torch on the same two-channel lattice
-    prep = pp.prepare_points(vals, x2i, st.xyz, om.spec, map_resolution=3.0)
-    x = pp.stack_channels(prep, om.channels, st.xyz, pp.element_weights(st.element), om.spec)
+    prep = pp.prepare_points(vals, x2i, st.xyz, info.spec, map_resolution=3.0)
+    x = pp.stack_channels(prep, list(info.channels), st.xyz, pp.element_weights(st.element), info.spec)
     from defmap_train.train import channel_patches
     with torch.no_grad():
         ref = m.eval()(torch.from_numpy(channel_patches(x, prep.centers))).numpy().reshape(-1, 2)
     assert np.allclose(mean, ref[prep.point_to_center, 0], atol=1e-4)
+    assert np.allclose(sd, np.exp(0.5 * ref[prep.point_to_center, 1]), rtol=1e-3)
 
 
 @pytest.mark.parametrize("jump", [0.0, 1.0])
@@ -135,7 +139,7 @@ def test_label_deviations_change_the_profile_and_frames_agree(jump):
 @pytest.mark.skipif(not (SHARED / "md_reference").is_dir(), reason="../shared/data/md_reference is not here")
 def test_md_reference_chains_load_with_their_rmsf():
     """Every md_reference chain loads with one RMSF per residue (CHARMM HSD/HSE/HSP read as histidine)."""
-    from defmap_train.validate_md import load_chain, md_chains
+    from defmap_train.md_reference import load_chain, md_chains
     names = md_chains(SHARED / "md_reference")
     assert len(names) == 17
     for n in names:

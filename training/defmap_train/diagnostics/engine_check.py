@@ -30,7 +30,7 @@ def record_stats(path: Path) -> dict:
 
 
 def md_stats(md_dir: Path) -> list[dict]:
-    from ..validate_md import load_chain, md_chains
+    from ..md_reference import load_chain, md_chains
     out = []
     for c in md_chains(md_dir):
         st, md = load_chain(md_dir, c)

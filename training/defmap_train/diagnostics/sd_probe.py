@@ -14,18 +14,20 @@ from chimerax.defmap.combination import zscore
 from chimerax.defmap.nma import anm_log_fluctuations
 
 from ..dataset import map_baselines
+from ..md_reference import MD_DIR, load_chain, md_chains
 from ..validate_md import (
-    MD_DIR,
-    VARIANTS,
+    ENGINE_VARIANTS,
     _rel,
     cached_maps,
-    choose,
     line_errors,
-    load_chain,
     load_models,
-    md_chains,
+    model_volume_level,
+    pick,
     residue_values,
     sd_error_spearman,
+    structure_mode,
+    voxel_at_atoms,
+    voxel_mode,
 )
 
 
@@ -93,11 +95,10 @@ def _loo_fit(fits: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]) ->
 
 
 def run(a) -> dict:
-    kinds = load_models([Path(m) for m in a.models])
-    models, map_models = kinds["map+model"], kinds["map"]
-    if not models or not map_models:
+    models = load_models([Path(m) for m in a.models])
+    if not any(m.needs_structure for m in models) or all(m.needs_structure for m in models):
         raise SystemExit(f"need map + model and map-only ONNX models in {a.models}")
-    per: dict[str, dict[str, list[float]]] = {v: {} for v in VARIANTS}
+    per: dict[str, dict[str, list[float]]] = {v: {} for v in ENGINE_VARIANTS}
     fits: list[tuple] = []  # per map: chain, variant, quantities (residues x quantities), prediction, truth
     for name in md_chains(MD_DIR):
         st, md = load_chain(MD_DIR, name)
@@ -106,19 +107,19 @@ def run(a) -> dict:
             xyz, vs, res = np.asarray(m["xyz"], float), float(m["voxel_size"]), float(m["resolution"])
             x2i, _ = pp.grid_transforms(m["origin"], (vs,) * 3)
             values = np.asarray(m["values"], np.float32)
-            mod = choose(models, res)
-            mean, sd = mod.predict(values, x2i, xyz, st.element, res)
+            sm = structure_mode(pick(models, res, structure=True), st, m, "backbone")
+            vox = voxel_mode(pick(models, res, structure=False), m, model_volume_level(values, st.n_res, vs))
 
             def per_res(v, st=st):
                 return residue_values(v, st.res_index, st.atom_name, st.n_res, "backbone")
 
-            pred = mod.reported_values(per_res(mean), per_res)
+            pred = sm["reported"]
             n = st.n_res
-            d = {"z": zscore(pred), "sd": per_res(sd), "sd_shipped": per_res(mod.calibrated_sd(mean, sd)),
-                 "contrast": zscore(per_res(mod.last_contrast)), "contacts": _contacts(xyz[st.ca_index()]),
-                 "native": zscore(per_res(mod.last_native)), "wcn": zscore(_wcn(xyz[st.ca_index()])),
+            d = {"z": zscore(pred), "sd": per_res(sm["atom_head_sd"]), "sd_shipped": sm["sd"],
+                 "contrast": zscore(sm["contrast"]), "contacts": _contacts(xyz[st.ca_index()]),
+                 "native": zscore(sm["native_contrast"]), "wcn": zscore(_wcn(xyz[st.ca_index()])),
                  "from_end": np.minimum(np.arange(n), n - 1 - np.arange(n)).astype(float),
-                 "z_map": zscore(per_res(choose(map_models, res).predict(values, x2i, xyz, st.element, res)[0])),
+                 "z_map": zscore(per_res(voxel_at_atoms(vox, xyz))),
                  "anm": zscore(anm_log_fluctuations(xyz[st.ca_index()])),
                  "raw": zscore(per_res(map_baselines(values, x2i, xyz, vs)["raw_intensity"])),
                  "truth_z": zscore(truth)}
@@ -138,9 +139,9 @@ def run(a) -> dict:
                               for k in keys}
     lines = [f"Command: `{out['command']}` (structure mode's prediction: map + model network with the density "
              "contrast; mean over chains of the per-map Spearman with abs error, error as validate-md)", "",
-             "| quantity | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)]
-    for k in out["variants"][VARIANTS[0]]:
-        lines.append(f"| {k} | " + " | ".join(f"{out['variants'][v][k]:.3f}" for v in VARIANTS) + " |")
+             "| quantity | " + " | ".join(ENGINE_VARIANTS) + " |", "|---|" + "---|" * len(ENGINE_VARIANTS)]
+    for k in out["variants"][ENGINE_VARIANTS[0]]:
+        lines.append(f"| {k} | " + " | ".join(f"{out['variants'][v][k]:.3f}" for v in ENGINE_VARIANTS) + " |")
     text = "\n".join(lines)
     print(text)
     if a.out:
