@@ -188,12 +188,13 @@ def log_voxel_summary(session, res: VoxelResult) -> None:
     shape = [f"its packing in the contour (weight {res.map_packing_weight:g})"] if res.map_packing_weight else []
     if res.map_anm_weight:
         shape.append(f"normal modes of {res.pseudo_atoms:,} pseudo-atoms in it (weight {res.map_anm_weight:g})")
-    modes = "" if not shape else (
-        f", combined with {' and '.join(shape)}; the level encloses {enclosed:,.0f} Å³, the volume of about "
-        f"{enclosed / map_shape.RESIDUE_VOLUME:,.0f} residues")
+    modes = "" if not shape else f", combined with {' and '.join(shape)}"
+    how = ("chosen from the map: the low-passed map's Otsu threshold; give 'level' to set it" if res.level_chosen
+           else "given")
     preds = res.values
     session.logger.info(
-        f"DEFMap voxel mode on {res.volume.name} (level {res.level:g}): {res.voxels:,} voxels scored with "
+        f"DEFMap voxel mode on {res.volume.name} (level {res.level:.4g}, {how}; it encloses {enclosed:,.0f} Å³, the "
+        f"volume of about {enclosed / map_shape.RESIDUE_VOLUME:,.0f} residues): {res.voxels:,} voxels scored with "
         f"{res.model.name} on {res.provider} in {res.seconds:.2f} s{modes}; log10 RMSF min / median / max "
         f"{preds.min():.3f} / {float(np.median(preds)):.3f} / {preds.max():.3f}; "
         f"dynamics map #{res.dynamics.id_string}")

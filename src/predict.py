@@ -93,6 +93,7 @@ class VoxelResult:
     pseudo_atoms: int = 0  # how many pseudo-atoms the level's volume gave (one placement of the cubes)
     map_packing_weight: float = 0.0  # weight of the contour's packing around each voxel (map_shape.map_packing)
     dynamics: object = None  # the dynamics map, once the command has made it (attributes.make_dynamics_volume)
+    level_chosen: bool = False  # the map chose the level (map_shape.auto_level): no 'level' was given
 
     @property
     def voxels(self) -> int:
@@ -101,6 +102,7 @@ class VoxelResult:
     def as_dict(self) -> dict:
         return {"map": self.volume.atomspec, "dynamics_map": None if self.dynamics is None else self.dynamics.atomspec,
                 "model": self.model.name, "provider": self.provider, "voxels": self.voxels, "level": self.level,
+                "level_chosen": self.level_chosen,
                 "normal_modes": self.map_anm_weight > 0, "map_anm_weight": self.map_anm_weight,
                 "pseudo_atoms": self.pseudo_atoms, "map_packing_weight": self.map_packing_weight,
                 "seconds": round(self.seconds, 3), "stages": self.stages}
@@ -303,32 +305,25 @@ def add_uncertainty(result: StructureResult) -> None:
                                           result.atom_rotation_values)
 
 
-def _surface_level(volume) -> float:
-    """The level voxel mode scores at when none is given: the lowest surface shown, else ChimeraX's initial one."""
-    level = volume.minimum_surface_level
-    if level is None:  # never shown as a surface: ChimeraX's own initial threshold (1% of voxels above it)
-        try:
-            level = float(min(volume.initial_surface_levels()[0]))
-        except Exception:
-            level = None
-    if level is None or not np.isfinite(level):
-        raise UserError(f"Map {volume.name} shows no surface level; show it as a surface or give 'level'")
-    return level
-
-
 @_model_faults_as_user_errors
 def predict_voxels(session, volume, model=None, map_resolution=None, device="auto", batch_size=None,
                    level=None, dense=None, progress: Progress | None = None,
                    normal_modes: bool = False) -> VoxelResult:
-    """Voxel-mode prediction at lattice voxels above the map's surface level (``recipe.predict_voxels`` says what is
-    combined); makes no dynamics map (``attributes.make_dynamics_volume``)."""
+    """Voxel-mode prediction at lattice voxels at or above ``level``, or without one the level the map's own
+    histogram gives (``recipe.predict_voxels`` says what is combined); makes no dynamics map
+    (``attributes.make_dynamics_volume``)."""
     progress = progress or silent_progress()
     progress.update(0.0, "reading map")
     t_start = time.perf_counter()
     info = _resolve(model, map_resolution, False, batch_size)
     values, xyz_to_ijk, ijk_to_xyz = _map_arrays(volume)
     _check_finite(volume, values)
-    level = _surface_level(volume) if level is None else level
+    if level is None:
+        try:  # a map ChimeraX cannot take statistics of (float16) it cannot contour or redraw either
+            volume.matrix_value_statistics()
+        except Exception:
+            raise UserError(f"ChimeraX cannot read the value range of map {volume.name} ({values.dtype} values), so "
+                            "it cannot draw the contour to color; give 'level'") from None
     predictor = get_predictor(info, device, session.logger)
     try:
         p = recipe.predict_voxels(predictor, values, xyz_to_ijk, ijk_to_xyz, level, map_resolution=map_resolution,
@@ -338,6 +333,6 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     except recipe.MapUnusable as e:
         raise UserError(f"Cannot use map {volume.name}: {e}") from None
     except recipe.TooFewPseudoAtoms as e:
-        raise UserError(f"normalModes: the density of {volume.name} above level {level:g} gives {e}") from None
-    return VoxelResult(volume, info, predictor.provider, p.values, p.prep, float(level), time.perf_counter() - t_start,
-                       p.stages, p.map_anm_weight, p.pseudo_atoms, p.map_packing_weight)
+        raise UserError(f"normalModes: the density of {volume.name} above the level gives {e}") from None
+    return VoxelResult(volume, info, predictor.provider, p.values, p.prep, p.level, time.perf_counter() - t_start,
+                       p.stages, p.map_anm_weight, p.pseudo_atoms, p.map_packing_weight, level_chosen=p.level_chosen)

@@ -244,6 +244,8 @@ class VoxelPrediction:
     map_anm_weight: float = 0.0  # weight of the normal modes of the map's pseudo-atoms (0: not combined)
     pseudo_atoms: int = 0  # how many pseudo-atoms the contour gave, when normal modes were combined
     network_values: np.ndarray | None = None  # the network alone at each centre
+    level: float = 0.0  # the level scored at
+    level_chosen: bool = False  # True when the map chose it (map_shape.auto_level), False when it was given
     term_values: dict = field(default_factory=dict)  # per centre, each term combined ("packing", "normal_modes")
 
     def lattice(self) -> np.ndarray:
@@ -282,17 +284,27 @@ def map_packing_weight(info: network.ModelInfo) -> float:
 
 
 def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: np.ndarray,
-                   level: float, *, map_resolution: float | None = None, batch_size: int | None = None,
+                   level: float | None = None, *, map_resolution: float | None = None, batch_size: int | None = None,
                    dense: bool | None = None, normal_modes: bool = False,
                    progress: Progress | None = None) -> VoxelPrediction:
-    """Voxel mode on arrays: the network at lattice voxels at or above ``level``, combined with what the map's own shape
-    says (there is no model to ask): how deeply the contour buries each voxel and, with ``normal_modes``, the normal
-    modes of pseudo-atoms in the contour, each at the weight the model's calibration gives.  ``dense`` None picks the
-    fastest exact method.  Raises :class:`MapUnusable` / :class:`MapTooLarge` / :class:`TooFewPseudoAtoms`, and
-    ``network.ModelError`` when the model fails or cannot run dense."""
+    """Voxel mode on arrays: the network at lattice voxels at or above ``level``, combined with what the map's own
+    shape says (there is no model to ask): how deeply the contour buries each voxel and, with ``normal_modes``, the
+    normal modes of pseudo-atoms in the contour, each at the weight the model's calibration gives. ``level`` None:
+    the map chooses it (``map_shape.auto_level``). ``dense`` None picks the fastest exact method. Raises
+    :class:`MapUnusable` / :class:`MapTooLarge` / :class:`TooFewPseudoAtoms`, and ``network.ModelError`` when the
+    model fails or cannot run dense."""
     progress = progress or silent_progress()
     info = predictor.info
     stages: dict = {}
+    progress.update(0.05, "contour level")
+    chosen = level is None
+    if chosen:
+        step = float(np.abs(np.linalg.det(np.asarray(ijk_to_xyz, dtype=np.float64).reshape(3, 4)[:, :3]))) ** (1 / 3)
+        try:
+            res = max(float(map_resolution or 0.0), info.spec.filter_resolution)  # what the network's input is
+            level, _ = map_shape.auto_level(values, step, res)
+        except ValueError as e:
+            raise MapUnusable(f"{e}; give 'level'") from None
     progress.update(0.1, "preprocessing")
     t0 = time.perf_counter()
     prep = _prepared(lambda: pp.prepare_voxels(values, xyz_to_ijk, ijk_to_xyz, info.spec, float(level),
@@ -300,7 +312,7 @@ def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk:
     stages["preprocess"] = time.perf_counter() - t0
     preds = _infer_voxels(predictor, prep, batch_size, dense, progress, stages)
     terms = []
-    out = VoxelPrediction(prep, preds, stages, network_values=preds)
+    out = VoxelPrediction(prep, preds, stages, network_values=preds, level=float(level), level_chosen=chosen)
     n, voxel = len(prep.centers), info.spec.voxel_size
     if map_packing_weight(info):  # + k z(how deeply the contour buries each voxel)
         t0 = time.perf_counter()

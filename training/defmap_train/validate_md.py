@@ -14,11 +14,12 @@ Per map and chain, Pearson r per residue with log10 MD RMSF of the baselines (ra
 atoms, ANM of the fitted model, their z-sum) and of what ``defmap`` reports, computed by the bundle's own recipe
 (``chimerax.defmap.recipe``; ``training/tests/test_validate_md_recipe.py`` checks the values equal the command's):
 structure mode (``predict_atoms`` with the model ``defmap`` would choose: the default, the network alone, each density
-contrast alone, and with ``normalModes true``), voxel mode (``predict_voxels`` at the level enclosing the fitted model's
-volume and at about ChimeraX's initial level, its dynamics map read at the atoms; with ``normalModes true``; the network
-and the packing alone; the map-only model in structure mode), and Spearman(SD, |error|) of structure mode's SD with the
-error taken after a per-chain linear fit of MD on the prediction. The residue value is the mean over ``--residue-atoms``
-(heavy, backbone or ca; the bundle's default is backbone) of the per-atom values.
+contrast alone, and with ``normalModes true``), voxel mode (``predict_voxels`` at the level the map chooses, at the
+level enclosing the fitted model's volume and at about ChimeraX's initial level, its dynamics map read at the atoms;
+with ``normalModes true``; the network and the packing alone; the map-only model in structure mode), and Spearman(SD,
+|error|) of structure mode's SD with the error taken after a per-chain linear fit of MD on the prediction. The residue
+value is the mean over ``--residue-atoms`` (heavy, backbone or ca; the bundle's default is backbone) of the per-atom
+values.
 
 Only the SD's slope and power are fitted to these chains (reported leave-one-chain-out).  Maps are cached in
 ``training/data/validate_md`` (seeded; delete to remake).
@@ -169,8 +170,10 @@ def structure_mode(info: network.ModelInfo, st: Structure, m: dict, residue_atom
     return out
 
 
-def voxel_mode(info: network.ModelInfo, m: dict, level: float, normal_modes: bool = False) -> recipe.VoxelPrediction:
-    """``defmap MAP level L`` on one map (``recipe.predict_voxels``)."""
+def voxel_mode(info: network.ModelInfo, m: dict, level: float | None,
+               normal_modes: bool = False) -> recipe.VoxelPrediction:
+    """``defmap MAP level L`` on one map (``recipe.predict_voxels``; ``level`` None: ``defmap MAP``, the level the
+    map chooses)."""
     vs = float(m["voxel_size"])
     values = np.asarray(m["values"], dtype=np.float32)
     x2i, i2x = pp.grid_transforms(m["origin"], (vs,) * 3)
@@ -269,9 +272,11 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
             row[f"_fit_{kind}"] = (sm["atom_network"], sm["atom_head_sd"], per_res, truth, pr)  # for fit_sd_slope
         row[f"{kind}_value_spearman"] = sd_error_spearman(pr, pr, truth)  # the value itself as an SD, a diagnostic
     info = pick(models, res, structure=False)
-    if info is not None:  # voxel mode: `defmap MAP level L`, read at the fitted model's atoms
-        level = model_volume_level(values, st.n_res, vs)
-        vp = voxel_mode(info, m, level)
+    if info is not None:  # voxel mode: `defmap MAP` (the map chooses the level), read at the fitted model's atoms
+        vp = voxel_mode(info, m, None)
+        model_volume = st.n_res * RESIDUE_VOLUME
+        row["auto_level_volume"] = float((values >= vp.level).sum()) * vs ** 3 / model_volume
+        row["initial_level_volume"] = float((values >= initial_level(values)).sum()) * vs ** 3 / model_volume
         at = voxel_at_atoms(vp, xyz)
         pr = reported["map"] = per_res(at)
         row["map"], row["map_model"] = pearson(pr, truth), info.path.name
@@ -281,8 +286,10 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
         for atoms in ("ca", "backbone", "heavy"):
             row[f"map_{atoms}"] = pearson(per_res(at, atoms), truth)
         row["map+anm_zsum"] = pearson(combine(pr, anm), truth)
+        level = model_volume_level(values, st.n_res, vs)  # the level enclosing the model's volume (a diagnostic)
+        row["map_model_volume"] = pearson(per_res(voxel_mode(info, m, level).values_at(xyz)), truth)
         try:
-            nm = voxel_mode(info, m, level, normal_modes=True)
+            nm = voxel_mode(info, m, None, normal_modes=True)
             row["map+map_anm"] = pearson(per_res(nm.values_at(xyz)), truth)
             row["map_anm"] = pearson(per_res(voxel_at_atoms(nm, xyz, nm.term_values["normal_modes"])), truth)
         except recipe.TooFewPseudoAtoms:
@@ -414,7 +421,10 @@ COLUMNS = [("raw", "raw intensity"), ("raw+anm_zsum", "z(raw) + z(ANM)"), ("prio
            ("raw+prior_zsum", "z(raw) + z(prior)"), ("contrast", "density contrast alone"),
            ("native", "contrast at map resolution alone"), ("anm", "ANM (fitted model)"),
            ("map_packing", "packing of the map alone"), ("map_network", "map-only network alone"),
-           ("map", "voxel mode (level: model volume)"), ("map_initial_level", "voxel mode (ChimeraX's initial level)"),
+           ("map", "voxel mode (level chosen by the map)"), ("map_model_volume", "voxel mode (level: model volume)"),
+           ("map_initial_level", "voxel mode (ChimeraX's initial level)"),
+           ("auto_level_volume", "volume in the chosen level / model's"),
+           ("initial_level_volume", "volume in ChimeraX's level / model's"),
            ("map_anm", "ANM of the map's pseudo-atoms alone"),
            ("map+map_anm", "map-only ⊕ ANM of the map (voxel mode normalModes)"),
            ("map+model_network", "map + model network alone"),
@@ -506,8 +516,11 @@ DOC_BEGIN, DOC_END = "<!-- validate-md:begin -->", "<!-- validate-md:end -->"
 DOC_COLUMNS = [("raw", "raw intensity"), ("anm", "ANM of the fitted model"), ("raw+anm_zsum", "z(raw) + z(ANM)"),
                ("prior", "structure prior (learned from MD) alone"), ("raw+prior_zsum", "z(raw) + z(prior)"),
                ("map_network", "map-only network alone"),
-               ("map", "voxel mode (level enclosing the model's volume)"),
+               ("map", "voxel mode (`defmap MAP`: level chosen by the map)"),
+               ("map_model_volume", "voxel mode at the level enclosing the model's volume"),
                ("map_initial_level", "voxel mode at ChimeraX's initial level"),
+               ("auto_level_volume", "volume in the chosen level / model's volume"),
+               ("initial_level_volume", "volume in ChimeraX's level / model's volume"),
                ("map+map_anm", "voxel mode with normalModes (ANM of the map)"),
                ("map+model_network", "map + model network alone"),
                ("map+model", "map + model (structure mode)"),

@@ -1,0 +1,51 @@
+"""Voxel mode without ``level``: the map chooses a contour near the molecule's volume (map_shape.auto_level), the log
+says so, ``level`` still overrides it, and a map with nothing to split is refused with one sentence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from chimerax.core.commands import run
+from chimerax.core.errors import UserError
+
+from chimerax.defmap import map_shape
+
+from .helpers import add_map, read_heavy_atoms, shared_path, simulate_map
+
+
+def _protein_map(noise: float = 0.0, seed: int = 0):
+    pdb = shared_path("structures", "1a28.pdb")
+    xyz = read_heavy_atoms(pdb, chain="A")
+    values, origin = simulate_map(xyz, np.ones(len(xyz)), resolution=4.0, pad=20.0)
+    if noise:
+        values = values + np.random.default_rng(seed).normal(0, noise * values.std(), values.shape).astype(np.float32)
+    n_res = len({ln[22:27] for ln in open(pdb) if ln.startswith("ATOM") and ln[21] == "A"})
+    return values, origin, n_res
+
+
+@pytest.mark.parametrize("noise", [0.0, 1.0])
+def test_chosen_level_encloses_about_the_molecule(noise):
+    values, _, n_res = _protein_map(noise)
+    level, n = map_shape.auto_level(values, 1.0, 5.0)
+    ratio = n / (n_res * map_shape.RESIDUE_VOLUME)
+    initial = (values >= np.quantile(values, 0.99)).sum() / (n_res * map_shape.RESIDUE_VOLUME)
+    assert 0.5 < ratio < 1.6 and ratio > 2 * initial, (ratio, initial)
+    assert n == (values >= level).sum()
+
+
+def test_voxel_mode_uses_and_logs_the_chosen_level(cx, random_model):
+    values, origin, _ = _protein_map()
+    v = add_map(cx, values, origin)
+    res = run(cx, f"defmap #{v.id_string} model {random_model} color false")
+    assert res.level_chosen and res.level == pytest.approx(map_shape.auto_level(values, 1.0, 5.0)[0])
+    given = run(cx, f"defmap #{v.id_string} model {random_model} level {res.level * 2:g} color false")
+    assert not given.level_chosen and given.voxels < res.voxels
+    assert res.as_dict()["level_chosen"] is True
+
+
+def test_a_map_with_nothing_to_split_is_refused(cx, random_model):
+    v = add_map(cx, np.full((30, 30, 30), 0.5, np.float32), (0, 0, 0))
+    before = v.full_matrix().copy()
+    with pytest.raises(UserError, match="give 'level'"):
+        run(cx, f"defmap #{v.id_string} model {random_model}")
+    assert np.array_equal(v.full_matrix(), before)
