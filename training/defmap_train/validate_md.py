@@ -44,7 +44,7 @@ from chimerax.defmap.nma import anm_log_fluctuations
 from .ensembles import _record
 from .maps import CLEAN, Randomization, simulate_map
 from .md_reference import ATLAS, frame_displacements, load_chain, md_chains
-from .paths import DEFAULT_DATA, REPO, seed_of
+from .paths import DEFAULT_DATA, REPO, SHARED, seed_of
 from .structure import Structure
 
 CACHE = DEFAULT_DATA / "validate_md"
@@ -262,6 +262,8 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
         pr = reported[kind] = sm["reported"]
         row[kind], row[f"{kind}_model"] = pearson(pr, truth), info.path.name
         row[f"{kind}_network"] = pearson(sm["network"], truth)
+        ok = np.isfinite(pr) & np.isfinite(truth)
+        row[f"{kind}_abs_error"] = float(np.median(np.abs(pr[ok] - truth[ok])))  # log10 Å, as reported
         for term, col in (("contrast", "contrast"), ("native_contrast", "native")):  # each alone, a diagnostic
             if term in sm:
                 row[col] = pearson(sm[term], truth)
@@ -323,6 +325,78 @@ def image_maps(md_dir: Path, name: str, n: int) -> list[dict]:
             if m is not None:
                 out.append({**m, "variant": variant})
     return out
+
+
+REAL_MAP = SHARED / "emdb" / "emd_3488.mrc"  # haemoglobin, 3.2 Å, with two fitted models; no MD truth
+REAL_MODELS = ("5me2.pdb", "5ni1_updated.cif")
+REAL_RESOLUTION = 3.2
+
+
+def real_map_checks(models: list[network.ModelInfo], residue_atoms: str) -> dict:
+    """Checks on a real map without MD truth (EMD-3488): do its two fitted models get the same dynamics (structure
+    mode, with normalModes, the prior alone), does voxel mode agree with structure mode, and what do the map's chosen
+    level and ChimeraX's initial level enclose, against the model's volume."""
+    from .maps import read_mrc
+    from .structure import load_structure
+    if not REAL_MAP.is_file():
+        return {}
+    values, x2i, vs = read_mrc(REAL_MAP)
+    origin = -x2i[:, 3] * vs
+    runs = {}
+    for f in REAL_MODELS:
+        st = load_structure(REAL_MAP.parent / f, f)
+        m = {"values": values, "origin": origin, "voxel_size": vs, "resolution": REAL_RESOLUTION, "xyz": st.xyz}
+        runs[f] = (st, m, structure_mode(pick(models, REAL_RESOLUTION, True), st, m, residue_atoms))
+    (sa, ma, a), (sb, _, b) = runs.values()
+    common = sorted(set(sa.res_label) & set(sb.res_label))
+    ia = np.array([sa.res_label.index(x) for x in common])
+    ib = np.array([sb.res_label.index(x) for x in common])
+    out = {"map": REAL_MAP.name, "models": list(REAL_MODELS), "common_residues": len(common)}
+    for key in ("reported", "normal_modes", "prior"):
+        out[f"models_agree_{key}"] = pearson(a[key][ia], b[key][ib])
+    info = pick(models, REAL_RESOLUTION, False)
+    if info is not None:
+        vp = voxel_mode(info, ma, None)
+        vox = residue_values(voxel_at_atoms(vp, sa.xyz), sa.res_index, sa.atom_name, sa.n_res, residue_atoms)
+        out["voxel_vs_structure"] = pearson(vox, a["reported"])
+        model_volume = sa.n_res * RESIDUE_VOLUME
+        out["auto_level_volume"] = float((values >= vp.level).sum()) * vs ** 3 / model_volume
+        out["initial_level_volume"] = float((values >= initial_level(values)).sum()) * vs ** 3 / model_volume
+    return out
+
+
+REAL_ROWS = [("models_agree_reported", "5ME2 vs 5NI1: structure mode, per-residue r"),
+             ("models_agree_normal_modes", "5ME2 vs 5NI1: with normalModes"),
+             ("models_agree_prior", "5ME2 vs 5NI1: the structure prior alone"),
+             ("voxel_vs_structure", "voxel mode (chosen level) vs structure mode, 5ME2's residues"),
+             ("auto_level_volume", "volume in the chosen level / model's volume"),
+             ("initial_level_volume", "volume in ChimeraX's initial level / model's volume")]
+
+
+def abs_error_lines(chains: list[dict]) -> list[str]:
+    """Median |structure mode - MD| in log10 Å on the ATLAS chains (300 K, the MD the values would be compared with),
+    per kind of map: the values are in the training labels' units, not calibrated to any MD."""
+    atlas = [c for c in chains if c["chain"] in ATLAS]
+    cells = []
+    for v in VARIANTS:
+        xs = [c["variants"][v]["map+model_abs_error"] for c in atlas if v in c["variants"]
+              and np.isfinite(c["variants"][v].get("map+model_abs_error", np.nan))]
+        if xs:
+            cells.append(f"{v} {np.median(xs):.3f}")
+    if not cells:
+        return []
+    return [f"Median |structure mode − MD| (log10 Å) over the {len(atlas)} ATLAS chains (300 K; median per chain, then "
+            "over chains): " + ", ".join(cells) + ". The values are in the training labels' units, not calibrated to "
+            "MD.", ""]
+
+
+def real_map_lines(real: dict) -> list[str]:
+    if not real:
+        return []
+    head = (f"### Real map without MD truth: {real['map']} ({REAL_RESOLUTION:g} Å), models "
+            f"{', '.join(real['models'])} ({real['common_residues']} residues in both)")
+    return ([head, "", "| check | value |", "|---|---|"]
+            + [f"| {t} | {_f(real.get(k))} |" for k, t in REAL_ROWS] + [""])
 
 
 def evaluate_chain(md_dir: Path, name: str, models: list[network.ModelInfo], maps_per_variant: int,
@@ -459,6 +533,8 @@ def markdown(result: dict) -> str:
         s = result["summary"][v]
         lines.append("| **mean** | | | " + " | ".join(f"**{_f(s.get(k))}**" for k, _ in cols) + " |")
         lines.append("")
+    lines += real_map_lines(result.get("real_map") or {})
+    lines += abs_error_lines(chains)
     lines += targets(result["summary"], result.get("sd_slope"))
     lines += sd_slope_lines(result.get("sd_slope") or {})
     lines += ["### Residue value: which atoms (map-only model, mean r over chains)", "",
@@ -549,6 +625,8 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
             lines.append(f"| {label[v]} ({s[v]['chains']}) | " + " | ".join(_f(s[v].get(k)) for k, _ in DOC_COLUMNS)
                          + " |")
     lines += [""] + targets(s, result.get("sd_slope"))[2:-1] + [""] + sd_slope_lines(result.get("sd_slope") or {})[2:]
+    lines += real_map_lines(result.get("real_map") or {})
+    lines += abs_error_lines(result.get("chains") or [])
     for p in train_jsons:
         d = json.loads(Path(p).read_text(encoding="utf-8"))
         for kind, k in d.get("kinds", {}).items():
@@ -619,7 +697,8 @@ def run(a) -> dict:
          f"--residue-atoms {a.residue_atoms}"] + ([f"--chains {a.chains}"] if a.chains else []))
     result = {"command": cmd, "models": [_rel(m.path) for m in models],
               "residue_atoms": a.residue_atoms, "maps_per_variant": a.maps_per_variant, "chains": res,
-              "summary": summary, "sd_slope": slopes, "seconds": round(time.time() - t0, 1)}
+              "summary": summary, "sd_slope": slopes, "real_map": real_map_checks(models, a.residue_atoms),
+              "seconds": round(time.time() - t0, 1)}
     text = markdown(result)
     print(text)
     if a.out:

@@ -11,7 +11,8 @@ pytest.importorskip("torch", reason="training needs torch (make train-env)")
 
 def _result() -> dict:
     s = {"raw": 0.6, "anm": 0.7, "raw+anm_zsum": 0.72, "prior": 0.73, "raw+prior_zsum": 0.735, "map_network": 0.74,
-         "map": 0.75, "map_initial_level": 0.76,
+         "map": 0.75, "map_model_volume": 0.751, "map_initial_level": 0.76, "auto_level_volume": 0.97,
+         "initial_level_volume": 0.3,
          "map+map_anm": 0.77,
          "map+model_network": 0.79, "map+model": 0.8, "map+model+anm_fitted": 0.81,
          "map+model_sd_spearman": 0.2, "chains": 17}
@@ -32,8 +33,8 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("before\n") and text.endswith(f"{DOC_END}\nafter\n") and "old table" not in text
     # the columns, in order
-    assert ("| 0.600 | 0.700 | 0.720 | 0.730 | 0.735 | 0.740 | 0.750 | 0.760 | 0.770 | 0.790 | 0.800 | 0.810 | 0.200 |"
-            in text)
+    assert ("| 0.600 | 0.700 | 0.720 | 0.730 | 0.735 | 0.740 | 0.750 | 0.751 | 0.760 | 0.970 | 0.300 | 0.770 | 0.790 | "
+            "0.800 | 0.810 | 0.200 |" in text)
     assert "ANM of the structure vs the same labels 0.610" in text
     assert "with the density contrast (c = 0.2, fitted on that CV) 0.670" in text
     assert "| hard: map + model ≥ ANM + 0.05 | 0.800 | 0.750 | yes |" in text
