@@ -162,6 +162,8 @@ def log_structure_summary(session, result: StructureResult) -> None:
                 f"atom, at {result.native_resolution:g} Å on the map's own grid (z-scores, weight "
                 f"{result.native_contrast_weight:g} fitted on the simulated CV)")]
               if result.native_contrast_weight > 0 else []),
+            *([("Uncertainty", f"<i>{result.attribute}_sd</i>: {escape(result.sd_source)}")]
+              if result.residue_sd is not None else []),
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
             *([("Normal modes", f"map prediction combined with the {_prior_text(result.prior)} of "
                 f"{np.isfinite(result.nma_residue_values).sum():,} C-alpha atoms (sum of z-scores; attributes "

@@ -20,6 +20,7 @@ from .progress import Progress
 from .progress import silent as silent_progress
 from .recipe import RESIDUE_ATOMS_DEFAULT
 from .residues import RESIDUE_ATOMS
+from .rotations import ROTATIONS
 
 MAP_RESOLUTION_RANGE = (0, 100)  # Å, both ends excluded (the commands' Bounded arguments use the same)
 BATCH_SIZE_RANGE = (1, 1_000_000)  # patches per onnxruntime call, both ends included
@@ -44,8 +45,9 @@ class StructureResult:
     stages: dict = field(default_factory=dict)
     attribute: str = "defmap"
     atom_rotation_values: np.ndarray | None = None  # (atoms, rotations) when test-time augmentation ran
-    residue_sd: np.ndarray | None = None  # SD over rotations of each residue mean (uncertainty true)
+    residue_sd: np.ndarray | None = None  # each residue's SD (uncertainty true); sd_source says what it is
     files: dict = field(default_factory=dict)  # outputs written: kind -> path
+    sd_source: str = ""  # what residue_sd is (sd_source()), once uncertainty ran
     map_residue_values: np.ndarray | None = None  # the map-only prediction, when normal modes were combined
     nma_residue_values: np.ndarray | None = None  # the structure prior per residue (NaN: no C-alpha)
     prior: str = ""  # what gave it: "learned prior" (structure_prior.py) or "ANM"
@@ -65,7 +67,7 @@ class StructureResult:
         if self.network_residue_values is not None:  # the network alone, before the density contrasts
             for i, v in enumerate(self.network_residue_values):
                 extra.setdefault(i, {})["network"] = float(v)
-        return {"files": self.files, "normal_modes": self.nma_residue_values is not None,
+        return {"files": self.files, "normal_modes": self.nma_residue_values is not None, "sd_source": self.sd_source,
                 "contrast_weight": self.contrast_weight, "native_contrast_weight": self.native_contrast_weight,
                 "native_contrast_resolution": self.native_resolution,
                 "structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
@@ -297,9 +299,17 @@ def add_normal_modes(result: StructureResult) -> None:
     result.seconds += result.stages["normal_modes"]
 
 
+def sd_source(info: network.ModelInfo) -> str:
+    """What ``uncertainty true`` reports as the SD for this model, in words for plots and the log."""
+    if info.has_variance:
+        return "predicted SD (the model's variance output, calibrated on the simulated CV)"
+    return f"SD over the {len(ROTATIONS)} rotations of the cube"
+
+
 def add_uncertainty(result: StructureResult) -> None:
     """``result.residue_sd``: each residue's SD (``recipe.residue_sd``: the variance output, or the spread over
-    rotations)."""
+    rotations), and ``result.sd_source`` naming which."""
+    result.sd_source = sd_source(result.model)
     result.residue_sd = recipe.residue_sd(result.residues.indices(result.atoms.residues), result.atoms.names,
                                           len(result.residues), result.residue_atoms, result.atom_sd,
                                           result.atom_rotation_values)

@@ -80,7 +80,7 @@ def log_image(session, png: bytes, caption: str, width: int = 640) -> None:
 def write_profile(session, result, path: str | Path) -> dict[str, dict]:
     """Save the profile of a structure result as PNG and show it in the log."""
     data = profile_data(result.residues, result.residue_values, result.residue_sd)
-    band = " (band: ± SD over 24 rotations)" if result.residue_sd is not None else ""
+    band = f" (band: ± {result.sd_source})" if result.residue_sd is not None and result.sd_source else ""
     png = plot_profile(data, path, title=f"DEFMap dynamics of {result.structure}{band}")
     log_image(session, png, f"DEFMap profile {Path(path).name}")
     return data

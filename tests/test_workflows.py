@@ -254,6 +254,7 @@ def test_uncertainty_is_sd_over_24_rotations_and_profile_shows_it(cx, tmp_path):
     order = np.argsort([r.number for r in res.residues if r.polymer_type != 0])
     prot_sd = np.array([sd for r, sd in zip(res.residues, res.residue_sd) if r.polymer_type != 0])
     assert data["A"]["sd"] == pytest.approx(prot_sd[order].tolist())
+    assert res.sd_source == "SD over the 24 rotations of the cube"  # the band's title names it (no variance output)
     from PIL import Image
     with Image.open(png) as im:
         assert im.format == "PNG" and im.size[0] >= 600
@@ -301,6 +302,15 @@ def test_save_structure_puts_prediction_in_bfactor_column(cx, random_model, tmp_
     assert abs(zs.mean()) < 1e-6 and zs.std() == pytest.approx(1.0)
     for k, v in z.items():
         assert b[k] == pytest.approx(v, abs=0.006)
+
+
+def test_the_sd_names_what_it_is(cx):
+    """The shipped models' SD comes from their variance output in one pass, and everything that shows it says so."""
+    run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
+    run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
+    res = run(cx, "defmap #1 structure #2 mapResolution 3.2 uncertainty true color false")
+    assert res.model.has_variance and res.sd_source.startswith("predicted SD (the model's variance output")
+    assert res.as_dict()["sd_source"] == res.sd_source
 
 
 # 5. models -------------------------------------------------------------------------------------------------------
