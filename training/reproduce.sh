@@ -53,7 +53,7 @@ both_kinds "$RUNS/shipped" 8 12 4 map,dw,clean                # checkpoints exis
 
 # the SD's slope on the prediction and the head's power, fitted on the real-MD chains (the two numbers fitted there),
 # then sd_scale (and the contrast and ANM weights) refitted on the simulated CV and all six models exported again
-$PY -m defmap_train validate-md --models "$RUNS/shipped/map/onnx" "$RUNS/shipped/mapmodel/onnx" \
+$PY -m defmap_train validate-md --models "$RUNS/shipped/map/onnx" "$RUNS/shipped/mapmodel/onnx" --image-maps 0 \
     --residue-atoms backbone --out "$RUNS/shipped/validate_md"
 for kind in map map+model; do
     read -r b p < <($PY -c "import json,sys; d=json.load(open(sys.argv[1]))['sd_slope'][sys.argv[2]]; \

@@ -464,17 +464,19 @@ def fit_sd_slope(fits: list[tuple[str, str, tuple]]) -> tuple[float, float]:
 
 
 def sd_slope_report(chains: list[dict]) -> dict:
-    """Per model kind: (b, p) fitted on all chains (what the shipped calibration takes) and the leave-one-chain-out
-    Spearman(SD, abs error) per kind of map, (b, p) fitted on the other chains each time (the honest estimate)."""
+    """Per model kind: (b, p) fitted on all chains' engine maps (what the shipped calibration takes; the image maps
+    stay out of every fit) and the leave-one-chain-out Spearman(SD, abs error) per kind of map, (b, p) fitted on the
+    other chains' engine maps each time (the honest estimate)."""
     out = {}
     kinds = sorted({k for c in chains for _, k, _ in c.get("_fit", [])})
     for kind in kinds:
         fits = [(c["chain"], v, f) for c in chains for v, k, f in c.get("_fit", []) if k == kind]
         table = _nll_table([(v, kind, f) for _, v, f in fits])
         names = [n for n, _, _ in fits]
+        engine = np.array([v in ENGINE_VARIANTS for _, v, _ in fits])
         loo: dict[str, list[float]] = {}
         for name in dict.fromkeys(names):
-            rest = np.array([n != name for n in names])
+            rest = np.array([n != name for n in names]) & engine
             b, pw = _best(table[rest])
             by_variant: dict[str, list[float]] = {}
             for n, v, fit in fits:
@@ -484,9 +486,9 @@ def sd_slope_report(chains: list[dict]) -> dict:
                         sd_error_spearman(_reported(fit), per_res(sloped_sd(mean, sd, b, pw)), truth))
             for v, xs in by_variant.items():
                 loo.setdefault(v, []).append(float(np.nanmean(xs)))
-        b, pw = _best(table)
+        b, pw = _best(table[engine])
         out[kind] = {"sd_slope": b, "sd_power": pw,
-                     "fitted_on": f"all {len(set(names))} md_reference chains, all their maps",
+                     "fitted_on": f"all {len(set(names))} md_reference chains, their engine maps",
                      "loo_spearman": {v: float(np.nanmean(xs)) for v, xs in loo.items()}}
     return out
 
