@@ -272,6 +272,7 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
         if sm["sd"] is not None:
             row[f"{kind}_sd_spearman"] = sd_error_spearman(pr, sm["sd"], truth)
             row[f"_fit_{kind}"] = (sm["atom_network"], sm["atom_head_sd"], per_res, truth, pr)  # for fit_sd_slope
+            row["_sd_err"] = sd_and_errors(pr, sm["sd"], truth)  # for sd_bands
         row[f"{kind}_value_spearman"] = sd_error_spearman(pr, pr, truth)  # the value itself as an SD, a diagnostic
     info = pick(models, res, structure=False)
     if info is not None:  # voxel mode: `defmap MAP` (the map chooses the level), read at the fitted model's atoms
@@ -373,6 +374,40 @@ REAL_ROWS = [("models_agree_reported", "5ME2 vs 5NI1: structure mode, per-residu
              ("initial_level_volume", "volume in ChimeraX's initial level / model's volume")]
 
 
+def sd_and_errors(pred: np.ndarray, sd: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(SD in MD's log10 units, error) per residue of one map: error = MD minus the map's least-squares line of MD on
+    the prediction, SD times that line's slope (the prediction and MD differ in scale)."""
+    ok = np.isfinite(pred) & np.isfinite(sd) & np.isfinite(truth)
+    if ok.sum() < 5:
+        return None
+    a, _ = np.polyfit(pred[ok], truth[ok], 1)
+    return sd[ok] * abs(a), line_errors(pred, truth, ok)
+
+
+def sd_bands(chains: list[dict]) -> dict[str, dict]:
+    """Per kind of map, pooled over chains and maps: mean |error| of the residues in the top third of the SD over
+    that of the bottom third, and the fraction of errors within ±SD (68 % if the SD were right)."""
+    out = {}
+    for v in VARIANTS:
+        pairs = [x for c in chains for vv, x in c.get("_sd_err", []) if vv == v and x is not None]
+        if not pairs:
+            continue
+        sd = np.concatenate([p[0] for p in pairs])
+        err = np.abs(np.concatenate([p[1] for p in pairs]))
+        lo, hi = np.quantile(sd, [1 / 3, 2 / 3])
+        out[v] = {"tercile_ratio": float(err[sd >= hi].mean() / err[sd <= lo].mean()),
+                  "coverage68": float((err <= sd).mean()), "residues": int(len(sd))}
+    return out
+
+
+def sd_band_lines(bands: dict) -> list[str]:
+    if not bands:
+        return []
+    return ["Structure mode's SD, pooled over chains (error after each map's linear fit of MD on the prediction): "
+            + "; ".join(f"{v} top/bottom-third mean |error| {d['tercile_ratio']:.2f}, within ±SD {d['coverage68']:.2f}"
+                        for v, d in bands.items()) + ".", ""]
+
+
 def abs_error_lines(chains: list[dict]) -> list[str]:
     """Median |structure mode - MD| in log10 Å on the ATLAS chains (300 K, the MD the values would be compared with),
     per kind of map: the values are in the training labels' units, not calibrated to any MD."""
@@ -412,6 +447,7 @@ def evaluate_chain(md_dir: Path, name: str, models: list[network.ModelInfo], map
     for v, rs in rows.items():
         keys = list(dict.fromkeys(k for r in rs for k in r if not k.endswith("_model") and not k.startswith("_")))
         out.setdefault("_fit", []).extend((v, k[5:], r[k]) for r in rs for k in r if k.startswith("_fit_"))
+        out.setdefault("_sd_err", []).extend((v, r["_sd_err"]) for r in rs if "_sd_err" in r)
         out["variants"][v] = {k: float(np.nanmean([r.get(k, np.nan) for r in rs])) for k in keys}
         out["variants"][v]["maps"] = len(rs)
         out["variants"][v]["models"] = sorted({r[k] for r in rs for k in r if k.endswith("_model")})
@@ -537,6 +573,7 @@ def markdown(result: dict) -> str:
         lines.append("")
     lines += real_map_lines(result.get("real_map") or {})
     lines += abs_error_lines(chains)
+    lines += sd_band_lines(result.get("sd_bands") or {})
     lines += targets(result["summary"], result.get("sd_slope"))
     lines += sd_slope_lines(result.get("sd_slope") or {})
     lines += ["### Residue value: which atoms (map-only model, mean r over chains)", "",
@@ -629,6 +666,7 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
     lines += [""] + targets(s, result.get("sd_slope"))[2:-1] + [""] + sd_slope_lines(result.get("sd_slope") or {})[2:]
     lines += real_map_lines(result.get("real_map") or {})
     lines += abs_error_lines(result.get("chains") or [])
+    lines += sd_band_lines(result.get("sd_bands") or {})
     for p in train_jsons:
         d = json.loads(Path(p).read_text(encoding="utf-8"))
         for kind, k in d.get("kinds", {}).items():
@@ -691,8 +729,10 @@ def run(a) -> dict:
             summary[v] = {k: float(np.nanmean([d.get(k, np.nan) for d in ds])) for k in keys}
             summary[v]["chains"] = len(ds)
     slopes = sd_slope_report(res)
+    bands = sd_bands(res)
     for c in res:  # per-atom arrays: not for the JSON
         c.pop("_fit", None)
+        c.pop("_sd_err", None)
     cmd = "defmap-train validate-md " + " ".join(
         [f"--models {' '.join(_rel(d) for d in dirs)}", f"--maps-per-variant {a.maps_per_variant}",
          f"--image-maps {a.image_maps}",
@@ -700,6 +740,7 @@ def run(a) -> dict:
     result = {"command": cmd, "models": [_rel(m.path) for m in models],
               "residue_atoms": a.residue_atoms, "maps_per_variant": a.maps_per_variant, "chains": res,
               "summary": summary, "sd_slope": slopes, "real_map": real_map_checks(models, a.residue_atoms),
+              "sd_bands": bands,
               "seconds": round(time.time() - t0, 1)}
     text = markdown(result)
     print(text)
