@@ -74,6 +74,11 @@ def cmd_engine_check(a) -> None:
     run(a)
 
 
+def cmd_input_stats(a) -> None:
+    from .diagnostics.input_stats import run
+    run(a)
+
+
 def cmd_sd_probe(a) -> None:
     from .diagnostics.sd_probe import run
     run(a)
@@ -196,6 +201,10 @@ def _check_parsers(sub) -> None:
     vm.add_argument("--train-json", nargs="*", help="train_<res>A.json files: their CV's ANM-vs-label r goes "
                     "beside the table")
     vm.set_defaults(fn=cmd_validate_md)
+    ist = sub.add_parser("input-stats", help="diagnostic: the network's input on engine, image and real maps")
+    ist.add_argument("--limit", type=int, default=0, help="first N md_reference chains only")
+    ist.add_argument("--out", default=str(HERE / "reports" / "input_stats"))
+    ist.set_defaults(fn=cmd_input_stats)
     pr = sub.add_parser("prior", help="fit the structure prior to ATLAS MD (atlas_train), CV, export to ONNX")
     pr.add_argument("--atlas-train", default=str(SHARED / "atlas_train"))
     pr.add_argument("--folds", type=int, default=5)
