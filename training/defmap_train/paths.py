@@ -16,3 +16,12 @@ def seed_of(*parts) -> int:
     """A seed from names and numbers (e.g. "map", protein, k): every generated file is reproducible on its own, in
     any order and in any process."""
     return zlib.crc32("/".join(str(p) for p in parts).encode()) & 0x7FFFFFFF
+
+
+def repo_relative(p) -> str:
+    """A path as typed from the repository root (the command lines in reports and docs are run from there)."""
+    p = Path(p).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return str(p)

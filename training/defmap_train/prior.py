@@ -20,7 +20,7 @@ import torch
 from chimerax.defmap import structure_prior as sp
 
 from .atlas_train import ATLAS_TRAIN, chains, folds, load_chain
-from .paths import REPO
+from .paths import repo_relative
 
 ALPHA = 10.0  # ridge penalty on z-scored features (CV r changed < 0.003 over 0.1-100)
 
@@ -98,7 +98,7 @@ def run(a) -> dict:
     cv = cross_validate(data, a.folds, a.seed)
     mean = {key: float(np.nanmean([c[key] for c in cv.values()])) for key in ("prior_r", "anm_r")}
     lin = fit([d[0] for d in data.values()], [d[1] for d in data.values()])
-    cmd = f"defmap-train prior --folds {a.folds} --seed {a.seed} --out {_rel(a.out)}"
+    cmd = f"defmap-train prior --folds {a.folds} --seed {a.seed} --out {repo_relative(a.out)}"
     meta = {"description": "structure prior fitted on ATLAS MD (CHARMM36m, 300 K, 3 x 100 ns) of "
                            f"{len(names)} atlas_train chains", "features": list(sp.FEATURES), "alpha": ALPHA,
             "fitted_on": f"atlas_train, {len(names)} chains", "target": "within-chain z-score of log10 MD C-alpha RMSF",
@@ -114,11 +114,3 @@ def run(a) -> dict:
     print(f"{len(cv)} chains, {a.folds}-fold protein-disjoint CV on atlas_train: prior r {mean['prior_r']:.3f}, "
           f"ANM r {mean['anm_r']:.3f} (mean per chain) -> {out}")
     return report
-
-
-def _rel(p) -> str:
-    p = Path(p).resolve()
-    try:
-        return str(p.relative_to(REPO))
-    except ValueError:
-        return str(p)

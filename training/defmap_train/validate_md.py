@@ -44,7 +44,7 @@ from chimerax.defmap.nma import anm_log_fluctuations
 from .ensembles import _record
 from .maps import CLEAN, Randomization, simulate_map
 from .md_reference import ATLAS, frame_displacements, load_chain, md_chains
-from .paths import DEFAULT_DATA, REPO, SHARED, seed_of
+from .paths import DEFAULT_DATA, SHARED, repo_relative, seed_of
 from .structure import Structure
 
 CACHE = DEFAULT_DATA / "validate_md"
@@ -672,7 +672,7 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
         for kind, k in d.get("kinds", {}).items():
             cv = k.get("cv") or {}
             if "anm_r" in cv:
-                lines.append(f"Training set ({_rel(p)}, {kind}, protein-disjoint CV on "
+                lines.append(f"Training set ({repo_relative(p)}, {kind}, protein-disjoint CV on "
                              f"{cv['proteins']} simulated proteins): network residue r {_f(cv['residue_r'])}"
                              + (f", with the density contrast (c = {cv['contrast_weight']:g}, fitted on that CV) "
                                 f"{_f(cv['residue_r_with_contrast'])}"
@@ -734,10 +734,10 @@ def run(a) -> dict:
         c.pop("_fit", None)
         c.pop("_sd_err", None)
     cmd = "defmap-train validate-md " + " ".join(
-        [f"--models {' '.join(_rel(d) for d in dirs)}", f"--maps-per-variant {a.maps_per_variant}",
+        [f"--models {' '.join(repo_relative(d) for d in dirs)}", f"--maps-per-variant {a.maps_per_variant}",
          f"--image-maps {a.image_maps}",
          f"--residue-atoms {a.residue_atoms}"] + ([f"--chains {a.chains}"] if a.chains else []))
-    result = {"command": cmd, "models": [_rel(m.path) for m in models],
+    result = {"command": cmd, "models": [repo_relative(m.path) for m in models],
               "residue_atoms": a.residue_atoms, "maps_per_variant": a.maps_per_variant, "chains": res,
               "summary": summary, "sd_slope": slopes, "real_map": real_map_checks(models, a.residue_atoms),
               "sd_bands": bands,
@@ -753,12 +753,3 @@ def run(a) -> dict:
     if getattr(a, "docs", None):
         update_docs([Path(p) for p in a.docs], docs_block(result, [Path(p) for p in a.train_json or []]))
     return result
-
-
-def _rel(p) -> str:
-    """A path as typed from the repository root (the command lines in reports and docs are run from there)."""
-    p = Path(p).resolve()
-    try:
-        return str(p.relative_to(REPO))
-    except ValueError:
-        return str(p)

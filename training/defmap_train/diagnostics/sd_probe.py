@@ -15,9 +15,9 @@ from chimerax.defmap.nma import anm_log_fluctuations
 
 from ..dataset import map_baselines
 from ..md_reference import MD_DIR, load_chain, md_chains
+from ..paths import repo_relative
 from ..validate_md import (
     ENGINE_VARIANTS,
-    _rel,
     cached_maps,
     line_errors,
     load_models,
@@ -132,7 +132,7 @@ def run(a) -> dict:
         print(name, flush=True)
     for (name, v, *_), sp in zip(fits, _loo_fit(fits)):  # in the order the maps' rows were appended
         next(r for r in per[v][name] if FITTED not in r)[FITTED] = sp
-    out = {"command": "defmap-train sd-probe --models " + " ".join(_rel(m) for m in a.models), "variants": {}}
+    out = {"command": "defmap-train sd-probe --models " + " ".join(repo_relative(m) for m in a.models), "variants": {}}
     for v, chains in per.items():
         keys = list(next(iter(chains.values()))[0])
         out["variants"][v] = {k: float(np.nanmean([np.nanmean([r[k] for r in rs]) for rs in chains.values()]))
