@@ -22,6 +22,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from . import nma
+from .combination import zscore
 
 GAP = 4.2  # Å: consecutive C-alpha atoms farther apart than this start a new segment (a chain end or a gap)
 WINDOW = 3  # residues each side for the sequence windows
@@ -37,14 +38,8 @@ PRIOR_PATH = Path(__file__).resolve().parent / "onnx_models" / "prior" / "struct
 
 
 def zscore_finite(x: np.ndarray) -> np.ndarray:
-    """z-score over the finite entries; NaN and constant features become 0 (the mean), so a feature a structure lacks
-    contributes nothing."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.zeros_like(x)
-    ok = np.isfinite(x)
-    if ok.sum() > 1 and x[ok].std() > 0:
-        out[ok] = (x[ok] - x[ok].mean()) / x[ok].std()
-    return out
+    """``combination.zscore`` with NaN (a feature a residue lacks) as 0, the mean, so it contributes nothing."""
+    return np.nan_to_num(zscore(x), nan=0.0)
 
 
 def segments(ca: np.ndarray) -> np.ndarray:
@@ -127,10 +122,14 @@ def _half_sphere(ca: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.log1p(up), np.log1p(total - up)
 
 
+def feature_matrix(raw: dict[str, np.ndarray]) -> np.ndarray:
+    """(C-alpha atoms, len(FEATURES)) float64: ``raw_features`` z-scored, in the order the prior was fitted on."""
+    return np.stack([zscore_finite(raw[k]) for k in FEATURES], axis=1)
+
+
 def features(ca: np.ndarray, heavy: np.ndarray) -> np.ndarray:
-    """(C-alpha atoms, len(FEATURES)) z-scored features, the prior's input."""
-    f = raw_features(ca, heavy)
-    return np.stack([zscore_finite(f[k]) for k in FEATURES], axis=1).astype(np.float32)
+    """The prior's input (float32) for these C-alpha and heavy atoms."""
+    return feature_matrix(raw_features(ca, heavy)).astype(np.float32)
 
 
 @dataclass
@@ -139,25 +138,14 @@ class Prior:
 
     path: Path
     meta: dict
-    _session: object = None
-
-    @property
-    def description(self) -> str:
-        return str(self.meta.get("description", "learned structure prior"))
+    session: object  # its onnxruntime session (load_prior makes it)
 
     def values(self, ca: np.ndarray, heavy: np.ndarray) -> np.ndarray:
         """Relative log10 RMSF per C-alpha (scale-free)."""
         if list(self.meta.get("features", [])) != list(FEATURES):
             raise ValueError(f"{self.path.name} was fitted on other features than this bundle computes")
-        if self._session is None:
-            import onnxruntime as ort
-            so = ort.SessionOptions()
-            so.intra_op_num_threads = so.inter_op_num_threads = 1
-            self._session = ort.InferenceSession(str(self.path), sess_options=so,
-                                                 providers=["CPUExecutionProvider"])
-        x = features(ca, heavy)
-        name = self._session.get_inputs()[0].name
-        return self._session.run(None, {name: x})[0].reshape(-1).astype(np.float64)
+        name = self.session.get_inputs()[0].name
+        return self.session.run(None, {name: features(ca, heavy)})[0].reshape(-1).astype(np.float64)
 
 
 _LOADED: dict[Path, Prior] = {}
@@ -173,6 +161,7 @@ def load_prior(path: Path | None = None) -> Prior | None:
                 import onnxruntime as ort
                 so = ort.SessionOptions()
                 so.log_severity_level = 4
+                so.intra_op_num_threads = so.inter_op_num_threads = 1  # a (residues x 19) matrix product
                 sess = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
                 meta = json.loads(sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
                 _LOADED[p] = Prior(p, meta, sess)

@@ -30,7 +30,7 @@ def chain_data(name: str, root: Path = ATLAS_TRAIN) -> tuple[np.ndarray, np.ndar
     st, rmsf = load_chain(name, root)
     ca = st.ca_index()
     f = sp.raw_features(st.xyz[ca], st.xyz)
-    x = np.stack([sp.zscore_finite(f[k]) for k in sp.FEATURES], axis=1)
+    x = sp.feature_matrix(f)
     y = np.log10(rmsf[st.res_index[ca]])
     ok = np.isfinite(y)
     z = np.full(len(y), np.nan)
