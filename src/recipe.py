@@ -252,11 +252,13 @@ class VoxelPrediction:
         """The values on the whole model lattice (:func:`dynamics_lattice`)."""
         return dynamics_lattice(self.prep, self.values)
 
-    def values_at(self, xyz: np.ndarray) -> np.ndarray:
-        """The dynamics map's values at points (trilinear), as ``measure mapvalues`` reads them from it."""
+    def values_at(self, xyz: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
+        """The dynamics map's values at points (trilinear), as ``measure mapvalues`` reads them from it; or those of
+        other per-centre ``values`` (a term alone, the network alone) filled onto the same lattice."""
         g = self.prep.grid
         x2i, _ = pp.grid_transforms(g.origin, (g.voxel_size,) * 3)
-        return pp.map_values_at(self.lattice(), x2i, xyz)
+        lattice = self.lattice() if values is None else dynamics_lattice(self.prep, values)
+        return pp.map_values_at(lattice, x2i, xyz)
 
 
 def dynamics_lattice(prep: pp.Prepared, values: np.ndarray) -> np.ndarray:

@@ -55,7 +55,7 @@ def test_validate_md_residue_values_are_the_commands(cx, tmp_path):
 
     level = vm.model_volume_level(m["values"], st.n_res, vs)
     vox = run(cx, f"defmap {v} model {one.path} mapResolution {res} level {level!r} color false", log=False)
-    ours = vm.voxel_at_atoms(vm.voxel_mode(one, m, level), np.asarray(m["xyz"], dtype=np.float64))
+    ours = vm.voxel_mode(one, m, level).values_at(np.asarray(m["xyz"], dtype=np.float64))
     theirs = vox.dynamics.interpolated_values(heavy.scene_coords)
     np.testing.assert_allclose(ours, theirs, rtol=0, atol=TOL)
     assert np.std(ours) > 0.05

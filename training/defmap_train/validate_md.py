@@ -125,6 +125,13 @@ def model_volume_level(values: np.ndarray, n_residues: int, voxel_size: float) -
     return float(flat[-min(max(n, 1), len(flat))])
 
 
+def level_volumes(values: np.ndarray, level: float, voxel_size: float, n_residues: int) -> dict[str, float]:
+    """What the chosen ``level`` and ChimeraX's initial level enclose, each over the fitted model's volume."""
+    model_volume = n_residues * RESIDUE_VOLUME
+    return {f"{name}_volume": float((values >= lv).sum()) * voxel_size ** 3 / model_volume
+            for name, lv in (("auto_level", level), ("initial_level", initial_level(values)))}
+
+
 def initial_level(values: np.ndarray) -> float:
     """About ChimeraX's initial level for a map it opens (the value 1 % of the box's voxels exceed), the level
     ``open MAP; defmap #1`` scores at."""
@@ -147,20 +154,23 @@ def _atoms(scored: np.ndarray, vals: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def structure_mode(info: network.ModelInfo, st: Structure, m: dict, residue_atoms: str) -> dict[str, np.ndarray]:
+def structure_mode(info: network.ModelInfo, st: Structure, m: dict, residue_atoms: str,
+                   normal_modes: bool = True) -> dict[str, np.ndarray]:
     """``defmap MAP structure MODEL`` on one map (``recipe.predict_atoms``, with the C-alpha atoms for
-    ``normalModes true``): per-residue arrays over the chain's residues (``reported`` is the default's value), and per
-    atom the network's value and its head SD for the SD calibration."""
+    ``normalModes true`` unless ``normal_modes`` is False): per-residue arrays over the chain's residues
+    (``reported`` is the default's value), and per atom the network's value and its head SD for the SD
+    calibration."""
     xyz = np.asarray(m["xyz"], dtype=np.float64)
     x2i, _ = pp.grid_transforms(m["origin"], (float(m["voxel_size"]),) * 3)
     ca = st.ca_index()
     p = recipe.predict_atoms(predictor(info), np.asarray(m["values"], dtype=np.float32), x2i, xyz, st.element,
                              st.atom_name, st.res_index, map_resolution=float(m["resolution"]),
-                             residue_atoms=residue_atoms, ca=(xyz[ca], st.res_index[ca]))
+                             residue_atoms=residue_atoms, ca=(xyz[ca], st.res_index[ca]) if normal_modes else None)
     n = st.n_res
-    out = {"reported": _full(p.residue_ids, p.map_residue_values, n),
+    default = p.map_residue_values if normal_modes else p.residue_values
+    out = {"reported": _full(p.residue_ids, default, n),
            "network": _full(p.residue_ids, p.network_residue_values if p.network_residue_values is not None
-                            else p.map_residue_values, n),
+                            else default, n),
            "normal_modes": _full(p.residue_ids, p.residue_values, n),
            "prior": _full(p.residue_ids, p.nma_residue_values, n),
            "sd": _full(p.residue_ids, p.residue_sd(), n) if p.atom_sd is not None else None,
@@ -179,15 +189,6 @@ def voxel_mode(info: network.ModelInfo, m: dict, level: float | None,
     x2i, i2x = pp.grid_transforms(m["origin"], (vs,) * 3)
     return recipe.predict_voxels(predictor(info), values, x2i, i2x, level, map_resolution=float(m["resolution"]),
                                  normal_modes=normal_modes)
-
-
-def voxel_at_atoms(vp: recipe.VoxelPrediction, xyz: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
-    """Voxel mode's dynamics map (or other per-centre ``values`` on the same lattice) read at the atoms."""
-    if values is None:
-        return vp.values_at(xyz)
-    g = vp.prep.grid
-    x2i, _ = pp.grid_transforms(g.origin, (g.voxel_size,) * 3)
-    return pp.map_values_at(recipe.dynamics_lattice(vp.prep, values), x2i, xyz)
 
 
 # ------------------------------------------------------------------ metrics
@@ -277,15 +278,13 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
     info = pick(models, res, structure=False)
     if info is not None:  # voxel mode: `defmap MAP` (the map chooses the level), read at the fitted model's atoms
         vp = voxel_mode(info, m, None)
-        model_volume = st.n_res * RESIDUE_VOLUME
-        row["auto_level_volume"] = float((values >= vp.level).sum()) * vs ** 3 / model_volume
-        row["initial_level_volume"] = float((values >= initial_level(values)).sum()) * vs ** 3 / model_volume
-        at = voxel_at_atoms(vp, xyz)
+        row.update(level_volumes(values, vp.level, vs, st.n_res))
+        at = vp.values_at(xyz)
         pr = reported["map"] = per_res(at)
         row["map"], row["map_model"] = pearson(pr, truth), info.path.name
-        row["map_network"] = pearson(per_res(voxel_at_atoms(vp, xyz, vp.network_values)), truth)
+        row["map_network"] = pearson(per_res(vp.values_at(xyz, vp.network_values)), truth)
         if "packing" in vp.term_values:
-            row["map_packing"] = pearson(per_res(voxel_at_atoms(vp, xyz, vp.term_values["packing"])), truth)
+            row["map_packing"] = pearson(per_res(vp.values_at(xyz, vp.term_values["packing"])), truth)
         for atoms in ("ca", "backbone", "heavy"):
             row[f"map_{atoms}"] = pearson(per_res(at, atoms), truth)
         row["map+anm_zsum"] = pearson(combine(pr, anm), truth)
@@ -294,10 +293,11 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
         try:
             nm = voxel_mode(info, m, None, normal_modes=True)
             row["map+map_anm"] = pearson(per_res(nm.values_at(xyz)), truth)
-            row["map_anm"] = pearson(per_res(voxel_at_atoms(nm, xyz, nm.term_values["normal_modes"])), truth)
+            row["map_anm"] = pearson(per_res(nm.values_at(xyz, nm.term_values["normal_modes"])), truth)
         except recipe.TooFewPseudoAtoms:
             pass
-        one = structure_mode(info, st, m, residue_atoms)  # `defmap MAP structure MODEL model <map-only model>`
+        # `defmap MAP structure MODEL model <map-only model>`, for its SD (no normal modes asked of it)
+        one = structure_mode(info, st, m, residue_atoms, normal_modes=False)
         row["map_structure"] = pearson(one["reported"], truth)
         if one["sd"] is not None:  # the SD that model reports there, and its calibration's slope and power
             row["map_sd_spearman"] = sd_error_spearman(one["reported"], one["sd"], truth)
@@ -333,20 +333,25 @@ REAL_MODELS = ("5me2.pdb", "5ni1_updated.cif")
 REAL_RESOLUTION = 3.2
 
 
+def mrc_map(path: Path, resolution: float, xyz: np.ndarray) -> dict:
+    """A real map with its fitted model's coordinates, in the form of the simulated maps (values, origin, voxel size,
+    resolution, xyz)."""
+    from .maps import read_mrc
+    values, x2i, vs = read_mrc(path)
+    return {"values": values, "origin": -x2i[:, 3] * vs, "voxel_size": vs, "resolution": resolution, "xyz": xyz}
+
+
 def real_map_checks(models: list[network.ModelInfo], residue_atoms: str) -> dict:
     """Checks on a real map without MD truth (EMD-3488): do its two fitted models get the same dynamics (structure
     mode, with normalModes, the prior alone), does voxel mode agree with structure mode, and what do the map's chosen
     level and ChimeraX's initial level enclose, against the model's volume."""
-    from .maps import read_mrc
     from .structure import load_structure
     if not REAL_MAP.is_file():
         return {}
-    values, x2i, vs = read_mrc(REAL_MAP)
-    origin = -x2i[:, 3] * vs
-    runs = {}
+    real, runs = mrc_map(REAL_MAP, REAL_RESOLUTION, np.zeros((0, 3))), {}
     for f in REAL_MODELS:
         st = load_structure(REAL_MAP.parent / f, f)
-        m = {"values": values, "origin": origin, "voxel_size": vs, "resolution": REAL_RESOLUTION, "xyz": st.xyz}
+        m = {**real, "xyz": st.xyz}
         runs[f] = (st, m, structure_mode(pick(models, REAL_RESOLUTION, True), st, m, residue_atoms))
     (sa, ma, a), (sb, _, b) = runs.values()
     common = sorted(set(sa.res_label) & set(sb.res_label))
@@ -358,11 +363,9 @@ def real_map_checks(models: list[network.ModelInfo], residue_atoms: str) -> dict
     info = pick(models, REAL_RESOLUTION, False)
     if info is not None:
         vp = voxel_mode(info, ma, None)
-        vox = residue_values(voxel_at_atoms(vp, sa.xyz), sa.res_index, sa.atom_name, sa.n_res, residue_atoms)
+        vox = residue_values(vp.values_at(sa.xyz), sa.res_index, sa.atom_name, sa.n_res, residue_atoms)
         out["voxel_vs_structure"] = pearson(vox, a["reported"])
-        model_volume = sa.n_res * RESIDUE_VOLUME
-        out["auto_level_volume"] = float((values >= vp.level).sum()) * vs ** 3 / model_volume
-        out["initial_level_volume"] = float((values >= initial_level(values)).sum()) * vs ** 3 / model_volume
+        out.update(level_volumes(real["values"], vp.level, real["voxel_size"], sa.n_res))
     return out
 
 

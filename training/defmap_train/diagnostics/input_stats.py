@@ -62,10 +62,9 @@ def map_stats(values: np.ndarray, origin: np.ndarray, voxel_size: float, resolut
 
 def _rows(a) -> list[tuple[str, str, dict]]:
     from ..image_formation import image_formation_map
-    from ..maps import read_mrc
     from ..md_reference import MD_DIR, load_chain, md_chains
     from ..structure import load_structure
-    from ..validate_md import cached_maps
+    from ..validate_md import cached_maps, mrc_map
     rows = []
     for name in md_chains(MD_DIR)[: a.limit or None]:
         st, _ = load_chain(MD_DIR, name)
@@ -78,9 +77,9 @@ def _rows(a) -> list[tuple[str, str, dict]]:
             m["values"], m["origin"], m["voxel_size"], m["resolution"], m["xyz"])))
     emd = SHARED / "emdb" / "emd_3488.mrc"
     if emd.is_file():
-        values, x2i, vs = read_mrc(emd)
-        st = load_structure(emd.parent / "5me2.pdb")
-        rows.append(("real map", "EMD-3488 + 5ME2", map_stats(values, -x2i[:, 3] * vs, vs, 3.2, st.xyz)))
+        m = mrc_map(emd, 3.2, load_structure(emd.parent / "5me2.pdb").xyz)
+        rows.append(("real map", "EMD-3488 + 5ME2", map_stats(m["values"], m["origin"], m["voxel_size"],
+                                                               m["resolution"], m["xyz"])))
     return rows
 
 

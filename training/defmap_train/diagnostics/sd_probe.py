@@ -26,7 +26,6 @@ from ..validate_md import (
     residue_values,
     sd_error_spearman,
     structure_mode,
-    voxel_at_atoms,
     voxel_mode,
 )
 
@@ -119,7 +118,7 @@ def run(a) -> dict:
                  "contrast": zscore(sm["contrast"]), "contacts": _contacts(xyz[st.ca_index()]),
                  "native": zscore(sm["native_contrast"]), "wcn": zscore(_wcn(xyz[st.ca_index()])),
                  "from_end": np.minimum(np.arange(n), n - 1 - np.arange(n)).astype(float),
-                 "z_map": zscore(per_res(voxel_at_atoms(vox, xyz))),
+                 "z_map": zscore(per_res(vox.values_at(xyz))),
                  "anm": zscore(anm_log_fluctuations(xyz[st.ca_index()])),
                  "raw": zscore(per_res(map_baselines(values, x2i, xyz, vs)["raw_intensity"])),
                  "truth_z": zscore(truth)}
