@@ -75,15 +75,7 @@ def raw_features(ca: np.ndarray, heavy: np.ndarray) -> dict[str, np.ndarray]:
     ca, heavy = np.asarray(ca, dtype=np.float64), np.asarray(heavy, dtype=np.float64)
     n = len(ca)
     seg = segments(ca)
-    f: dict[str, np.ndarray] = {"anm": nma.anm_log_fluctuations(ca)}
-    tree = cKDTree(ca)
-    pairs = tree.query_pairs(WCN_RADIUS, output_type="ndarray").reshape(-1, 2)
-    d2 = ((ca[pairs[:, 0]] - ca[pairs[:, 1]]) ** 2).sum(axis=1)
-    inv = 1.0 / np.maximum(d2, 1e-6)
-    f["wcn"] = np.log(np.bincount(pairs[:, 0], inv, n) + np.bincount(pairs[:, 1], inv, n) + 1e-6)
-    heavy_tree = cKDTree(heavy)
-    for r in HEAVY_RADII:
-        f[f"heavy{int(r)}"] = np.log1p(heavy_tree.query_ball_point(ca, r, return_length=True).astype(np.float64))
+    f: dict[str, np.ndarray] = {"anm": nma.anm_log_fluctuations(ca), **packing(ca, heavy)}
     pos = np.zeros(n)
     for s in np.unique(seg):
         idx = np.flatnonzero(seg == s)
@@ -93,13 +85,32 @@ def raw_features(ca: np.ndarray, heavy: np.ndarray) -> dict[str, np.ndarray]:
     rg = np.sqrt(((ca - centre) ** 2).sum(axis=1).mean()) if n else 1.0
     f["centre"] = np.linalg.norm(ca - centre, axis=1) / max(rg, 1e-6)
     f["hse_up"], f["hse_down"] = _half_sphere(ca, seg)
-    d3, d4 = _local(ca, seg, 3), _local(ca, seg, 4)
-    f["helix"] = ((d3 > 4.5) & (d3 < 5.7)).astype(np.float64)  # NaN compares False: no helix at a segment end
-    f["strand"] = (d4 > 12.0).astype(np.float64)
-    f["loop"] = 1.0 - np.clip(f["helix"] + f["strand"], 0.0, 1.0)
+    f.update(secondary(ca, seg))
     for k in WINDOWED:
         f[f"{k}_window"] = _windowed(zscore_finite(f[k]), seg)
     return f
+
+
+def packing(ca: np.ndarray, heavy: np.ndarray) -> dict[str, np.ndarray]:
+    """Per C-alpha: log weighted contact number of the C-alpha atoms (``wcn``) and log(1 + heavy atoms within each
+    of ``HEAVY_RADII``) (k-d trees: no ANM, seconds for a large complex)."""
+    n = len(ca)
+    pairs = cKDTree(ca).query_pairs(WCN_RADIUS, output_type="ndarray").reshape(-1, 2)
+    d2 = ((ca[pairs[:, 0]] - ca[pairs[:, 1]]) ** 2).sum(axis=1)
+    inv = 1.0 / np.maximum(d2, 1e-6)
+    f = {"wcn": np.log(np.bincount(pairs[:, 0], inv, n) + np.bincount(pairs[:, 1], inv, n) + 1e-6)}
+    heavy_tree = cKDTree(heavy)
+    for r in HEAVY_RADII:
+        f[f"heavy{int(r)}"] = np.log1p(heavy_tree.query_ball_point(ca, r, return_length=True).astype(np.float64))
+    return f
+
+
+def secondary(ca: np.ndarray, seg: np.ndarray) -> dict[str, np.ndarray]:
+    """Helix, strand and loop (0/1 per C-alpha) from C-alpha(i)-C-alpha(i+3) and (i+4) distances."""
+    d3, d4 = _local(ca, seg, 3), _local(ca, seg, 4)
+    helix = ((d3 > 4.5) & (d3 < 5.7)).astype(np.float64)  # NaN compares False: no helix at a segment end
+    strand = (d4 > 12.0).astype(np.float64)
+    return {"helix": helix, "strand": strand, "loop": 1.0 - np.clip(helix + strand, 0.0, 1.0)}
 
 
 def _half_sphere(ca: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
