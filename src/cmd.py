@@ -19,6 +19,7 @@ from .predict import (
     RESIDUE_ATOMS_DEFAULT,
     StructureResult,
     VoxelResult,
+    add_md_units,
     add_normal_modes,
     add_uncertainty,
     predict_structure,
@@ -70,6 +71,7 @@ def _structure_mode(session, volume, structure, prediction: dict, coloring: dict
     if normal_modes:
         progress.update(0.85, "normal modes")
         add_normal_modes(result)
+    add_md_units(result)
     progress.update(0.9, "storing and coloring")
     t0 = time.perf_counter()
     attributes.store_attributes(session, result)
@@ -171,6 +173,7 @@ def log_structure_summary(session, result: StructureResult) -> None:
               if result.nma_residue_values is not None else []),
             ("Residues scored", f"{len(rv):,} of {result.structure.num_residues:,}"),
             ("Atoms outside map", f"{result.outside_atoms:,}"),
+            ("Units", _units_text(result.md_units)),
             ("log10 RMSF (Å) min / median / max", f"{rv.min():.3f} / {np.median(rv):.3f} / {rv.max():.3f}"),
             ("Most flexible stretches", fmt(flex)),
             ("Most rigid stretches", fmt(rigid))]
@@ -182,6 +185,16 @@ def log_structure_summary(session, result: StructureResult) -> None:
     if result.outside_atoms:
         session.logger.warning(f"{result.outside_atoms:,} heavy atoms of {result.structure} lie outside map and got "
                                "no DEFMap value")
+
+
+def _units_text(aff) -> str:
+    """What the values mean: MD units (``md_units.py``) or, without the calibration, the network's own scale."""
+    from .md_units import MD
+    if aff is None:
+        return "the network's training labels (not calibrated to MD; defmap_z is the scale-free ranking)"
+    return (f"log10 C-alpha RMSF (Å) as {escape(MD)} would give it: mean {aff.level:.2f} from the structure's packing"
+            + (" (outside the calibration's range, extrapolated)" if aff.clamped else "")
+            + "; for a complex, each chain as if alone, so interfaces read more flexible than they are")
 
 
 def log_voxel_summary(session, res: VoxelResult) -> None:

@@ -57,6 +57,7 @@ class StructureResult:
     network_residue_values: np.ndarray | None = None  # the network alone, when a contrast was combined
     native_contrast_weight: float = 0.0  # weight of the contrast at the map's own resolution (preprocess)
     native_resolution: float | None = None  # the resolution (Å) that contrast was computed at
+    md_units: object = None  # md_units.Affine: how the values were put in MD units (add_md_units); None: network's
 
     def as_dict(self) -> dict:
         res = self.residues
@@ -261,7 +262,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
         p = recipe.predict_atoms(predictor, values, xyz_to_ijk, xyz, heavy.element_names, heavy.names,
                                  s.residues.indices(heavy.residues), map_resolution=map_resolution, inside=inside,
                                  batch_size=batch_size, rotations=rotations, residue_atoms=residue_atoms,
-                                 progress=progress)
+                                 md_units=False, progress=progress)  # add_md_units, after normal modes
     except recipe.MapTooLarge as e:
         raise UserError(f"The map region is too large to process: {e}") from None
     except recipe.MapUnusable as e:
@@ -297,6 +298,17 @@ def add_normal_modes(result: StructureResult) -> None:
     result.map_residue_values, result.nma_residue_values, result.residue_values = map_vals, nma_vals, combined
     result.stages["normal_modes"] = time.perf_counter() - t0
     result.seconds += result.stages["normal_modes"]
+
+
+def add_md_units(result: StructureResult) -> None:
+    """Put the values (and the SD, which ``add_uncertainty`` reads from them) in MD units, the last step before they
+    are stored (``recipe.to_md_units``; the level comes from the whole structure's packing)."""
+    atoms = result.structure.atoms
+    heavy = atoms.filter(atoms.element_numbers != 1)
+    ca = heavy.filter((heavy.names == "CA") & (heavy.element_names == "C"))
+    t0 = time.perf_counter()
+    recipe.to_md_units(result, recipe.model_kind(result.model), ca.scene_coords, heavy.scene_coords)
+    result.stages["md_units"] = time.perf_counter() - t0
 
 
 def sd_source(info: network.ModelInfo) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import combination, map_shape, network, nma, structure_prior
+from . import combination, map_shape, md_units, network, nma, structure_prior
 from . import preprocess as pp
 from .progress import Progress
 from .progress import silent as silent_progress
@@ -65,6 +65,7 @@ class AtomPrediction:
     map_residue_values: np.ndarray | None = None  # before normal modes, when they were combined
     nma_residue_values: np.ndarray | None = None  # the structure prior per residue (NaN: no C-alpha)
     prior: str = ""  # what gave it: "learned prior" (structure_prior) or "ANM"
+    md_units: md_units.Affine | None = None  # how values were put in MD units (to_md_units); None: network units
 
     def residue_sd(self) -> np.ndarray:
         """Each residue's SD (:func:`residue_sd`)."""
@@ -76,12 +77,13 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
                   elements, atom_names, residue_index, *, map_resolution: float | None = None,
                   inside: np.ndarray | None = None, batch_size: int | None = None, rotations: int = 1,
                   residue_atoms: str = RESIDUE_ATOMS_DEFAULT, ca: tuple[np.ndarray, np.ndarray] | None = None,
-                  progress: Progress | None = None) -> AtomPrediction:
+                  md_units: bool = True, progress: Progress | None = None) -> AtomPrediction:
     """Structure mode on arrays: ``values`` [z, y, x] with ``xyz_to_ijk`` (3x4), heavy atoms' ``xyz`` in the map's
     frame, their ``elements``, ``atom_names`` and integer ``residue_index``; ``inside`` marks atoms inside the whole
     map when ``values`` is a subregion of it; ``ca`` = (C-alpha xyz, their residue index) adds normal modes at the
-    model's ``anm_weight``.  Raises :class:`MapUnusable` / :class:`MapTooLarge` when the map cannot be preprocessed,
-    ``network.ModelError`` when the model fails."""
+    model's ``anm_weight``; ``md_units`` puts the values in MD units last (:func:`to_md_units`).  Raises
+    :class:`MapUnusable` / :class:`MapTooLarge` when the map cannot be preprocessed, ``network.ModelError`` when the
+    model fails."""
     progress = progress or silent_progress()
     info = predictor.info
     if info.has_variance:  # the variance head is the uncertainty: one pass, no rotations
@@ -117,9 +119,41 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
         out.residue_values = combination.combine_terms(network_means, terms)
         out.atom_values = out.atom_values + (out.residue_values - network_means)[group]
     stages["mapping"] = time.perf_counter() - t0
-    if ca is not None:
-        add_normal_modes(out, ca[0], ca[1], float(info.calibration.get("anm_weight", 1.0)), heavy_xyz=xyz)
+    finish(out, info, xyz, elements, atom_names, ca, md_units)
     return out
+
+
+def finish(pred: AtomPrediction, info: network.ModelInfo, xyz: np.ndarray, elements, atom_names,
+           ca: tuple[np.ndarray, np.ndarray] | None = None, md_units: bool = True) -> None:
+    """The steps after the map terms, in place: normal modes of ``ca`` (C-alpha xyz, residue index) when given, then
+    MD units (:func:`to_md_units`, the level from these heavy atoms' C-alpha atoms and packing)."""
+    if ca is not None:
+        add_normal_modes(pred, ca[0], ca[1], float(info.calibration.get("anm_weight", 1.0)), heavy_xyz=xyz)
+    if md_units:
+        is_ca = (np.asarray(atom_names) == "CA") & (np.asarray(elements) == "C")
+        to_md_units(pred, model_kind(info), np.asarray(xyz)[is_ca], xyz)
+
+
+def model_kind(info: network.ModelInfo) -> str:
+    """"map+model" for a network that reads the fitted model's density too, else "map" (``md_units`` keys)."""
+    return "map+model" if pp.MODEL_CHANNEL in info.channels else "map"
+
+
+def to_md_units(pred, kind: str, ca_xyz: np.ndarray, heavy_xyz: np.ndarray) -> None:
+    """Put a structure-mode prediction (``AtomPrediction`` or the adapter's result: ``atom_values``,
+    ``residue_values``, ``atom_sd``, ``atom_rotation_values``) in MD units (``md_units.py``), in place, the last
+    step; records the map as ``pred.md_units``.  Without the shipped calibration, or for a kind it lacks, the values
+    stay in network units (``pred.md_units`` None)."""
+    scale = md_units.load_scale()
+    aff = md_units.affine(scale, kind, pred.residue_values, ca_xyz, heavy_xyz) if scale is not None else None
+    pred.md_units = aff
+    if aff is None:
+        return
+    pred.atom_values, pred.residue_values = aff.values(pred.atom_values), aff.values(pred.residue_values)
+    if pred.atom_sd is not None:
+        pred.atom_sd = aff.sd(pred.atom_sd)
+    if pred.atom_rotation_values is not None:  # their spread is the SD (models without a variance output)
+        pred.atom_rotation_values = aff.values(pred.atom_rotation_values)
 
 
 def _prepared(prepare) -> pp.Prepared:
