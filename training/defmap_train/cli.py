@@ -182,6 +182,8 @@ def _train_parser(sub) -> None:
     x.set_defaults(fn=cmd_export)
     from .export import add_parser as add_stages  # `stages`: side files for models exported before
     add_stages(sub)
+    from .md_units_fit import add_parser as add_md_units  # `md-units`: values in MD units
+    add_md_units(sub)
 
 
 def _check_parsers(sub) -> None:

@@ -27,6 +27,7 @@ Only the SD's slope and power are fitted to these chains (reported leave-one-cha
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from pathlib import Path
@@ -70,16 +71,19 @@ def chain_records(md_dir: Path, name: str) -> dict[str, dict]:
     return recs
 
 
-def cached_maps(md_dir: Path, name: str, maps_per_variant: int, cache: Path = CACHE) -> list[dict]:
-    """Simulated maps of one chain (values, origin, voxel size, resolution, fitted-model xyz, variant)."""
+def cached_maps(md_dir: Path, name: str, maps_per_variant: int, cache: Path = CACHE,
+                records=None, variants: tuple[str, ...] = ENGINE_VARIANTS) -> list[dict]:
+    """Simulated maps of one chain (values, origin, voxel size, resolution, fitted-model xyz, variant); ``records``
+    () -> variant -> ensemble record, md_reference's (``chain_records``) unless given."""
     cache.mkdir(parents=True, exist_ok=True)
+    records = records or (lambda: chain_records(md_dir, name))
     recs = None
     out = []
-    for variant in ENGINE_VARIANTS:
+    for variant in variants:
         for k in range(maps_per_variant):
             f = cache / f"{name}__{variant}{k}.npz"
             if not f.exists():
-                recs = recs or chain_records(md_dir, name)
+                recs = recs or records()
                 if variant not in recs:
                     continue
                 rec = recs[variant]
@@ -155,7 +159,7 @@ def _atoms(scored: np.ndarray, vals: np.ndarray | None) -> np.ndarray:
 
 
 def structure_mode(info: network.ModelInfo, st: Structure, m: dict, residue_atoms: str,
-                   normal_modes: bool = True) -> dict[str, np.ndarray]:
+                   normal_modes: bool = True, md_units: bool = True) -> dict[str, np.ndarray]:
     """``defmap MAP structure MODEL`` on one map (``recipe.predict_atoms``, with the C-alpha atoms for
     ``normalModes true`` unless ``normal_modes`` is False): per-residue arrays over the chain's residues
     (``reported`` is the default's value), and per atom the network's value and its head SD for the SD
@@ -163,16 +167,21 @@ def structure_mode(info: network.ModelInfo, st: Structure, m: dict, residue_atom
     xyz = np.asarray(m["xyz"], dtype=np.float64)
     x2i, _ = pp.grid_transforms(m["origin"], (float(m["voxel_size"]),) * 3)
     ca = st.ca_index()
-    p = recipe.predict_atoms(predictor(info), np.asarray(m["values"], dtype=np.float32), x2i, xyz, st.element,
-                             st.atom_name, st.res_index, map_resolution=float(m["resolution"]),
-                             residue_atoms=residue_atoms, ca=(xyz[ca], st.res_index[ca]) if normal_modes else None)
+    base = recipe.predict_atoms(predictor(info), np.asarray(m["values"], dtype=np.float32), x2i, xyz, st.element,
+                                st.atom_name, st.res_index, map_resolution=float(m["resolution"]),
+                                residue_atoms=residue_atoms, md_units=False)
+    p = copy.deepcopy(base)  # the default: `defmap MAP structure MODEL`
+    recipe.finish(p, info, xyz, st.element, st.atom_name, None, md_units)
+    nm = None
+    if normal_modes:  # `normalModes true`: the same network values, then the recipe's last steps with the prior
+        nm = copy.deepcopy(base)
+        recipe.finish(nm, info, xyz, st.element, st.atom_name, (xyz[ca], st.res_index[ca]), md_units)
     n = st.n_res
-    default = p.map_residue_values if normal_modes else p.residue_values
-    out = {"reported": _full(p.residue_ids, default, n),
+    out = {"reported": _full(p.residue_ids, p.residue_values, n),
            "network": _full(p.residue_ids, p.network_residue_values if p.network_residue_values is not None
-                            else default, n),
-           "normal_modes": _full(p.residue_ids, p.residue_values, n),
-           "prior": _full(p.residue_ids, p.nma_residue_values, n),
+                            else base.residue_values, n),
+           "normal_modes": _full(nm.residue_ids, nm.residue_values, n) if nm is not None else None,
+           "prior": _full(nm.residue_ids, nm.nma_residue_values, n) if nm is not None else None,
            "sd": _full(p.residue_ids, p.residue_sd(), n) if p.atom_sd is not None else None,
            "atom_network": _atoms(p.scored, p.network_atom_values),
            "atom_head_sd": _atoms(p.scored, p.atom_head_sd) if p.atom_head_sd is not None else None}
@@ -413,7 +422,7 @@ def sd_band_lines(bands: dict) -> list[str]:
 
 def abs_error_lines(chains: list[dict]) -> list[str]:
     """Median |structure mode - MD| in log10 Å on the ATLAS chains (300 K, the MD the values would be compared with),
-    per kind of map: the values are in the training labels' units, not calibrated to any MD."""
+    per kind of map: the values in MD units (``md_units.py``, calibrated on atlas_train, never on these chains)."""
     atlas = [c for c in chains if c["chain"] in ATLAS]
     cells = []
     for v in VARIANTS:
@@ -424,8 +433,8 @@ def abs_error_lines(chains: list[dict]) -> list[str]:
     if not cells:
         return []
     return [f"Median |structure mode − MD| (log10 Å) over the {len(atlas)} ATLAS chains (300 K; median per chain, then "
-            "over chains): " + ", ".join(cells) + ". The values are in the training labels' units, not calibrated to "
-            "MD.", ""]
+            "over chains): " + ", ".join(cells) + ". The values are in MD units (ATLAS 300 K, calibrated on "
+            "atlas_train by `defmap-train md-units`, never on these chains).", ""]
 
 
 def real_map_lines(real: dict) -> list[str]:

@@ -1,0 +1,91 @@
+"""What the bundle's recipe reports on engine maps of the atlas_train chains, beside their ATLAS MD: the calibration set
+for values in MD units and for the SD (``md_units.py``), never md_reference.
+
+Each chain's maps are made by the training engine (``maps.simulate_map``, Debye–Waller blur by the chain's own MD
+RMSF; ``hard``: the training randomization, ``clean``: none), so what is fitted here is in-family; validate-md
+reports it on both families.  Maps and per-map results are cached under ``training/data/atlas_eval`` (seeded;
+delete to remake); a run that stops resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .atlas_train import chains, load_chain
+from .ensembles import _record
+from .paths import DEFAULT_DATA
+from .validate_md import cached_maps, load_models, pick, residue_values, structure_mode
+
+CACHE = DEFAULT_DATA / "atlas_eval"
+VARIANTS = ("hard", "clean")
+MAPS = {"hard": 2, "clean": 1}  # maps per chain and variant
+KINDS = {"map+model": True, "map": False}  # structure mode with each model kind (map-only: the SD of its kind)
+
+
+def chain_records(name: str) -> dict[str, dict]:
+    """variant -> ensemble record of one chain: its structure, per atom the MD RMSF of its residue (residues ATLAS
+    lacks get the chain's median: they move the map but carry no label)."""
+    st, rmsf = load_chain(name)
+    rmsf = np.where(np.isfinite(rmsf), rmsf, np.nanmedian(rmsf))
+    rec = _record(st, rmsf[st.res_index], None, "atlas_md")
+    return {"hard": rec, "clean": rec}
+
+
+def chain_maps(name: str, cache: Path = CACHE) -> list[dict]:
+    out = []
+    for variant in VARIANTS:
+        out += [m for m in cached_maps(Path(), name, MAPS[variant], cache / "maps",
+                                       records=lambda: chain_records(name), variants=(variant,))]
+    return out
+
+
+def chain_results(name: str, models, residue_atoms: str = "backbone", cache: Path = CACHE) -> list[dict]:
+    """Per map of the chain and model kind: residue arrays (truth = log10 MD RMSF, the value structure mode reports
+    in the network's units, its SD, the structure prior) and per atom the network's value and head SD (for the SD's
+    slope and power)."""
+    f = cache / "results" / f"{name}.npz"
+    if not f.exists():
+        st, rmsf = load_chain(name)
+        truth = np.log10(rmsf)
+        arrays: dict[str, np.ndarray] = {"truth": truth, "res_index": st.res_index, "atom_name": st.atom_name}
+        for i, m in enumerate(chain_maps(name, cache)):
+            for kind, with_model in KINDS.items():
+                info = pick(models, float(m["resolution"]), with_model)
+                if info is None:
+                    continue
+                sm = structure_mode(info, st, m, residue_atoms, normal_modes=False, md_units=False)
+                key = f"{i}|{m['variant']}|{kind}"
+                for k in ("reported", "sd", "atom_network", "atom_head_sd"):
+                    if sm.get(k) is not None:
+                        arrays[f"{key}|{k}"] = sm[k]
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(f, **arrays)
+    with np.load(f) as z:
+        d = {k: z[k] for k in z.files}
+    out: dict[tuple, dict] = {}
+    for k, v in d.items():
+        if k.count("|") == 3:
+            i, variant, kind, what = k.split("|")
+            out.setdefault((i, variant, kind), {"chain": name, "variant": variant, "kind": kind,
+                                                "truth": d["truth"], "res_index": d["res_index"],
+                                                "atom_name": d["atom_name"]})[what] = v
+    return list(out.values())
+
+
+def per_residue(row: dict, residue_atoms: str = "backbone"):
+    """The per-residue mean (over ``residue_atoms``) of per-atom values of this row's chain."""
+    n = len(row["truth"])
+    return lambda v, atoms=residue_atoms: residue_values(v, row["res_index"], row["atom_name"], n, atoms)
+
+
+def all_results(models_dir: Path, names: list[str] | None = None, residue_atoms: str = "backbone") -> list[dict]:
+    """Every chain's rows, computing what the cache lacks (one line per chain so a background run can be followed)."""
+    models = load_models([Path(models_dir)])
+    out = []
+    for name in names or chains():
+        rows = chain_results(name, models, residue_atoms)
+        print(f"{name}: {len(rows)} rows", flush=True)
+        out += rows
+    return out

@@ -1,0 +1,138 @@
+"""``defmap-train md-units``: fit the calibration that puts structure mode's values in MD units (``md_units.py``).
+
+On the 66 atlas_train chains only (ATLAS MD, CHARMM36m, 300 K, 3 x 100 ns; md_reference is never read):
+
+* the level: ridge regression of each chain's mean log10 MD C-alpha RMSF on its ``level_features``, reported as
+  protein-disjoint 5-fold CV mean |error| beside a constant level;
+* per model kind, the spread: least squares of (log10 MD - the chain's MD mean) on the within-structure z-score of
+  what structure mode reports, pooled over the chains' hard engine maps (``atlas_eval``; in-family);
+* per model kind, the SD factor: the 68th percentile of |error| / SD, the error taken after each map's line of MD on
+  the value in MD units and the SD times that line's slope (as validate-md's ``sd_bands``), so 68 % intervals cover
+  68 % on these maps.
+
+Writes ``onnx_models/prior/md_units.json`` (what the bundle reads) and a report JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from chimerax.defmap import md_units
+
+from .atlas_eval import all_results
+from .atlas_train import chains, folds, load_chain
+from .paths import repo_relative
+
+ALPHA = 1.0  # ridge penalty on z-scored level features
+FIT_VARIANT = "hard"
+
+
+def chain_levels(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(level features per chain, mean log10 MD RMSF per chain)."""
+    x, y = [], []
+    for n in names:
+        st, rmsf = load_chain(n)
+        ca = st.ca_index()
+        x.append(md_units.level_features(st.xyz[ca], st.xyz))
+        y.append(float(np.nanmean(np.log10(rmsf))))
+    return np.array(x), np.array(y)
+
+
+def ridge(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA) -> dict:
+    mean, scale = x.mean(0), x.std(0) + 1e-12
+    a = (x - mean) / scale
+    coef = np.linalg.solve(a.T @ a + alpha * np.eye(x.shape[1]), a.T @ (y - y.mean()))
+    return {"features": list(md_units.LEVEL_FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
+            "coef": coef.tolist(), "intercept": float(y.mean()), "low": x.min(0).tolist(), "high": x.max(0).tolist()}
+
+
+def predict_level(level: dict, x: np.ndarray) -> np.ndarray:
+    return np.array([md_units.scale_from_dict({"level": level, "spread": {}, "sd_factor": {}}).level(r)[0]
+                     for r in x])
+
+
+def _z(v: np.ndarray) -> np.ndarray:
+    ok = np.isfinite(v)
+    return (v - v[ok].mean()) / v[ok].std()
+
+
+def fit_spread(rows: list[dict]) -> float:
+    num = den = 0.0
+    for r in rows:
+        z, y = _z(r["reported"]), r["truth"]
+        ok = np.isfinite(z) & np.isfinite(y)
+        num += float(((y[ok] - y[ok].mean()) * z[ok]).sum())
+        den += float((z[ok] ** 2).sum())
+    return num / den
+
+
+def sd_ratios(rows: list[dict], spread: float) -> np.ndarray:
+    """|error| / SD per residue, pooled: error after each map's line of MD on the value in MD units."""
+    out = []
+    for r in rows:
+        if "sd" not in r:
+            continue
+        v, y = r["reported"], r["truth"]
+        width = float(np.nanstd(v))
+        pred = spread * _z(v)
+        sd = r["sd"] * spread / width
+        ok = np.isfinite(pred) & np.isfinite(y) & np.isfinite(sd) & (sd > 0)
+        a, b = np.polyfit(pred[ok], y[ok], 1)
+        out.append(np.abs(y[ok] - (a * pred[ok] + b)) / (sd[ok] * abs(a)))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def run(models_dir: Path, out: Path, shipped: Path) -> dict:
+    names = chains()
+    x, y = chain_levels(names)
+    fold = folds(names, 5)
+    cv = np.zeros(len(y))
+    for k in range(5):
+        tr = np.array([fold[n] != k for n in names])
+        cv[~tr] = predict_level(ridge(x[tr], y[tr]), x[~tr])
+    level = ridge(x, y)
+    cv_level = dict(zip(names, cv))
+    rows = all_results(models_dir, names)
+    spread, sd_factor, report_kind = {}, {}, {}
+    for kind in sorted({r["kind"] for r in rows}):
+        fit_rows = [r for r in rows if r["kind"] == kind and r["variant"] == FIT_VARIANT]
+        k = spread[kind] = fit_spread(fit_rows)
+        ratios = sd_ratios(fit_rows, k)
+        if len(ratios):
+            sd_factor[kind] = float(np.quantile(ratios, 0.68))
+        per_variant = {}
+        for variant in sorted({r["variant"] for r in rows}):
+            errs = []
+            for r in rows:
+                if r["kind"] == kind and r["variant"] == variant:
+                    pred = cv_level[r["chain"]] + k * _z(r["reported"])
+                    ok = np.isfinite(pred) & np.isfinite(r["truth"])
+                    errs.append(float(np.median(np.abs(pred[ok] - r["truth"][ok]))))
+            per_variant[variant] = float(np.mean(errs))
+        report_kind[kind] = {"spread": k, "sd_factor": sd_factor.get(kind),
+                             "maps": len(fit_rows),
+                             "mean_per_map_median_abs_error_cv_level": per_variant}
+    shipped_d = {"md": md_units.MD, "fitted_on": f"{len(names)} atlas_train chains (ATLAS MD), never md_reference; "
+                 f"spread and SD factor on their {FIT_VARIANT} engine maps (in-family)",
+                 "command": "defmap-train md-units", "level": level, "spread": spread, "sd_factor": sd_factor}
+    report = {"command": "defmap-train md-units --models onnx_models", "chains": len(names),
+              "level_cv_mean_abs_error": float(np.mean(np.abs(cv - y))),
+              "constant_level_mean_abs_error_in_sample": float(np.mean(np.abs(y - y.mean()))),
+              "chain_mean_log10_sd": float(y.std()), "kinds": report_kind,
+              "written": repo_relative(shipped)}
+    shipped.parent.mkdir(parents=True, exist_ok=True)
+    shipped.write_text(json.dumps(shipped_d, indent=1) + "\n", encoding="utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("md-units", help="fit the calibration to MD units on atlas_train (md_units.json)")
+    p.add_argument("--models", type=Path, default=Path("onnx_models"))
+    p.add_argument("--out", type=Path, default=Path("training/reports/md_units.json"))
+    p.add_argument("--shipped", type=Path, default=Path("onnx_models/prior/md_units.json"))
+    p.set_defaults(fn=lambda a: print(json.dumps(run(a.models, a.out, a.shipped), indent=1)))
