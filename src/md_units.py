@@ -29,8 +29,10 @@ SCALE_PATH = Path(__file__).resolve().parent / "onnx_models" / "prior" / "md_uni
 
 
 def level_features(ca: np.ndarray, heavy: np.ndarray) -> np.ndarray:
-    """The structure's means of ``LEVEL_FEATURES`` (C-alpha atoms in chain order, all heavy atoms)."""
+    """The structure's means of ``LEVEL_FEATURES`` (C-alpha atoms in chain order, all heavy atoms; atoms without
+    finite coordinates are left out, as the map left them unscored)."""
     ca, heavy = np.asarray(ca, dtype=np.float64), np.asarray(heavy, dtype=np.float64)
+    ca, heavy = ca[np.isfinite(ca).all(axis=1)], heavy[np.isfinite(heavy).all(axis=1)]
     f = structure_prior.packing(ca, heavy)
     f.update(structure_prior.secondary(ca, structure_prior.segments(ca)))
     f["log_residues"] = np.full(len(ca), np.log(max(len(ca), 1)))
@@ -106,7 +108,7 @@ def affine(scale: Scale, kind: str, residue_values: np.ndarray, ca: np.ndarray, 
     C-alpha atoms to take a spread from)."""
     v = np.asarray(residue_values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    if kind not in scale.spread or len(v) < 3 or len(ca) < 3 or v.std() == 0:
+    if kind not in scale.spread or len(v) < 3 or np.isfinite(ca).all(axis=1).sum() < 3 or v.std() == 0:
         return None
     level, clamped = scale.level(level_features(ca, heavy))
     return Affine(level, float(scale.spread[kind]), float(v.mean()), float(v.std()),
