@@ -116,3 +116,11 @@ def trained_model(tmp_path_factory):
             labels.append(lab)
     w, b = train_linear_model(np.concatenate(patches), np.concatenate(labels))
     return linear_onnx_model(tmp_path_factory.mktemp("trained") / "trained.onnx", w, b, spec, "trained-linear")
+
+
+@pytest.fixture
+def network_units(monkeypatch):
+    """Values in the network's own scale (no MD-unit map), for tests that check the network path against a direct
+    computation of it; test_md_units.py checks the map itself."""
+    from chimerax.defmap import md_units
+    monkeypatch.setattr(md_units, "load_scale", lambda path=None: None)

@@ -107,6 +107,7 @@ def test_map_packing_is_the_weighted_contact_number_of_the_contour():
     assert far[0] == pytest.approx(-np.log(1 / 9.0))  # nothing within 3 Å: the floor
 
 
+@pytest.mark.usefixtures("network_units")
 def test_normal_modes_on_emd3488(cx, tmp_path):
     run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
     run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)

@@ -71,6 +71,7 @@ def test_dense_equals_patches_with_two_channels_and_a_variance(model2, prepared)
     assert np.isfinite(lv_dense).all() and lv_dense.std() > 0
 
 
+@pytest.mark.usefixtures("network_units")
 def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2, tmp_path):
     from chimerax.pdb import open_pdb
     pdb = shared_path("md_reference", "1ail_A.pdb")
@@ -112,6 +113,7 @@ def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2
         run(cx, f"defmap #{v.id_string} model {model2}")
 
 
+@pytest.mark.usefixtures("network_units")
 def test_structure_mode_combines_the_density_contrast_at_the_fitted_weight(cx, model2, tmp_path):
     """calibration.contrast_weight c: residue values are z(network) + c z(model density - map density), rescaled to
     the network's mean and SD (combination.combine); atoms move with their residue; c = 0 leaves the network alone."""

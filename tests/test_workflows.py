@@ -118,6 +118,7 @@ def test_compare_matches_renumbered_model_by_sequence_alignment(cx, random_model
     assert res.chains[0].identity == 1.0
 
 
+@pytest.mark.usefixtures("network_units")
 def test_compare_partner_site_and_difference_profile(cx, random_model, tmp_path):
     """partner #3/B: the site is chain A residues within 4 Å of chain B (the dimer interface), by direct distances."""
     pdb = shared_path("structures", "1a28.pdb")
@@ -224,6 +225,7 @@ def gradient_model(path: Path, axis: int) -> Path:
     return linear_onnx_model(path, w.ravel(), 0.0, SPEC, f"grad{axis}")
 
 
+@pytest.mark.usefixtures("network_units")
 def test_uncertainty_is_sd_over_24_rotations_and_profile_shows_it(cx, tmp_path):
     """For a gradient kernel the 24 rotated predictions of a residue are ±Gx, ±Gy, ±Gz (4 each), so the mean is 0
     and the SD is sqrt((Gx²+Gy²+Gz²)/3), where G* come from plain runs with the kernel along each axis."""
