@@ -73,15 +73,11 @@ _LOADED: dict[Path, Scale] = {}
 
 
 def load_scale(path: Path | None = None) -> Scale | None:
-    """The calibration at ``path`` (default: the shipped one, or the checkout's onnx_models/prior), None when absent."""
-    candidates = [Path(path)] if path else [SCALE_PATH, SCALE_PATH.parents[3] / "onnx_models" / "prior" /
-                                             SCALE_PATH.name]
-    for p in candidates:
-        if p.is_file():
-            if p not in _LOADED:
-                _LOADED[p] = scale_from_dict(json.loads(p.read_text(encoding="utf-8")))
-            return _LOADED[p]
-    return None
+    """The calibration at ``path`` (default: the shipped one, ``structure_prior.prior_file``), None when absent."""
+    p = structure_prior.prior_file(SCALE_PATH, path)
+    if p is not None and p not in _LOADED:
+        _LOADED[p] = scale_from_dict(json.loads(p.read_text(encoding="utf-8")))
+    return None if p is None else _LOADED[p]
 
 
 @dataclass

@@ -162,22 +162,25 @@ class Prior:
 _LOADED: dict[Path, Prior] = {}
 
 
+def prior_file(shipped: Path, path: Path | None = None) -> Path | None:
+    """``path`` if given, else the bundle's ``shipped`` file in onnx_models/prior or, in a development install, the
+    checkout's copy; None when the file is not there."""
+    candidates = [Path(path)] if path else [shipped, shipped.parents[3] / "onnx_models" / "prior" / shipped.name]
+    return next((p for p in candidates if p.is_file()), None)
+
+
 def load_prior(path: Path | None = None) -> Prior | None:
-    """The prior at ``path`` (default: the shipped one, or the checkout's onnx_models/prior), None when absent."""
-    candidates = [Path(path)] if path else [PRIOR_PATH, PRIOR_PATH.parents[3] / "onnx_models" / "prior" /
-                                             PRIOR_PATH.name]
-    for p in candidates:
-        if p.is_file():
-            if p not in _LOADED:
-                import onnxruntime as ort
-                so = ort.SessionOptions()
-                so.log_severity_level = 4
-                so.intra_op_num_threads = so.inter_op_num_threads = 1  # a (residues x 19) matrix product
-                sess = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
-                meta = json.loads(sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
-                _LOADED[p] = Prior(p, meta, sess)
-            return _LOADED[p]
-    return None
+    """The prior at ``path`` (default: the shipped one, ``prior_file``), None when absent."""
+    p = prior_file(PRIOR_PATH, path)
+    if p is not None and p not in _LOADED:
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        so.intra_op_num_threads = so.inter_op_num_threads = 1  # a (residues x 19) matrix product
+        sess = ort.InferenceSession(str(p), sess_options=so, providers=["CPUExecutionProvider"])
+        meta = json.loads(sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
+        _LOADED[p] = Prior(p, meta, sess)
+    return None if p is None else _LOADED[p]
 
 
 def prior_values(ca: np.ndarray, heavy: np.ndarray | None) -> tuple[np.ndarray, str]:

@@ -23,6 +23,15 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def run_logged(session, command: str):
+    """(what ``command`` returns, what it wrote to the log as plain text, whitespace collapsed)."""
+    from chimerax.core.commands import run
+    from chimerax.core.logger import StringPlainTextLog
+    with StringPlainTextLog(session.logger) as log:
+        result = run(session, command)
+    return result, " ".join(log.getvalue().split())
+
+
 def read_heavy_atoms(path: Path, chain: str | None = None) -> np.ndarray:
     """Heavy-atom coordinates from a PDB file (first model), without ChimeraX."""
     xyz = []

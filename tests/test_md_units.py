@@ -9,7 +9,7 @@ from chimerax.core.commands import run
 
 from chimerax.defmap import md_units
 
-from .helpers import shared_path
+from .helpers import run_logged, shared_path
 
 ATLAS = ("1ab1_A", "1ail_A", "1bgf_A", "1b8d_K", "1ah7_A")  # md_reference's ATLAS chains (300 K), never fitted on
 
@@ -60,37 +60,17 @@ def test_level_follows_md_on_chains_it_was_not_fitted_on(cx):
     assert np.mean(errors) < 0.2, errors
 
 
-def _logged(cx, command):
-    from chimerax.core.logger import PlainTextLog
-
-    class Collect(PlainTextLog):
-        excludes_other_logs = False
-        text: list[str] = []
-
-        def log(self, level, msg):
-            self.text.append(msg)
-            return False
-
-    log = Collect()
-    cx.logger.add_log(log)
-    try:
-        res = run(cx, command)
-    finally:
-        cx.logger.remove_log(log)
-    return res, " ".join(" ".join(log.text).split())
-
-
 def test_command_reports_md_units_and_without_the_file_network_units(cx, monkeypatch):
     run(cx, "close", log=False)
     run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
     run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
-    res, text = _logged(cx, "defmap #1 structure #2 mapResolution 3.2 uncertainty true color false")
+    res, text = run_logged(cx, "defmap #1 structure #2 mapResolution 3.2 uncertainty true color false")
     aff = res.md_units
     assert aff is not None and "CHARMM36m, 300 K" in text
     assert np.mean(res.residue_values) == pytest.approx(aff.level, abs=1e-9)
     z = np.array([r.defmap_z for r in res.residues])
     monkeypatch.setattr(md_units, "load_scale", lambda path=None: None)
-    plain, text2 = _logged(cx, "defmap #1 structure #2 mapResolution 3.2 uncertainty true color false")
+    plain, text2 = run_logged(cx, "defmap #1 structure #2 mapResolution 3.2 uncertainty true color false")
     assert plain.md_units is None and "not calibrated to MD" in text2
     assert np.allclose(aff.values(plain.residue_values), res.residue_values)
     assert np.allclose(aff.sd(plain.residue_sd), res.residue_sd)

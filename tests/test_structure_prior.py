@@ -12,7 +12,7 @@ from chimerax.core.commands import run
 from chimerax.defmap import nma, structure_prior
 from chimerax.defmap.structure_prior import FEATURES, raw_features
 
-from .helpers import shared_path
+from .helpers import run_logged, shared_path
 
 ATLAS = ("1ab1_A", "1ail_A", "1bgf_A", "1b8d_K", "1ah7_A")  # md_reference's ATLAS chains (300 K), never fitted on
 
@@ -87,23 +87,8 @@ def test_without_the_prior_file_normal_modes_are_plain_anm(monkeypatch, tmp_path
 
 
 def test_normal_modes_log_names_the_learned_prior(cx):
-    from chimerax.core.logger import PlainTextLog
-
-    class Collect(PlainTextLog):
-        excludes_other_logs = False
-        text: list[str] = []
-
-        def log(self, level, msg):
-            self.text.append(msg)
-            return False
-
-    log = Collect()
-    cx.logger.add_log(log)
-    try:
-        run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
-        run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
-        res = run(cx, "defmap #1 structure #2 mapResolution 3.2 normalModes true color false")
-    finally:
-        cx.logger.remove_log(log)
+    run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
+    run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
+    res, text = run_logged(cx, "defmap #1 structure #2 mapResolution 3.2 normalModes true color false")
     assert res.prior == "learned prior"
-    assert "structure prior learned from ATLAS MD" in " ".join(" ".join(log.text).split())
+    assert "structure prior learned from ATLAS MD" in text

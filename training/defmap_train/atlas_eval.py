@@ -36,8 +36,8 @@ def chain_records(name: str) -> dict[str, dict]:
 def chain_maps(name: str, cache: Path = CACHE) -> list[dict]:
     out = []
     for variant in VARIANTS:
-        out += [m for m in cached_maps(Path(), name, MAPS[variant], cache / "maps",
-                                       records=lambda: chain_records(name), variants=(variant,))]
+        out += cached_maps(Path(), name, MAPS[variant], cache / "maps", records=lambda: chain_records(name),
+                           variants=(variant,))
     return out
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from chimerax.defmap import md_units
+from chimerax.defmap.combination import zscore
 
 from .atlas_eval import all_results
 from .atlas_train import chains, folds, load_chain
@@ -50,19 +51,15 @@ def ridge(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA) -> dict:
 
 
 def predict_level(level: dict, x: np.ndarray) -> np.ndarray:
-    return np.array([md_units.scale_from_dict({"level": level, "spread": {}, "sd_factor": {}}).level(r)[0]
-                     for r in x])
-
-
-def _z(v: np.ndarray) -> np.ndarray:
-    ok = np.isfinite(v)
-    return (v - v[ok].mean()) / v[ok].std()
+    """The level the bundle computes (``md_units.Scale.level``) for each row of features."""
+    scale = md_units.scale_from_dict({"level": level, "spread": {}, "sd_factor": {}})
+    return np.array([scale.level(r)[0] for r in x])
 
 
 def fit_spread(rows: list[dict]) -> float:
     num = den = 0.0
     for r in rows:
-        z, y = _z(r["reported"]), r["truth"]
+        z, y = zscore(r["reported"]), r["truth"]
         ok = np.isfinite(z) & np.isfinite(y)
         num += float(((y[ok] - y[ok].mean()) * z[ok]).sum())
         den += float((z[ok] ** 2).sum())
@@ -77,7 +74,7 @@ def sd_ratios(rows: list[dict], spread: float) -> np.ndarray:
             continue
         v, y = r["reported"], r["truth"]
         width = float(np.nanstd(v))
-        pred = spread * _z(v)
+        pred = spread * zscore(v)
         sd = r["sd"] * spread / width
         ok = np.isfinite(pred) & np.isfinite(y) & np.isfinite(sd) & (sd > 0)
         a, b = np.polyfit(pred[ok], y[ok], 1)
@@ -108,7 +105,7 @@ def run(models_dir: Path, out: Path, shipped: Path) -> dict:
             errs = []
             for r in rows:
                 if r["kind"] == kind and r["variant"] == variant:
-                    pred = cv_level[r["chain"]] + k * _z(r["reported"])
+                    pred = cv_level[r["chain"]] + k * zscore(r["reported"])
                     ok = np.isfinite(pred) & np.isfinite(r["truth"])
                     errs.append(float(np.median(np.abs(pred[ok] - r["truth"][ok]))))
             per_variant[variant] = float(np.mean(errs))
