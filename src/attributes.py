@@ -63,6 +63,18 @@ def store_attributes(session, result) -> None:
     for r, v, zv in zip(result.residues, rv, zscore(rv)):
         setattr(r, name, float(v))
         setattr(r, name + "_z", float(zv))
+    store_expected(session, s, name, result.expected)
+
+
+def store_expected(session, structure, name: str, e) -> None:
+    """Structure attributes ``<name>_expected_r``, ``_low`` and ``_high`` (``expected.Expected``; None without the
+    shipped fit), registered so that sessions keep them."""
+    from chimerax.atomic import Structure
+    for suffix, v in (("", None if e is None else e.r), ("_low", None if e is None else e.low),
+                      ("_high", None if e is None else e.high)):
+        Structure.register_attr(session, f"{name}_expected_r{suffix}", "DEFMap", attr_type=float,
+                                can_return_none=True)
+        setattr(structure, f"{name}_expected_r{suffix}", v)
 
 
 def store_uncertainty(session, result) -> None:

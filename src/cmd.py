@@ -182,6 +182,8 @@ def log_structure_summary(session, result: StructureResult) -> None:
             f"<i>{result.attribute}_z</i></caption>"
             + "".join(f"<tr><th align=left>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
     session.logger.info(html, is_html=True)
+    session.logger.info(expected_line(result.expected, "the map's intensity and the model's packing, the resolution "
+                                      f"and the size; attribute {result.attribute}_expected_r of {result.structure}"))
     if result.outside_atoms:
         session.logger.warning(f"{result.outside_atoms:,} heavy atoms of {result.structure} lie outside map and got "
                                "no DEFMap value")
@@ -213,6 +215,16 @@ def log_voxel_summary(session, res: VoxelResult) -> None:
         f"{res.model.name} on {res.provider} in {res.seconds:.2f} s{modes}; log10 RMSF min / median / max "
         f"{preds.min():.3f} / {float(np.median(preds)):.3f} / {preds.max():.3f}; "
         f"dynamics map #{res.dynamics.id_string}")
+    session.logger.info(expected_line(res.expected, "the contour's packing, how far the contour stands out of the "
+                                      "map's background, the resolution and the size; expected_r in the JSON result"))
+
+
+def expected_line(e, basis: str) -> str:
+    """The log's one line on how far to trust the run (``expected.py``); ``basis``: what it was estimated from."""
+    if e is None:
+        return "DEFMap expected agreement with MD: not estimated (the bundle's expected_r.json is missing)"
+    return (f"DEFMap expected agreement with MD: {e.line()} per-residue Pearson r (68 % range), from how the "
+            f"network agrees with {basis}; fitted on engine maps of ATLAS MD chains, see the help page")
 
 
 def defmap_desc():

@@ -58,6 +58,7 @@ class StructureResult:
     native_contrast_weight: float = 0.0  # weight of the contrast at the map's own resolution (preprocess)
     native_resolution: float | None = None  # the resolution (Å) that contrast was computed at
     md_units: object = None  # md_units.Affine: how the values were put in MD units (add_md_units); None: network's
+    expected: object = None  # expected.Expected: the r with MD this run can expect; None without the shipped fit
 
     def as_dict(self) -> dict:
         res = self.residues
@@ -69,6 +70,7 @@ class StructureResult:
             for i, v in enumerate(self.network_residue_values):
                 extra.setdefault(i, {})["network"] = float(v)
         return {"files": self.files, "normal_modes": self.nma_residue_values is not None, "sd_source": self.sd_source,
+                **expected_dict(self.expected),
                 "contrast_weight": self.contrast_weight, "native_contrast_weight": self.native_contrast_weight,
                 "native_contrast_resolution": self.native_resolution,
                 "structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
@@ -78,6 +80,12 @@ class StructureResult:
                               "name": r.name, "value": float(v), **({} if sd is None else {"sd": float(sd[i])}),
                               **extra.get(i, {})}
                              for i, (r, v) in enumerate(zip(res, self.residue_values))]}
+
+
+def expected_dict(e) -> dict:
+    """The JSON keys for a run's expected r (``expected.Expected``; null without the shipped fit)."""
+    return {"expected_r": None if e is None else round(e.r, 3),
+            "expected_r_range": None if e is None else [round(e.low, 3), round(e.high, 3)]}
 
 
 @dataclass
@@ -97,6 +105,7 @@ class VoxelResult:
     map_packing_weight: float = 0.0  # weight of the contour's packing around each voxel (map_shape.map_packing)
     dynamics: object = None  # the dynamics map, once the command has made it (attributes.make_dynamics_volume)
     level_chosen: bool = False  # the map chose the level (map_shape.auto_level): no 'level' was given
+    expected: object = None  # expected.Expected: the r with MD this run can expect; None without the shipped fit
 
     @property
     def voxels(self) -> int:
@@ -105,7 +114,7 @@ class VoxelResult:
     def as_dict(self) -> dict:
         return {"map": self.volume.atomspec, "dynamics_map": None if self.dynamics is None else self.dynamics.atomspec,
                 "model": self.model.name, "provider": self.provider, "voxels": self.voxels, "level": self.level,
-                "level_chosen": self.level_chosen,
+                "level_chosen": self.level_chosen, **expected_dict(self.expected),
                 "normal_modes": self.map_anm_weight > 0, "map_anm_weight": self.map_anm_weight,
                 "pseudo_atoms": self.pseudo_atoms, "map_packing_weight": self.map_packing_weight,
                 "seconds": round(self.seconds, 3), "stages": self.stages}
@@ -273,7 +282,8 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
                            seconds=time.perf_counter() - t_start, stages=p.stages, attribute=attribute,
                            atom_rotation_values=p.atom_rotation_values, atom_sd=p.atom_sd, residue_atoms=residue_atoms,
                            contrast_weight=p.contrast_weight, network_residue_values=p.network_residue_values,
-                           native_contrast_weight=p.native_contrast_weight, native_resolution=p.native_resolution)
+                           native_contrast_weight=p.native_contrast_weight, native_resolution=p.native_resolution,
+                           expected=p.expected)
 
 
 def add_normal_modes(result: StructureResult) -> None:
@@ -357,4 +367,5 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     except recipe.TooFewPseudoAtoms as e:
         raise UserError(f"normalModes: the density of {volume.name} above the level gives {e}") from None
     return VoxelResult(volume, info, predictor.provider, p.values, p.prep, p.level, time.perf_counter() - t_start,
-                       p.stages, p.map_anm_weight, p.pseudo_atoms, p.map_packing_weight, level_chosen=p.level_chosen)
+                       p.stages, p.map_anm_weight, p.pseudo_atoms, p.map_packing_weight, level_chosen=p.level_chosen,
+                       expected=p.expected)

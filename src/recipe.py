@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import combination, map_shape, md_units, network, nma, structure_prior
+from . import combination, expected, map_shape, md_units, network, nma, structure_prior
 from . import preprocess as pp
 from .progress import Progress
 from .progress import silent as silent_progress
@@ -66,6 +66,8 @@ class AtomPrediction:
     nma_residue_values: np.ndarray | None = None  # the structure prior per residue (NaN: no C-alpha)
     prior: str = ""  # what gave it: "learned prior" (structure_prior) or "ANM"
     md_units: md_units.Affine | None = None  # how values were put in MD units (to_md_units); None: network units
+    run_features: dict = field(default_factory=dict)  # what the run measures for its expected r (expected.py)
+    expected: expected.Expected | None = None  # the r with MD this run can expect (None: no shipped estimate)
 
     def residue_sd(self) -> np.ndarray:
         """Each residue's SD (:func:`residue_sd`)."""
@@ -113,7 +115,12 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
     if log_var is not None:
         out.atom_head_sd = np.exp(0.5 * log_var[at])
         out.atom_sd = network.calibrated_sd(out.atom_head_sd, out.atom_values, info.calibration)
-    terms = _contrast_terms(out, info, prep, values, xyz_to_ijk, xyz, weights, map_resolution)
+    native_res = float(map_resolution or info.spec.filter_resolution)
+    map_at = pp.map_values_at(values, xyz_to_ijk, xyz[scored])
+    terms = _contrast_terms(out, info, prep, map_at, xyz, weights, native_res)
+    out.run_features = _structure_features(out, network_means, map_at, native_res, xyz, elements, atom_names,
+                                           residue_index)
+    out.expected = expected.expected("structure", out.run_features)
     if terms:
         out.network_residue_values = network_means
         out.residue_values = combination.combine_terms(network_means, terms)
@@ -190,11 +197,11 @@ def _residue_values(pred: AtomPrediction, atom_values: np.ndarray) -> np.ndarray
     return reported_means(pred.atom_residue, atom_values, pred.atom_names, len(pred.residue_ids), pred.residue_atoms)
 
 
-def _contrast_terms(pred: AtomPrediction, info: network.ModelInfo, prep: pp.Prepared, values: np.ndarray,
-                    xyz_to_ijk: np.ndarray, xyz: np.ndarray, weights: np.ndarray,
-                    map_resolution: float | None) -> list[tuple[np.ndarray, float]]:
+def _contrast_terms(pred: AtomPrediction, info: network.ModelInfo, prep: pp.Prepared, map_at: np.ndarray,
+                    xyz: np.ndarray, weights: np.ndarray, native_res: float) -> list[tuple[np.ndarray, float]]:
     """The per-residue density contrasts the calibration gives a weight, each with its weight (fitted on the
-    simulated CV); records the weights and the resolution on ``pred``."""
+    simulated CV); ``map_at``: the map's values at the scored atoms, ``native_res`` its resolution; records the
+    weights and the resolution on ``pred``."""
     terms = []
     scored = pred.scored
     c_weight = float(info.calibration.get("contrast_weight", 0.0)) if pp.MODEL_CHANNEL in info.channels else 0.0
@@ -207,13 +214,22 @@ def _contrast_terms(pred: AtomPrediction, info: network.ModelInfo, prep: pp.Prep
         pred.term_values["contrast"] = _residue_values(pred, contrast)
         terms.append((pred.term_values["contrast"], c_weight))
     if n_weight > 0:  # + n z(contrast at the map's own resolution and sampling)
-        pred.native_resolution = float(map_resolution or info.spec.filter_resolution)
-        rigid = pp.rigid_density_at(xyz, weights, pred.native_resolution)[scored]
-        native = pp.native_contrast(pp.map_values_at(values, xyz_to_ijk, xyz[scored]), rigid)
+        pred.native_resolution = native_res
+        native = pp.native_contrast(map_at, pp.rigid_density_at(xyz, weights, native_res)[scored])
         pred.term_values["native_contrast"] = _residue_values(pred, native)
         terms.append((pred.term_values["native_contrast"], n_weight))
     pred.contrast_weight, pred.native_contrast_weight = c_weight, n_weight
     return terms
+
+
+def _structure_features(pred: AtomPrediction, network_means: np.ndarray, map_at: np.ndarray, native_res: float,
+                        xyz: np.ndarray, elements, atom_names, residue_index) -> dict:
+    """What a structure-mode run measures for its expected r (``expected.py``), from the network alone (not the
+    terms: the native contrast holds the map's intensity, which the agreement compares with)."""
+    is_ca = (np.asarray(atom_names) == "CA") & (np.asarray(elements) == "C")
+    packing = expected.residue_packing(np.asarray(xyz)[is_ca], np.asarray(residue_index)[is_ca], xyz,
+                                       pred.residue_ids)
+    return expected.structure_features(network_means, _residue_values(pred, map_at), packing, native_res)
 
 
 def add_normal_modes(pred: AtomPrediction, ca_xyz: np.ndarray, ca_residue_index: np.ndarray,
@@ -281,6 +297,8 @@ class VoxelPrediction:
     level: float = 0.0  # the level scored at
     level_chosen: bool = False  # True when the map chose it (map_shape.auto_level), False when it was given
     term_values: dict = field(default_factory=dict)  # per centre, each term combined ("packing", "normal_modes")
+    run_features: dict = field(default_factory=dict)  # what the run measures for its expected r (expected.py)
+    expected: expected.Expected | None = None  # the r with MD this run can expect (None: no shipped estimate)
 
     def lattice(self) -> np.ndarray:
         """The values on the whole model lattice (:func:`dynamics_lattice`)."""
@@ -370,6 +388,9 @@ def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk:
         stages["normal_modes"] = time.perf_counter() - t0
         out.map_anm_weight = map_anm_weight(info)
     out.values = combination.combine_terms(preds, terms)
+    out.run_features = expected.voxel_features(preds, prep.grid.values, prep.centers, out.term_values.get("packing"),
+                                               max(float(map_resolution or 0.0), info.spec.filter_resolution))
+    out.expected = expected.expected("voxel", out.run_features)
     if out.map_anm_weight:
         out.pseudo_atoms = len(map_shape.map_pseudo_atoms(prep.grid.values, n, voxel))
     return out

@@ -101,8 +101,14 @@ def packing(ca: np.ndarray, heavy: np.ndarray) -> dict[str, np.ndarray]:
     f = {"wcn": np.log(np.bincount(pairs[:, 0], inv, n) + np.bincount(pairs[:, 1], inv, n) + 1e-6)}
     heavy_tree = cKDTree(heavy)
     for r in HEAVY_RADII:
-        f[f"heavy{int(r)}"] = np.log1p(heavy_tree.query_ball_point(ca, r, return_length=True).astype(np.float64))
+        f[f"heavy{int(r)}"] = packing_counts(ca, heavy_tree, r)
     return f
+
+
+def packing_counts(ca: np.ndarray, heavy, radius: float) -> np.ndarray:
+    """log(1 + heavy atoms within ``radius`` of each C-alpha); ``heavy``: their coordinates or a k-d tree of them."""
+    tree = heavy if isinstance(heavy, cKDTree) else cKDTree(np.asarray(heavy, dtype=np.float64))
+    return np.log1p(tree.query_ball_point(ca, radius, return_length=True).astype(np.float64))
 
 
 def secondary(ca: np.ndarray, seg: np.ndarray) -> dict[str, np.ndarray]:

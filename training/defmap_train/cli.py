@@ -184,6 +184,8 @@ def _train_parser(sub) -> None:
     add_stages(sub)
     from .md_units_fit import add_parser as add_md_units  # `md-units`: values in MD units
     add_md_units(sub)
+    from .expected_r_fit import add_parser as add_expected_r  # `expected-r`: the per-run expected r with MD
+    add_expected_r(sub)
 
 
 def _check_parsers(sub) -> None:

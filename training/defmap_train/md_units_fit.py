@@ -42,11 +42,12 @@ def chain_levels(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return np.array(x), np.array(y)
 
 
-def ridge(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA) -> dict:
+def ridge(x: np.ndarray, y: np.ndarray, alpha: float = ALPHA, features=md_units.LEVEL_FEATURES) -> dict:
+    """Ridge regression of ``y`` on z-scored columns of ``x`` (named ``features``), in the form the bundle reads."""
     mean, scale = x.mean(0), x.std(0) + 1e-12
     a = (x - mean) / scale
     coef = np.linalg.solve(a.T @ a + alpha * np.eye(x.shape[1]), a.T @ (y - y.mean()))
-    return {"features": list(md_units.LEVEL_FEATURES), "mean": mean.tolist(), "scale": scale.tolist(),
+    return {"features": list(features), "mean": mean.tolist(), "scale": scale.tolist(),
             "coef": coef.tolist(), "intercept": float(y.mean()), "low": x.min(0).tolist(), "high": x.max(0).tolist()}
 
 

@@ -184,7 +184,8 @@ def structure_mode(info: network.ModelInfo, st: Structure, m: dict, residue_atom
            "prior": _full(nm.residue_ids, nm.nma_residue_values, n) if nm is not None else None,
            "sd": _full(p.residue_ids, p.residue_sd(), n) if p.atom_sd is not None else None,
            "atom_network": _atoms(p.scored, p.network_atom_values),
-           "atom_head_sd": _atoms(p.scored, p.atom_head_sd) if p.atom_head_sd is not None else None}
+           "atom_head_sd": _atoms(p.scored, p.atom_head_sd) if p.atom_head_sd is not None else None,
+           "run_features": p.run_features, "expected": p.expected}
     out.update({k: _full(p.residue_ids, v, n) for k, v in p.term_values.items()})
     return out
 
@@ -284,6 +285,7 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
             row[f"_fit_{kind}"] = (sm["atom_network"], sm["atom_head_sd"], per_res, truth, pr)  # for fit_sd_slope
             row["_sd_err"] = sd_and_errors(pr, sm["sd"], truth)  # for sd_bands
         row[f"{kind}_value_spearman"] = sd_error_spearman(pr, pr, truth)  # the value itself as an SD, a diagnostic
+        row.setdefault("_expected", []).append(expected_run("structure", sm["expected"], row[kind]))
     info = pick(models, res, structure=False)
     if info is not None:  # voxel mode: `defmap MAP` (the map chooses the level), read at the fitted model's atoms
         vp = voxel_mode(info, m, None)
@@ -291,6 +293,7 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
         at = vp.values_at(xyz)
         pr = reported["map"] = per_res(at)
         row["map"], row["map_model"] = pearson(pr, truth), info.path.name
+        row.setdefault("_expected", []).append(expected_run("voxel", vp.expected, row["map"]))
         row["map_network"] = pearson(per_res(vp.values_at(xyz, vp.network_values)), truth)
         if "packing" in vp.term_values:
             row["map_packing"] = pearson(per_res(vp.values_at(xyz, vp.term_values["packing"])), truth)
@@ -412,6 +415,47 @@ def sd_bands(chains: list[dict]) -> dict[str, dict]:
     return out
 
 
+def expected_run(mode: str, e, actual: float) -> dict | None:
+    """One run's expected r (``expected.Expected``, None without the shipped fit) beside the r it got."""
+    if e is None or not np.isfinite(actual):
+        return None
+    return {"mode": mode, "expected_r": e.r, "low": e.low, "high": e.high, "r": float(actual)}
+
+
+FAMILIES = {"engine (in-family)": ENGINE_VARIANTS, "image formation (cross-family)": IMAGE_VARIANTS}
+
+
+def expected_report(runs: list[dict]) -> dict:
+    """Spearman(expected_r, actual r) and the fraction of runs whose r lies in the 68 % range: over all runs, per
+    mode and per family (keys "all", "<mode>", "<mode>, <family>")."""
+    def stats_of(rs):
+        if len(rs) < 5:
+            return None
+        e, r = np.array([x["expected_r"] for x in rs]), np.array([x["r"] for x in rs])
+        inside = np.mean([x["low"] <= x["r"] <= x["high"] for x in rs])
+        return {"runs": len(rs), "spearman": float(stats.spearmanr(e, r).statistic), "within_range": float(inside),
+                "mean_expected": float(e.mean()), "mean_r": float(r.mean())}
+    groups = {"all": runs}
+    for mode in ("structure", "voxel"):
+        groups[mode] = [x for x in runs if x["mode"] == mode]
+        for fam, vs in FAMILIES.items():
+            groups[f"{mode}, {fam}"] = [x for x in groups[mode] if x["variant"] in vs]
+    return {k: v for k, v in ((k, stats_of(rs)) for k, rs in groups.items()) if v is not None}
+
+
+def expected_lines(rep: dict) -> list[str]:
+    if not rep:
+        return []
+    out = ["Expected agreement per run (`expected_r`, fitted by `defmap-train expected-r` on engine maps of "
+           "atlas_train, never these chains), against each map's actual r (one run = one map and mode):", "",
+           "| runs | n | Spearman(expected_r, r) | r within the 68 % range | mean expected_r | mean r |",
+           "|---|---|---|---|---|---|"]
+    for k, d in rep.items():
+        out.append(f"| {k} | {d['runs']} | {_f(d['spearman'])} | {_f(d['within_range'])} | "
+                   f"{_f(d['mean_expected'])} | {_f(d['mean_r'])} |")
+    return out + [""]
+
+
 def sd_band_lines(bands: dict) -> list[str]:
     if not bands:
         return []
@@ -460,6 +504,8 @@ def evaluate_chain(md_dir: Path, name: str, models: list[network.ModelInfo], map
         keys = list(dict.fromkeys(k for r in rs for k in r if not k.endswith("_model") and not k.startswith("_")))
         out.setdefault("_fit", []).extend((v, k[5:], r[k]) for r in rs for k in r if k.startswith("_fit_"))
         out.setdefault("_sd_err", []).extend((v, r["_sd_err"]) for r in rs if "_sd_err" in r)
+        out.setdefault("_expected", []).extend({**e, "variant": v, "chain": name} for r in rs
+                                               for e in r.get("_expected", []) if e is not None)
         out["variants"][v] = {k: float(np.nanmean([r.get(k, np.nan) for r in rs])) for k in keys}
         out["variants"][v]["maps"] = len(rs)
         out["variants"][v]["models"] = sorted({r[k] for r in rs for k in r if k.endswith("_model")})
@@ -586,7 +632,8 @@ def markdown(result: dict) -> str:
     lines += real_map_lines(result.get("real_map") or {})
     lines += abs_error_lines(chains)
     lines += sd_band_lines(result.get("sd_bands") or {})
-    lines += targets(result["summary"], result.get("sd_slope"))
+    lines += expected_lines(result.get("expected_r") or {})
+    lines += targets(result["summary"], result.get("sd_slope"), result.get("expected_r"))
     lines += sd_slope_lines(result.get("sd_slope") or {})
     lines += ["### Residue value: which atoms (map-only model, mean r over chains)", "",
               "| maps | " + " | ".join(t for _, t in ATOM_COLUMNS) + " |", "|---|" + "---|" * len(ATOM_COLUMNS)]
@@ -611,7 +658,7 @@ def sd_slope_lines(slopes: dict) -> list[str]:
     return out + [""]
 
 
-def targets(summary: dict, slopes: dict | None = None) -> list[str]:
+def targets(summary: dict, slopes: dict | None = None, expected_r: dict | None = None) -> list[str]:
     """The targets the shipped models are held to, each with the measured numbers (mean per-residue r over the
     chains); the SD's Spearman is the leave-one-chain-out one when the SD slope was fitted on these chains."""
     def g(v, k):
@@ -632,6 +679,9 @@ def targets(summary: dict, slopes: dict | None = None) -> list[str]:
     sp = [x for x in sp if np.isfinite(x)]
     rows.append(("Spearman(SD, abs error) ≥ 0.3 (mean over map kinds" + (", leave-one-chain-out)" if loo else ")"),
                  float(np.mean(sp)) if sp else float("nan"), 0.3))
+    if expected_r and "all" in expected_r:
+        rows.append(("Spearman(expected_r, actual r) ≥ 0.5 over all runs (both modes, both families)",
+                     expected_r["all"]["spearman"], 0.5))
     out = ["### Targets", "", "| target | measured | needed | met |", "|---|---|---|---|"]
     for name, got, need in rows:
         met = "–" if not (np.isfinite(got) and np.isfinite(need)) else ("yes" if got >= need else "no")
@@ -675,10 +725,12 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
         if v in s:
             lines.append(f"| {label[v]} ({s[v]['chains']}) | " + " | ".join(_f(s[v].get(k)) for k, _ in DOC_COLUMNS)
                          + " |")
-    lines += [""] + targets(s, result.get("sd_slope"))[2:-1] + [""] + sd_slope_lines(result.get("sd_slope") or {})[2:]
+    lines += ([""] + targets(s, result.get("sd_slope"), result.get("expected_r"))[2:-1] + [""]
+              + sd_slope_lines(result.get("sd_slope") or {})[2:])
     lines += real_map_lines(result.get("real_map") or {})
     lines += abs_error_lines(result.get("chains") or [])
     lines += sd_band_lines(result.get("sd_bands") or {})
+    lines += expected_lines(result.get("expected_r") or {})
     for p in train_jsons:
         d = json.loads(Path(p).read_text(encoding="utf-8"))
         for kind, k in d.get("kinds", {}).items():
@@ -742,6 +794,7 @@ def run(a) -> dict:
             summary[v]["chains"] = len(ds)
     slopes = sd_slope_report(res)
     bands = sd_bands(res)
+    runs = [e for c in res for e in c.pop("_expected", [])]
     for c in res:  # per-atom arrays: not for the JSON
         c.pop("_fit", None)
         c.pop("_sd_err", None)
@@ -752,7 +805,7 @@ def run(a) -> dict:
     result = {"command": cmd, "models": [repo_relative(m.path) for m in models],
               "residue_atoms": a.residue_atoms, "maps_per_variant": a.maps_per_variant, "chains": res,
               "summary": summary, "sd_slope": slopes, "real_map": real_map_checks(models, a.residue_atoms),
-              "sd_bands": bands,
+              "sd_bands": bands, "expected_r": expected_report(runs), "expected_runs": runs,
               "seconds": round(time.time() - t0, 1)}
     text = markdown(result)
     print(text)

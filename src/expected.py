@@ -1,0 +1,138 @@
+"""How far to trust a run: the Pearson r with MD that this run can expect (``expected_r``), with a 68 % range.
+
+A run cannot see MD, but it measures things that go with how well the prediction tracks it: whether the network's
+ranking agrees with the map's own intensity and with the structure's packing (two independent weak predictors
+that, where they agree with it, vouch for it), the map's resolution and the structure's size; in voxel mode, how
+far the contour stands out of the map's background.  (How well the model explains the map and how many atoms fall
+outside it were tried and dropped: on the engine maps the fit is made on they carried no weight.)  A linear model
+of Fisher z(r) on those run features, one per mode, is fitted by ``defmap-train expected-r`` on engine maps of the
+atlas_train chains with their ATLAS MD (never md_reference) and shipped as ``onnx_models/prior/expected_r.json``;
+the range is ± the fit's protein-disjoint CV residual SD in z.  validate-md checks it on both map families.
+
+Free of ChimeraX imports: ``recipe`` computes the features and the estimate, training fits the model on them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import structure_prior
+
+PATH = Path(__file__).resolve().parent / "onnx_models" / "prior" / "expected_r.json"
+FEATURES = {
+    "structure": ("agree_raw", "agree_packing", "resolution", "log_residues"),
+    "voxel": ("agree_packing", "snr", "resolution", "log_voxels"),
+}
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson r over the entries finite in both (0 when fewer than 3 or one is constant: no agreement shown)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    if ok.sum() < 3 or a[ok].std() == 0 or b[ok].std() == 0:
+        return 0.0
+    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+def structure_features(network: np.ndarray, map_at: np.ndarray, packing: np.ndarray,
+                       resolution: float) -> dict[str, float]:
+    """Structure mode's run features from per-residue arrays in one order: the network's values, the map's own
+    values at the residue's atoms, heavy atoms within 12 Å of its C-alpha (NaN without one); the map's resolution
+    (Å)."""
+    return {"agree_raw": pearson(network, -np.asarray(map_at)), "agree_packing": pearson(network, -np.asarray(packing)),
+            "resolution": float(resolution), "log_residues": float(np.log(max(np.isfinite(network).sum(), 1)))}
+
+
+def voxel_features(network: np.ndarray, lattice: np.ndarray, centers: np.ndarray, packing: np.ndarray | None,
+                   resolution: float) -> dict[str, float]:
+    """Voxel mode's run features: the network's values at the scored ``centers`` of the preprocessed ``lattice``,
+    the contour's packing there (None: not computed, no agreement shown), the map's resolution (Å); ``snr``: how far
+    the contour's mean stands above the rest of the lattice, in the rest's SD."""
+    inside = np.zeros(lattice.shape, dtype=bool)
+    inside[tuple(np.asarray(centers).T)] = True
+    rest = lattice[~inside]
+    snr = float((lattice[inside].mean() - rest.mean()) / max(float(rest.std()), 1e-12)) if rest.size else 0.0
+    return {"agree_packing": pearson(network, packing) if packing is not None else 0.0, "snr": snr,
+            "resolution": float(resolution), "log_voxels": float(np.log(max(len(network), 1)))}
+
+
+def residue_packing(ca_xyz: np.ndarray, ca_residue: np.ndarray, heavy_xyz: np.ndarray,
+                    residue_ids: np.ndarray) -> np.ndarray:
+    """log(1 + heavy atoms within 12 Å) of each residue's C-alpha, in ``residue_ids`` order (NaN: no C-alpha)."""
+    out = np.full(len(residue_ids), np.nan)
+    ca, heavy = np.asarray(ca_xyz, dtype=np.float64), np.asarray(heavy_xyz, dtype=np.float64)
+    ok = np.isfinite(ca).all(axis=1)
+    if ok.sum() == 0:
+        return out
+    heavy = heavy[np.isfinite(heavy).all(axis=1)]
+    count = structure_prior.packing_counts(ca[ok], heavy, 12.0)
+    where = {int(r): i for i, r in enumerate(np.asarray(residue_ids))}
+    for r, c in zip(np.asarray(ca_residue)[ok], count):
+        i = where.get(int(r))
+        if i is not None:
+            out[i] = c
+    return out
+
+
+@dataclass
+class Expected:
+    """The r with MD a run can expect, its 68 % range, and the features it came from."""
+
+    r: float
+    low: float
+    high: float
+    features: dict
+
+    def line(self) -> str:
+        return f"r ≈ {self.r:.2f} ({self.low:.2f}–{self.high:.2f})"
+
+
+@dataclass
+class Model:
+    """One mode's fitted model: z(r) = intercept + ((x - mean) / scale) @ coef, x clamped to the fitting range."""
+
+    features: tuple
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+    resid_sd: float
+    low: np.ndarray
+    high: np.ndarray
+
+    def predict(self, features: dict) -> Expected:
+        x = np.clip(np.array([features[k] for k in self.features], dtype=np.float64), self.low, self.high)
+        z = self.intercept + ((x - self.mean) / self.scale) @ self.coef
+        return Expected(float(np.tanh(z)), float(np.tanh(z - self.resid_sd)), float(np.tanh(z + self.resid_sd)),
+                        dict(features))
+
+
+def model_from_dict(d: dict) -> Model:
+    arr = {k: np.asarray(d[k], dtype=np.float64) for k in ("mean", "scale", "coef", "low", "high")}
+    return Model(features=tuple(d["features"]), intercept=float(d["intercept"]), resid_sd=float(d["resid_sd"]), **arr)
+
+
+_LOADED: dict[Path, dict[str, Model]] = {}
+
+
+def load(path: Path | None = None) -> dict[str, Model] | None:
+    """mode -> fitted model from ``path`` (default: the shipped file), None when absent; a mode fitted on other
+    features than this bundle computes is left out (no estimate rather than a wrong one)."""
+    p = structure_prior.prior_file(PATH, path)
+    if p is not None and p not in _LOADED:
+        d = json.loads(p.read_text(encoding="utf-8"))
+        _LOADED[p] = {mode: model_from_dict(m) for mode, m in d["modes"].items()
+                      if tuple(m["features"]) == FEATURES.get(mode)}
+    return None if p is None else _LOADED[p]
+
+
+def expected(mode: str, features: dict) -> Expected | None:
+    """The shipped estimate for a run of ``mode`` ("structure" or "voxel"), None without the file."""
+    models = load()
+    if models is None or mode not in models:
+        return None
+    return models[mode].predict(features)
