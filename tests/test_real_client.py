@@ -102,7 +102,8 @@ def test_wheel_metadata_has_one_bundle_line_and_the_commands(client):
     assert "platform_machine" in gpu and "darwin" in cpu  # CUDA wheels only where they exist
     # a plain build from a clean checkout carries the models, their side files, their card and the help page
     models = ("defmap_5A", "defmap_6A", "defmap_7A", "defmap_mapmodel_5A", "defmap_mapmodel_6A", "defmap_mapmodel_7A")
-    for f in [f"{m}.onnx" for m in models] + [f"{m}.stages.npz" for m in models] + ["MODEL_CARD.md"]:
+    prior = ["prior/structure_prior.onnx", "prior/md_units.json", "prior/expected_r.json"]
+    for f in [f"{m}.onnx" for m in models] + [f"{m}.stages.npz" for m in models] + ["MODEL_CARD.md"] + prior:
         assert f"chimerax/defmap/onnx_models/{f}" in names
     assert "chimerax/defmap/docs/user/commands/defmap.html" in names
     assert not any(n.endswith(("headless.py", "demo.py")) for n in names), "test harness shipped in the wheel"
