@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atlas_train import chains, load_chain
-from .ensembles import _record
+from .atlas_train import chain_record, chains, load_chain
 from .paths import DEFAULT_DATA
 from .validate_md import cached_maps, load_models, pick, residue_values, structure_mode
 
@@ -25,11 +24,8 @@ KINDS = {"map+model": True, "map": False}  # structure mode with each model kind
 
 
 def chain_records(name: str) -> dict[str, dict]:
-    """variant -> ensemble record of one chain: its structure, per atom the MD RMSF of its residue (residues ATLAS
-    lacks get the chain's median: they move the map but carry no label)."""
-    st, rmsf = load_chain(name)
-    rmsf = np.where(np.isfinite(rmsf), rmsf, np.nanmedian(rmsf))
-    rec = _record(st, rmsf[st.res_index], None, "atlas_md")
+    """variant -> ensemble record of one chain (``atlas_train.chain_record``)."""
+    rec = chain_record(name)
     return {"hard": rec, "clean": rec}
 
 

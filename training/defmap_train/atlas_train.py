@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .ensembles import _record
 from .paths import SHARED
 from .structure import Structure, load_structure
 
@@ -30,6 +31,16 @@ def load_chain(name: str, root: Path = ATLAS_TRAIN) -> tuple[Structure, np.ndarr
     if np.isfinite(rmsf).sum() < 0.9 * len(rows):
         raise ValueError(f"{name}: only {np.isfinite(rmsf).sum()} of {len(rows)} RMSF rows match residues")
     return st, rmsf
+
+
+def chain_record(name: str, root: Path = ATLAS_TRAIN) -> dict:
+    """The chain as an ensemble record: per atom the MD RMSF of its residue (``rmsf``; residues ATLAS lacks get the
+    chain's median, so they blur the map like their neighbours) and ``label_rmsf``, NaN where ATLAS lacks the residue
+    (no label: training and evaluation skip it)."""
+    st, rmsf = load_chain(name, root)
+    rec = _record(st, np.where(np.isfinite(rmsf), rmsf, np.nanmedian(rmsf))[st.res_index], None, "atlas_md")
+    rec["label_rmsf"] = rmsf[st.res_index].astype(np.float32)
+    return rec
 
 
 def folds(names: list[str], k: int, seed: int = 0) -> dict[str, int]:

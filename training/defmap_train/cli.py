@@ -186,6 +186,8 @@ def _train_parser(sub) -> None:
     add_md_units(sub)
     from .expected_r_fit import add_parser as add_expected_r  # `expected-r`: the per-run expected r with MD
     add_expected_r(sub)
+    from .atlas_dataset import add_parser as add_atlas_data  # `atlas-data`: MD-labelled training maps
+    add_atlas_data(sub)
 
 
 def _check_parsers(sub) -> None:

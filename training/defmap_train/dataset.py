@@ -47,7 +47,8 @@ def make_sample(values: np.ndarray, xyz_to_ijk: np.ndarray, vs: float, rec: dict
                 rng: np.random.Generator, resolutions=RESOLUTIONS, p_unknown_resolution: float = 0.2) -> dict:
     """Preprocess one map for every model resolution; map_resolution is withheld for a fraction of samples."""
     xyz = np.asarray(rec["xyz"], dtype=np.float64)
-    out = {"name": str(rec["name"]), "log_rmsf": np.log10(np.maximum(rec["rmsf"], 1e-3)).astype(np.float32),
+    label = rec.get("label_rmsf", rec["rmsf"])  # MD records: NaN where the MD has no value (no label there)
+    out = {"name": str(rec["name"]), "log_rmsf": np.log10(np.maximum(label, 1e-3)).astype(np.float32),
            "res_index": np.asarray(rec["res_index"]), "resolution": float(resolution or np.nan)}
     out.update({k: v.astype(np.float32) for k, v in map_baselines(values, xyz_to_ijk, xyz, vs).items()})
     known = resolution is not None and rng.random() >= p_unknown_resolution
