@@ -64,6 +64,8 @@ def store_attributes(session, result) -> None:
         setattr(r, name, float(v))
         setattr(r, name + "_z", float(zv))
     store_expected(session, s, name, result.expected)
+    if result.misfit is not None:
+        _residue_attribute(session, s, name + "_fit", result.residues, result.misfit.fit)
 
 
 def store_expected(session, structure, name: str, e) -> None:

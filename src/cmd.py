@@ -184,6 +184,7 @@ def log_structure_summary(session, result: StructureResult) -> None:
     session.logger.info(html, is_html=True)
     session.logger.info(expected_line(result.expected, "the map's intensity and the model's packing, the resolution "
                                       f"and the size; attribute {result.attribute}_expected_r of {result.structure}"))
+    session.logger.info(misfit_line(result))
     if result.outside_atoms:
         session.logger.warning(f"{result.outside_atoms:,} heavy atoms of {result.structure} lie outside map and got "
                                "no DEFMap value")
@@ -217,6 +218,40 @@ def log_voxel_summary(session, res: VoxelResult) -> None:
         f"dynamics map #{res.dynamics.id_string}")
     session.logger.info(expected_line(res.expected, "the contour's packing, how far the contour stands out of the "
                                       "map's background, the resolution and the size; expected_r in the JSON result"))
+
+
+def misfit_line(result: StructureResult) -> str:
+    """The log's one line on where map and model disagree (``misfit.py``): stretches outside the map's contour and
+    density the model does not explain, where the dynamics value should be read with care."""
+    from .misfit import LOW_FIT, MIN_BLOB
+    m = result.misfit
+    if m is None:
+        return "DEFMap map–model fit: not assessed (the map has no contour to compare the model with)"
+    residues = result.structure.residues
+
+    def spec(ids) -> str:
+        rs = residues[np.asarray(ids, dtype=np.int64)]
+        return f"/{rs[0].chain_id}:{rs[0].number}-{rs[-1].number}" if len(rs) > 1 else rs[0].string(
+            style="command", omit_structure=True)
+    low = m.low_stretches()
+    parts = [f"model outside the map's contour (residue attribute {result.attribute}_fit < {LOW_FIT:g}) at "
+             + ", ".join(spec(ids) for ids in low)] if low else []
+    if m.blobs:
+        parts.append("density the model does not explain: " + "; ".join(
+            f"{b.volume:,.0f} Å³ lined by {_residue_list(residues[np.asarray(b.residues, dtype=np.int64)])}"
+            for b in m.blobs[:5]) + (f" (and {len(m.blobs) - 5} more)" if len(m.blobs) > 5 else ""))
+    if not parts:
+        return (f"DEFMap map–model fit: every stretch lies inside the map's contour and no density of "
+                f"{MIN_BLOB:g} Å³ or more is left unexplained (attribute {result.attribute}_fit)")
+    return "DEFMap map–model fit: " + "; ".join(parts) + "; read the dynamics there with care"
+
+
+def _residue_list(residues, most: int = 10) -> str:
+    """'/A:31,38,41 /B:7' for the log, at most ``most`` residues."""
+    by_chain: dict[str, list[str]] = {}
+    for r in list(residues)[:most]:
+        by_chain.setdefault(r.chain_id, []).append(f"{r.number}{r.insertion_code}")
+    return " ".join(f"/{c}:{','.join(n)}" for c, n in by_chain.items()) + ("…" if len(residues) > most else "")
 
 
 def expected_line(e, basis: str) -> str:

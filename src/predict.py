@@ -59,6 +59,7 @@ class StructureResult:
     native_resolution: float | None = None  # the resolution (Å) that contrast was computed at
     md_units: object = None  # md_units.Affine: how the values were put in MD units (add_md_units); None: network's
     expected: object = None  # expected.Expected: the r with MD this run can expect; None without the shipped fit
+    misfit: object = None  # misfit.Misfit: where map and model disagree (residue order = residues); None: not assessed
 
     def as_dict(self) -> dict:
         res = self.residues
@@ -69,8 +70,11 @@ class StructureResult:
         if self.network_residue_values is not None:  # the network alone, before the density contrasts
             for i, v in enumerate(self.network_residue_values):
                 extra.setdefault(i, {})["network"] = float(v)
+        if self.misfit is not None:  # map value at the residue's atoms over the map's contour level (misfit.py)
+            for i, v in enumerate(self.misfit.fit):
+                extra.setdefault(i, {})["fit"] = None if np.isnan(v) else float(v)
         return {"files": self.files, "normal_modes": self.nma_residue_values is not None, "sd_source": self.sd_source,
-                **expected_dict(self.expected),
+                **expected_dict(self.expected), "unexplained_density": self.unexplained(),
                 "contrast_weight": self.contrast_weight, "native_contrast_weight": self.native_contrast_weight,
                 "native_contrast_resolution": self.native_resolution,
                 "structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
@@ -80,6 +84,16 @@ class StructureResult:
                               "name": r.name, "value": float(v), **({} if sd is None else {"sd": float(sd[i])}),
                               **extra.get(i, {})}
                              for i, (r, v) in enumerate(zip(res, self.residue_values))]}
+
+
+    def unexplained(self) -> list[dict]:
+        """The regions of density the model does not explain (``misfit.Blob``), with the residues lining them."""
+        if self.misfit is None:
+            return []
+        residues = self.structure.residues
+        return [{"volume": round(b.volume, 1), "centre": [round(float(c), 2) for c in b.centre],
+                 "residues": [residues[int(i)].string(style="command", omit_structure=True) for i in b.residues]}
+                for b in self.misfit.blobs]
 
 
 def expected_dict(e) -> dict:
@@ -283,7 +297,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
                            atom_rotation_values=p.atom_rotation_values, atom_sd=p.atom_sd, residue_atoms=residue_atoms,
                            contrast_weight=p.contrast_weight, network_residue_values=p.network_residue_values,
                            native_contrast_weight=p.native_contrast_weight, native_resolution=p.native_resolution,
-                           expected=p.expected)
+                           expected=p.expected, misfit=p.misfit)
 
 
 def add_normal_modes(result: StructureResult) -> None:

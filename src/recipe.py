@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import combination, expected, map_shape, md_units, network, nma, structure_prior
+from . import combination, expected, map_shape, md_units, misfit, network, nma, structure_prior
 from . import preprocess as pp
 from .progress import Progress
 from .progress import silent as silent_progress
@@ -68,6 +68,7 @@ class AtomPrediction:
     md_units: md_units.Affine | None = None  # how values were put in MD units (to_md_units); None: network units
     run_features: dict = field(default_factory=dict)  # what the run measures for its expected r (expected.py)
     expected: expected.Expected | None = None  # the r with MD this run can expect (None: no shipped estimate)
+    misfit: misfit.Misfit | None = None  # where map and model disagree (None: the map has no contour to compare)
 
     def residue_sd(self) -> np.ndarray:
         """Each residue's SD (:func:`residue_sd`)."""
@@ -126,6 +127,10 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
         out.residue_values = combination.combine_terms(network_means, terms)
         out.atom_values = out.atom_values + (out.residue_values - network_means)[group]
     stages["mapping"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out.misfit = misfit.assess(values, xyz_to_ijk, xyz[scored], np.asarray(residue_index)[scored], native_res,
+                               out.residue_ids)
+    stages["misfit"] = time.perf_counter() - t0
     finish(out, info, xyz, elements, atom_names, ca, md_units)
     return out
 

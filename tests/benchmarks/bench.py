@@ -333,7 +333,8 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
     measured = runs[1:]
     wall = float(np.median([r["wall"] for r in measured]))
     cpu = float(np.median([r["cpu"] for r in measured]))
-    stage_names = ("preprocess", "patches", "inference", "mapping", "coloring", "packing")  # packing: voxel mode
+    # packing: voxel mode's; misfit: structure mode's map-model comparison (misfit.py)
+    stage_names = ("preprocess", "patches", "inference", "mapping", "coloring", "packing", "misfit")
     stages = {k: float(np.median([r["stages"].get(k, 0.0) for r in measured])) for k in stage_names}
     inf = [r["stages"]["inference"] for r in measured]
     gflops = float(np.median([r["flops"] / r["stages"]["inference"] / 1e9 for r in measured]))
