@@ -2,9 +2,10 @@
 
 A run cannot see MD, but it measures things that go with how well the prediction tracks it: whether the network's
 ranking agrees with the map's own intensity and with the structure's packing (two independent weak predictors
-that, where they agree with it, vouch for it), the map's resolution and the structure's size; in voxel mode, how
-far the contour stands out of the map's background.  (How well the model explains the map and how many atoms fall
-outside it were tried and dropped: on the engine maps the fit is made on they carried no weight.)  A linear model
+that, where they agree with it, vouch for it), how widely the network's values spread (a network that tells
+residues apart strongly tends to be right), the map's resolution and the structure's size.  (How well the model
+explains the map, how many atoms fall outside it and, in voxel mode, how far the contour stands out of the
+background were tried and dropped: on the engine maps the fit is made on they carried no weight.)  A linear model
 of Fisher z(r) on those run features, one per mode, is fitted by ``defmap-train expected-r`` on engine maps of the
 atlas_train chains with their ATLAS MD (never md_reference) and shipped as ``onnx_models/prior/expected_r.json``;
 the range is ± the fit's protein-disjoint CV residual SD in z.  validate-md checks it on both map families.
@@ -24,8 +25,8 @@ from . import structure_prior
 
 PATH = Path(__file__).resolve().parent / "onnx_models" / "prior" / "expected_r.json"
 FEATURES = {
-    "structure": ("agree_raw", "agree_packing", "resolution", "log_residues"),
-    "voxel": ("agree_packing", "snr", "resolution", "log_voxels"),
+    "structure": ("agree_raw", "agree_packing", "spread", "resolution", "log_residues"),
+    "voxel": ("agree_packing", "spread", "resolution", "log_voxels"),
 }
 
 
@@ -42,21 +43,19 @@ def structure_features(network: np.ndarray, map_at: np.ndarray, packing: np.ndar
                        resolution: float) -> dict[str, float]:
     """Structure mode's run features from per-residue arrays in one order: the network's values, the map's own
     values at the residue's atoms, heavy atoms within 12 Å of its C-alpha (NaN without one); the map's resolution
-    (Å)."""
+    (Å); ``spread``: the SD of the network's values (its units), how strongly it tells residues apart."""
+    network = np.asarray(network, dtype=np.float64)
     return {"agree_raw": pearson(network, -np.asarray(map_at)), "agree_packing": pearson(network, -np.asarray(packing)),
+            "spread": float(np.nanstd(network)) if np.isfinite(network).any() else 0.0,
             "resolution": float(resolution), "log_residues": float(np.log(max(np.isfinite(network).sum(), 1)))}
 
 
-def voxel_features(network: np.ndarray, lattice: np.ndarray, centers: np.ndarray, packing: np.ndarray | None,
-                   resolution: float) -> dict[str, float]:
-    """Voxel mode's run features: the network's values at the scored ``centers`` of the preprocessed ``lattice``,
-    the contour's packing there (None: not computed, no agreement shown), the map's resolution (Å); ``snr``: how far
-    the contour's mean stands above the rest of the lattice, in the rest's SD."""
-    inside = np.zeros(lattice.shape, dtype=bool)
-    inside[tuple(np.asarray(centers).T)] = True
-    rest = lattice[~inside]
-    snr = float((lattice[inside].mean() - rest.mean()) / max(float(rest.std()), 1e-12)) if rest.size else 0.0
-    return {"agree_packing": pearson(network, packing) if packing is not None else 0.0, "snr": snr,
+def voxel_features(network: np.ndarray, packing: np.ndarray | None, resolution: float) -> dict[str, float]:
+    """Voxel mode's run features: the network's values at the scored voxels, the contour's packing there (None: not
+    computed, no agreement shown), the map's resolution (Å); ``spread`` as for structure mode."""
+    network = np.asarray(network, dtype=np.float64)
+    return {"agree_packing": pearson(network, packing) if packing is not None else 0.0,
+            "spread": float(network.std()) if len(network) else 0.0,
             "resolution": float(resolution), "log_voxels": float(np.log(max(len(network), 1)))}
 
 

@@ -393,7 +393,7 @@ def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk:
         stages["normal_modes"] = time.perf_counter() - t0
         out.map_anm_weight = map_anm_weight(info)
     out.values = combination.combine_terms(preds, terms)
-    out.run_features = expected.voxel_features(preds, prep.grid.values, prep.centers, out.term_values.get("packing"),
+    out.run_features = expected.voxel_features(preds, out.term_values.get("packing"),
                                                max(float(map_resolution or 0.0), info.spec.filter_resolution))
     out.expected = expected.expected("voxel", out.run_features)
     if out.map_anm_weight:

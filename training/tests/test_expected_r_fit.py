@@ -28,7 +28,7 @@ def test_fit_recovers_the_dependence_and_the_noise():
     assert model["resid_sd"] == pytest.approx(0.1, rel=0.25)
     assert 0.55 < rep["cv_within_range"] < 0.8
     m = expected.model_from_dict(model)
-    f = dict(zip(expected.FEATURES["structure"], [0.5, 0.0, 0.0, 0.0]))
+    f = {k: 0.5 if k == "agree_raw" else 0.0 for k in expected.FEATURES["structure"]}
     assert np.arctanh(m.predict(f).r) == pytest.approx(1.2, abs=0.1)
 
 
