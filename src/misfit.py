@@ -77,8 +77,11 @@ def assess(values: np.ndarray, xyz_to_ijk: np.ndarray, xyz: np.ndarray, residue_
     m = np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
     step = float(np.abs(np.linalg.det(np.linalg.inv(m[:, :3])))) ** (1 / 3)
     try:
-        level, _ = map_shape.auto_level(values, step, resolution)
+        with np.errstate(over="ignore", invalid="ignore"):  # maps with values near the float32 limit
+            level, _ = map_shape.auto_level(values, step, resolution)
     except ValueError:
+        return None
+    if not np.isfinite(level):
         return None
     ok = np.isfinite(xyz).all(axis=1)
     at = np.full(len(xyz), np.nan)
