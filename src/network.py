@@ -218,10 +218,10 @@ def _fits_mode(info: ModelInfo, structure: bool) -> ModelInfo:
 
 
 def calibrated_sd(head_sd: np.ndarray, prediction: np.ndarray, calibration: dict) -> np.ndarray:
-    """The SD a variance model reports: its head's SD to the power ``sd_power`` x ``sd_scale`` (68 % coverage on the
-    simulated CV) x exp(``sd_slope`` x the prediction's z-score over the scored atoms): on real MD flexible residues
-    are predicted less surely, and the head, trained on simulated labels, is only partly right (power and slope are
-    fitted on md_reference by ``defmap-train validate-md``; 1 and 0 when absent)."""
+    """The SD a variance model reports: its head's SD to the power ``sd_power`` x ``sd_scale`` x exp(``sd_slope`` x
+    the prediction's z-score over the scored atoms): on real MD flexible residues are predicted less surely, and the
+    head, trained on simulated labels, is only partly right (the shipped models' three numbers are fitted on ATLAS MD
+    of atlas_train by ``defmap-train md-calibrate``; power 1, scale 1 and slope 0 when absent)."""
     from .combination import zscore
     slope = float(calibration.get("sd_slope", 0.0))
     head = np.asarray(head_sd, dtype=np.float64) ** float(calibration.get("sd_power", 1.0))

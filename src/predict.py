@@ -338,7 +338,12 @@ def add_md_units(result: StructureResult) -> None:
 def sd_source(info: network.ModelInfo) -> str:
     """What ``uncertainty true`` reports as the SD for this model, in words for plots and the log."""
     if info.has_variance:
-        return "predicted SD (the model's variance output, calibrated on the simulated CV)"
+        cal = info.calibration
+        where = "ATLAS MD" if "atlas_train" in str(cal.get("sd_slope_fitted_on", "")) else "the simulated CV"
+        if float(cal.get("sd_power", 1.0)) == 0.0:  # the fit gave the variance output no weight
+            return (f"predicted SD (a scale times exp({float(cal.get('sd_slope', 0.0)):g} × the value's z-score), "
+                    f"fitted on {where}; the model's variance output carries no weight there)")
+        return f"predicted SD (the model's variance output, calibrated on {where})"
     return f"SD over the {len(ROTATIONS)} rotations of the cube"
 
 

@@ -307,11 +307,12 @@ def test_save_structure_puts_prediction_in_bfactor_column(cx, random_model, tmp_
 
 
 def test_the_sd_names_what_it_is(cx):
-    """The shipped models' SD comes from their variance output in one pass, and everything that shows it says so."""
+    """The shipped models' SD comes in one pass, from their calibration on ATLAS MD, and everything that shows it
+    says so."""
     run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
     run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
     res = run(cx, "defmap #1 structure #2 mapResolution 3.2 uncertainty true color false")
-    assert res.model.has_variance and res.sd_source.startswith("predicted SD (the model's variance output")
+    assert res.model.has_variance and res.sd_source.startswith("predicted SD (") and "ATLAS MD" in res.sd_source
     assert res.as_dict()["sd_source"] == res.sd_source
 
 

@@ -3,15 +3,18 @@ for values in MD units and for the SD (``md_units.py``), never md_reference.
 
 Each chain's maps are made by the training engine (``maps.simulate_map``, Debye–Waller blur by the chain's own MD
 RMSF; ``hard``: the training randomization, ``clean``: none), so what is fitted here is in-family; validate-md
-reports it on both families.  Maps and per-map results are cached under ``training/data/atlas_eval`` (seeded;
-delete to remake); a run that stops resumes where it stopped.
+reports it on both families.  Maps and per-map results are cached under ``training/data/atlas_eval`` (seeded; the
+results per set of model files, ``models_key``; delete to remake); a run that stops resumes where it stopped.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
+
+from chimerax.defmap.shared_features import file_sha256
 
 from .atlas_train import chain_record, chains, load_chain
 from .paths import DEFAULT_DATA
@@ -37,15 +40,24 @@ def chain_maps(name: str, cache: Path = CACHE) -> list[dict]:
     return out
 
 
+def cached_arrays(f: Path, make) -> dict[str, np.ndarray]:
+    """The arrays of ``f``, written first from ``make()`` (a dict of arrays) when the file is not there."""
+    if not f.exists():
+        arrays = make()
+        f.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(f, **arrays)
+    with np.load(f) as z:
+        return {k: z[k] for k in z.files}
+
+
 def chain_results(name: str, models, residue_atoms: str = "backbone", cache: Path = CACHE) -> list[dict]:
     """Per map of the chain and model kind: residue arrays (truth = log10 MD RMSF, the value structure mode reports
     in the network's units, its SD, the structure prior) and per atom the network's value and head SD (for the SD's
     slope and power)."""
-    f = cache / "results" / f"{name}.npz"
-    if not f.exists():
+    def make() -> dict[str, np.ndarray]:
         st, rmsf = load_chain(name)
-        truth = np.log10(rmsf)
-        arrays: dict[str, np.ndarray] = {"truth": truth, "res_index": st.res_index, "atom_name": st.atom_name}
+        arrays: dict[str, np.ndarray] = {"truth": np.log10(rmsf), "res_index": st.res_index,
+                                         "atom_name": st.atom_name}
         for i, m in enumerate(chain_maps(name, cache)):
             for kind, with_model in KINDS.items():
                 info = pick(models, float(m["resolution"]), with_model)
@@ -56,10 +68,8 @@ def chain_results(name: str, models, residue_atoms: str = "backbone", cache: Pat
                 for k in ("reported", "sd", "atom_network", "atom_head_sd"):
                     if sm.get(k) is not None:
                         arrays[f"{key}|{k}"] = sm[k]
-        f.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(f, **arrays)
-    with np.load(f) as z:
-        d = {k: z[k] for k in z.files}
+        return arrays
+    d = cached_arrays(cache / "results" / models_key(models) / f"{name}.npz", make)
     out: dict[tuple, dict] = {}
     for k, v in d.items():
         if k.count("|") == 3:
@@ -76,9 +86,19 @@ def per_residue(row: dict, residue_atoms: str = "backbone"):
     return lambda v, atoms=residue_atoms: residue_values(v, row["res_index"], row["atom_name"], n, atoms)
 
 
-def all_results(models_dir: Path, names: list[str] | None = None, residue_atoms: str = "backbone") -> list[dict]:
+def models_key(models) -> str:
+    """A short hash of the model files (weights and calibration): cached results belong to the models they came from."""
+    h = hashlib.sha256()
+    for m in sorted(models, key=lambda m: m.path.name):
+        h.update(m.path.name.encode() + file_sha256(m.path).encode())
+    return h.hexdigest()[:12]
+
+
+def all_results(models_dirs: Path | list[Path], names: list[str] | None = None,
+                residue_atoms: str = "backbone") -> list[dict]:
     """Every chain's rows, computing what the cache lacks (one line per chain so a background run can be followed)."""
-    models = load_models([Path(models_dir)])
+    dirs = [Path(models_dirs)] if isinstance(models_dirs, (str, Path)) else [Path(d) for d in models_dirs]
+    models = load_models(dirs)
     out = []
     for name in names or chains():
         rows = chain_results(name, models, residue_atoms)

@@ -152,10 +152,10 @@ def _train_parser(sub) -> None:
                    "model)")
     t.add_argument("--calibration-from", help="a train_<res>A.json whose CV calibration (sd_scale, weights) the "
                    "exported models take when this run has no CV")
-    t.add_argument("--sd-slope", type=float, help="log SD grows by this times the prediction's z-score (fitted on "
-                   "real MD by validate-md); sd_scale and coverage are fitted with it on the CV")
-    t.add_argument("--sd-power", type=float, help="the head's SD enters to this power (fitted on real MD by "
-                   "validate-md with the slope; 0 ignores the head)")
+    t.add_argument("--sd-slope", type=float, help="log SD grows by this times the prediction's z-score (md-calibrate "
+                   "fits it on real MD after export); sd_scale and coverage are fitted with it on the CV")
+    t.add_argument("--sd-power", type=float, help="the head's SD enters to this power (md-calibrate fits it on real "
+                   "MD with the slope; 0 ignores the head)")
     t.add_argument("--map-kinds", help="which simulated maps to use (dataset's kinds: map = frame-averaged, dw = "
                    "Debye-Waller, clean = Debye-Waller without confounders)")
     t.add_argument("--fit-map-kinds", help="map-only: the kinds of CV test map voxel mode's weights (packing, normal "
@@ -188,6 +188,8 @@ def _train_parser(sub) -> None:
     add_expected_r(sub)
     from .atlas_dataset import add_parser as add_atlas_data  # `atlas-data`: MD-labelled training maps
     add_atlas_data(sub)
+    from .md_calibration import add_parser as add_md_calibrate  # `md-calibrate`: weights and SD on real MD
+    add_md_calibrate(sub)
 
 
 def _check_parsers(sub) -> None:

@@ -7,7 +7,8 @@ per-residue Pearson r of what it reports with log10 ATLAS MD RMSF.  Per mode, ri
 features; protein-disjoint 5-fold CV gives the honest Spearman and the residual SD that becomes the 68 % range.
 
 Writes ``onnx_models/prior/expected_r.json`` (what the bundle reads) and a report JSON.  Runs are cached per chain
-under ``training/data/atlas_eval/expected`` (about 20 min on 2 cores the first time; a stopped run resumes).
+and set of model files under ``training/data/atlas_eval/expected`` (about 5 min on 2 cores the first time; a
+stopped run resumes).
 """
 
 from __future__ import annotations
@@ -21,20 +22,22 @@ from scipy import stats
 from chimerax.defmap import expected
 
 from .atlas_eval import CACHE as ATLAS_CACHE
-from .atlas_eval import chain_maps
+from .atlas_eval import chain_maps, models_key
 from .atlas_train import chains, folds, load_chain
 from .md_units_fit import ridge
 from .paths import repo_relative
 from .validate_md import load_models, pearson, pick, residue_values, structure_mode, voxel_mode
 
 CACHE = ATLAS_CACHE / "expected"
+REPORT = Path("training/reports/expected_r.json")  # from the repository root
+SHIPPED = Path("onnx_models/prior/expected_r.json")
 ALPHA = 3.0  # ridge penalty on z-scored run features
 R_CLIP = 0.98  # Fisher z of |r| above this is cut there (one near-perfect run should not dominate)
 
 
 def chain_runs(name: str, models, residue_atoms: str = "backbone") -> list[dict]:
     """Per map of the chain and mode: the run's features and its r with MD (cached)."""
-    f = CACHE / f"{name}.json"
+    f = CACHE / models_key(models) / f"{name}.json"
     if f.exists():
         return json.loads(f.read_text(encoding="utf-8"))
     st, rmsf = load_chain(name)
@@ -116,6 +119,6 @@ def run(models_dir: Path, out: Path, shipped: Path) -> dict:
 def add_parser(sub) -> None:
     p = sub.add_parser("expected-r", help="fit the per-run expected r with MD on atlas_train (expected_r.json)")
     p.add_argument("--models", type=Path, default=Path("onnx_models"))
-    p.add_argument("--out", type=Path, default=Path("training/reports/expected_r.json"))
-    p.add_argument("--shipped", type=Path, default=Path("onnx_models/prior/expected_r.json"))
+    p.add_argument("--out", type=Path, default=REPORT)
+    p.add_argument("--shipped", type=Path, default=SHIPPED)
     p.set_defaults(fn=lambda a: print(json.dumps(run(a.models, a.out, a.shipped), indent=1)))

@@ -27,6 +27,8 @@ from .atlas_eval import all_results
 from .atlas_train import chains, folds, load_chain
 from .paths import repo_relative
 
+REPORT = Path("training/reports/md_units.json")  # from the repository root
+SHIPPED = Path("onnx_models/prior/md_units.json")
 ALPHA = 1.0  # ridge penalty on z-scored level features
 FIT_VARIANT = "hard"
 
@@ -131,6 +133,6 @@ def run(models_dir: Path, out: Path, shipped: Path) -> dict:
 def add_parser(sub) -> None:
     p = sub.add_parser("md-units", help="fit the calibration to MD units on atlas_train (md_units.json)")
     p.add_argument("--models", type=Path, default=Path("onnx_models"))
-    p.add_argument("--out", type=Path, default=Path("training/reports/md_units.json"))
-    p.add_argument("--shipped", type=Path, default=Path("onnx_models/prior/md_units.json"))
+    p.add_argument("--out", type=Path, default=REPORT)
+    p.add_argument("--shipped", type=Path, default=SHIPPED)
     p.set_defaults(fn=lambda a: print(json.dumps(run(a.models, a.out, a.shipped), indent=1)))

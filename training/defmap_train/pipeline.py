@@ -153,8 +153,8 @@ def calibration_of(summ: dict, fitted_on: str) -> dict:
            "map_packing_weight": summ.get("map_packing_weight", 0.0),
            "sd_slope": summ.get("sd_slope", 0.0), "sd_power": summ.get("sd_power", 1.0), "fitted_on": fitted_on}
     if cal["sd_slope"] or cal["sd_power"] != 1.0:
-        cal["sd_slope_fitted_on"] = ("the 17 md_reference chains (defmap-train validate-md, sd_slope and sd_power); "
-                                     "sd_scale was fitted after it")
+        cal["sd_slope_fitted_on"] = ("given to train (--sd-slope, --sd-power); sd_scale was fitted after it on the "
+                                     "simulated CV (defmap-train md-calibrate refits all three on atlas_train's MD)")
     return cal
 
 

@@ -21,8 +21,8 @@ with ``normalModes true``; the network and the packing alone; the map-only model
 value is the mean over ``--residue-atoms`` (heavy, backbone or ca; the bundle's default is backbone) of the per-atom
 values.
 
-Only the SD's slope and power are fitted to these chains (reported leave-one-chain-out).  Maps are cached in
-``training/data/validate_md`` (seeded; delete to remake).
+Nothing is fitted to these chains (the SD and the weights are fitted on atlas_train by ``defmap-train
+md-calibrate``).  Maps are cached in ``training/data/validate_md`` (seeded; delete to remake).
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ from chimerax.defmap import network, recipe, structure_prior
 from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import combine
 from chimerax.defmap.map_shape import RESIDUE_VOLUME
-from chimerax.defmap.network import calibrated_sd
 from chimerax.defmap.nma import anm_log_fluctuations
 
 from .ensembles import _record
@@ -103,12 +102,13 @@ def load_models(dirs: list[Path]) -> list[network.ModelInfo]:
     return [network.read_model_info(p) for d in dirs for p in sorted(Path(d).glob("*.onnx"))]
 
 
-_PREDICTORS: dict[str, network.Predictor] = {}
+_PREDICTORS: dict[tuple, network.Predictor] = {}
 
 
 def predictor(info: network.ModelInfo) -> network.Predictor:
-    """One onnxruntime session per model file for the whole run (CPU: the numbers must not depend on a GPU)."""
-    key = str(info.path)
+    """One onnxruntime session per model file for the whole run (CPU: the numbers must not depend on a GPU); a file
+    rewritten since (``md-calibrate`` writes calibrations) gets a new one, with the calibration it now holds."""
+    key = (str(info.path), info.path.stat().st_mtime_ns, json.dumps(info.calibration, sort_keys=True))
     if key not in _PREDICTORS:
         _PREDICTORS[key] = network.Predictor(info, "cpu", threads=2)
     return _PREDICTORS[key]
@@ -282,7 +282,6 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
         row[f"{kind}+anm_fitted"] = pearson(sm["normal_modes"], truth)  # normalModes true: w·prior, w from the CV
         if sm["sd"] is not None:
             row[f"{kind}_sd_spearman"] = sd_error_spearman(pr, sm["sd"], truth)
-            row[f"_fit_{kind}"] = (sm["atom_network"], sm["atom_head_sd"], per_res, truth, pr)  # for fit_sd_slope
             row["_sd_err"] = sd_and_errors(pr, sm["sd"], truth)  # for sd_bands
         row[f"{kind}_value_spearman"] = sd_error_spearman(pr, pr, truth)  # the value itself as an SD, a diagnostic
         row.setdefault("_expected", []).append(expected_run("structure", sm["expected"], row[kind]))
@@ -311,9 +310,8 @@ def map_rows(st: Structure, m: dict, models: list[network.ModelInfo], residue_at
         # `defmap MAP structure MODEL model <map-only model>`, for its SD (no normal modes asked of it)
         one = structure_mode(info, st, m, residue_atoms, normal_modes=False)
         row["map_structure"] = pearson(one["reported"], truth)
-        if one["sd"] is not None:  # the SD that model reports there, and its calibration's slope and power
+        if one["sd"] is not None:  # the SD that model reports there
             row["map_sd_spearman"] = sd_error_spearman(one["reported"], one["sd"], truth)
-            row["_fit_map"] = (one["atom_network"], one["atom_head_sd"], per_res, truth, one["reported"])
         try:  # at about the level ChimeraX opens the map with (`open MAP; defmap #1`)
             row["map_initial_level"] = pearson(per_res(voxel_mode(info, m, initial_level(values)).values_at(xyz)),
                                                truth)
@@ -502,88 +500,12 @@ def evaluate_chain(md_dir: Path, name: str, models: list[network.ModelInfo], map
            "variants": {}}
     for v, rs in rows.items():
         keys = list(dict.fromkeys(k for r in rs for k in r if not k.endswith("_model") and not k.startswith("_")))
-        out.setdefault("_fit", []).extend((v, k[5:], r[k]) for r in rs for k in r if k.startswith("_fit_"))
         out.setdefault("_sd_err", []).extend((v, r["_sd_err"]) for r in rs if "_sd_err" in r)
         out.setdefault("_expected", []).extend({**e, "variant": v, "chain": name} for r in rs
                                                for e in r.get("_expected", []) if e is not None)
         out["variants"][v] = {k: float(np.nanmean([r.get(k, np.nan) for r in rs])) for k in keys}
         out["variants"][v]["maps"] = len(rs)
         out["variants"][v]["models"] = sorted({r[k] for r in rs for k in r if k.endswith("_model")})
-    return out
-
-
-SLOPES = np.round(np.arange(-1.0, 2.01, 0.05), 2)
-POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)  # of the head's SD: 0 ignores the head, 1 takes it as it is
-
-
-def sloped_sd(mean: np.ndarray, sd: np.ndarray, b: float, power: float = 1.0) -> np.ndarray:
-    """Per-atom head SD with ``sd_slope`` b, ``sd_power`` and no scale (the bundle's ``model.calibrated_sd``)."""
-    return calibrated_sd(sd, mean, {"sd_slope": b, "sd_power": power})
-
-
-def _slope_nll(fit, b: float, power: float = 1.0) -> float:
-    """Gaussian NLL of one map's residue errors at slope b and power, the map's own scale profiled out: per residue,
-    SD = residue mean of ``sloped_sd``, error = MD minus the map's least-squares line on the prediction."""
-    mean, sd, per_res, truth = fit[:4]
-    pr, s = _reported(fit), per_res(sloped_sd(mean, sd, b, power))
-    ok = np.isfinite(pr) & np.isfinite(s) & np.isfinite(truth) & (s > 0)
-    e2 = line_errors(pr, truth, ok) ** 2
-    return float(np.log(s[ok]).sum() + 0.5 * ok.sum() * np.log(np.mean(e2 / s[ok] ** 2)))
-
-
-GRID = [(float(b), p) for p in POWERS for b in SLOPES]
-
-
-def _reported(fit: tuple) -> np.ndarray:
-    """The residue values whose errors the SD is judged on: what structure mode reports (network and contrasts),
-    else the network's own residue means."""
-    return fit[4] if len(fit) > 4 else fit[2](fit[0])
-
-
-def _nll_table(fits: list[tuple[str, str, tuple]]) -> np.ndarray:
-    """(maps, GRID) NLL of each map at each (slope, power)."""
-    return np.array([[_slope_nll(f, b, p) for b, p in GRID] for _, _, f in fits]).reshape(len(fits), len(GRID))
-
-
-def _best(table: np.ndarray) -> tuple[float, float]:
-    """The (slope, power) of GRID with the smallest NLL summed over the table's maps."""
-    return GRID[int(np.argmin(table.sum(axis=0)))]
-
-
-def fit_sd_slope(fits: list[tuple[str, str, tuple]]) -> tuple[float, float]:
-    """(slope b, power p) of SD = head SD^p x exp(b x the prediction's z-score) that maximize the Gaussian likelihood
-    of the errors of these maps (each map's scale free): flexible residues are predicted less surely against MD, which
-    the variance head (trained on simulated labels) does not know, and the head itself is only partly right there."""
-    return _best(_nll_table(fits))
-
-
-def sd_slope_report(chains: list[dict]) -> dict:
-    """Per model kind: (b, p) fitted on all chains' engine maps (what the shipped calibration takes; the image maps
-    stay out of every fit) and the leave-one-chain-out Spearman(SD, abs error) per kind of map, (b, p) fitted on the
-    other chains' engine maps each time (the honest estimate)."""
-    out = {}
-    kinds = sorted({k for c in chains for _, k, _ in c.get("_fit", [])})
-    for kind in kinds:
-        fits = [(c["chain"], v, f) for c in chains for v, k, f in c.get("_fit", []) if k == kind]
-        table = _nll_table([(v, kind, f) for _, v, f in fits])
-        names = [n for n, _, _ in fits]
-        engine = np.array([v in ENGINE_VARIANTS for _, v, _ in fits])
-        loo: dict[str, list[float]] = {}
-        for name in dict.fromkeys(names):
-            rest = np.array([n != name for n in names]) & engine
-            b, pw = _best(table[rest])
-            by_variant: dict[str, list[float]] = {}
-            for n, v, fit in fits:
-                if n == name:
-                    mean, sd, per_res, truth = fit[:4]
-                    by_variant.setdefault(v, []).append(
-                        sd_error_spearman(_reported(fit), per_res(sloped_sd(mean, sd, b, pw)), truth))
-            for v, xs in by_variant.items():
-                loo.setdefault(v, []).append(float(np.nanmean(xs)))
-        b, pw = _best(table[engine])
-        out[kind] = {"sd_slope": b, "sd_power": pw,
-                     "fitted_on": f"all {len(set(names))} md_reference chains, their engine maps",
-                     "loo_spearman": {v: float(np.nanmean(xs)) for v, xs in loo.items()}}
     return out
 
 
@@ -633,8 +555,7 @@ def markdown(result: dict) -> str:
     lines += abs_error_lines(chains)
     lines += sd_band_lines(result.get("sd_bands") or {})
     lines += expected_lines(result.get("expected_r") or {})
-    lines += targets(result["summary"], result.get("sd_slope"), result.get("expected_r"))
-    lines += sd_slope_lines(result.get("sd_slope") or {})
+    lines += targets(result["summary"], result.get("expected_r"), result.get("sd_bands"))
     lines += ["### Residue value: which atoms (map-only model, mean r over chains)", "",
               "| maps | " + " | ".join(t for _, t in ATOM_COLUMNS) + " |", "|---|" + "---|" * len(ATOM_COLUMNS)]
     for v in VARIANTS:
@@ -644,23 +565,10 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sd_slope_lines(slopes: dict) -> list[str]:
-    """The SD calibration fitted on these chains, and its leave-one-chain-out Spearman(SD, abs error)."""
-    if not slopes:
-        return []
-    out = ["### SD calibration on real MD (SD = head SD^p x exp(b x z-score of the prediction), by likelihood)", "",
-           "| model kind | b (sd_slope) fitted on all chains | p (sd_power) | "
-           + " | ".join(f"leave-one-chain-out Spearman, {v}" for v in VARIANTS) + " |",
-           "|---|---|---|" + "---|" * len(VARIANTS)]
-    for kind, d in slopes.items():
-        out.append(f"| {kind} | {d['sd_slope']:g} | {d.get('sd_power', 1.0):g} | "
-                   + " | ".join(_f(d["loo_spearman"].get(v)) for v in VARIANTS) + " |")
-    return out + [""]
-
-
-def targets(summary: dict, slopes: dict | None = None, expected_r: dict | None = None) -> list[str]:
+def targets(summary: dict, expected_r: dict | None = None, bands: dict | None = None) -> list[str]:
     """The targets the shipped models are held to, each with the measured numbers (mean per-residue r over the
-    chains); the SD's Spearman is the leave-one-chain-out one when the SD slope was fitted on these chains."""
+    chains; the SD's tercile ratio and coverage pooled over chains, ``sd_bands``; the expected r's Spearman over
+    runs, ``expected_report``)."""
     def g(v, k):
         return summary.get(v, {}).get(k, float("nan"))
     rows = [("hard: map + model ≥ ANM + 0.05", g("hard", "map+model"), g("hard", "anm") + 0.05),
@@ -674,18 +582,17 @@ def targets(summary: dict, slopes: dict | None = None, expected_r: dict | None =
             rows.append((f"{v}: structure mode ≥ max(ANM, raw, z-sum) + 0.03", g(v, "map+model"), best + 0.03))
     if "image" in summary:
         rows.append(("image: voxel mode ≥ raw intensity + 0.10", g("image", "map"), g("image", "raw") + 0.10))
-    loo = ((slopes or {}).get("map+model") or {}).get("loo_spearman")
-    sp = [loo.get(v, np.nan) if loo else g(v, "map+model_sd_spearman") for v in VARIANTS if v in summary]
-    sp = [x for x in sp if np.isfinite(x)]
-    rows.append(("Spearman(SD, abs error) ≥ 0.3 (mean over map kinds" + (", leave-one-chain-out)" if loo else ")"),
-                 float(np.mean(sp)) if sp else float("nan"), 0.3))
+    for v, d in (bands or {}).items():
+        rows.append((f"{v}: SD's top/bottom-third mean |error| ≥ 1.5", d["tercile_ratio"], 1.5))
+        rows.append((f"{v}: ±SD covers 60–76 % of the errors", d["coverage68"], (0.60, 0.76)))
     if expected_r and "all" in expected_r:
         rows.append(("Spearman(expected_r, actual r) ≥ 0.5 over all runs (both modes, both families)",
                      expected_r["all"]["spearman"], 0.5))
     out = ["### Targets", "", "| target | measured | needed | met |", "|---|---|---|---|"]
     for name, got, need in rows:
-        met = "–" if not (np.isfinite(got) and np.isfinite(need)) else ("yes" if got >= need else "no")
-        out.append(f"| {name} | {_f(got)} | {_f(need)} | {met} |")
+        lo, hi = need if isinstance(need, tuple) else (need, np.inf)
+        met = "–" if not (np.isfinite(got) and np.isfinite(lo)) else ("yes" if lo <= got <= hi else "no")
+        out.append(f"| {name} | {_f(got)} | {_f(lo) if hi == np.inf else f'{lo:.2f}–{hi:.2f}'} | {met} |")
     return out + [""]
 
 
@@ -702,7 +609,7 @@ DOC_COLUMNS = [("raw", "raw intensity"), ("anm", "ANM of the fitted model"), ("r
                ("map+model_network", "map + model network alone"),
                ("map+model", "map + model (structure mode)"),
                ("map+model+anm_fitted", "structure mode with normalModes (⊕ w·prior)"),
-               ("map+model_sd_spearman", "Spearman(SD, abs error), slope and power fitted on these chains")]
+               ("map+model_sd_spearman", "Spearman(SD, abs error)")]
 
 
 def docs_block(result: dict, train_jsons: list[Path]) -> str:
@@ -712,9 +619,9 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
     s = result["summary"]
     lines = [DOC_BEGIN, "", f"Generated from the repository root by `.venv/bin/{result['command']} --docs ...`; "
              "do not edit by hand. Mean per-residue Pearson r with log10 MD C-alpha RMSF over the md_reference chains "
-             "(never trained on; only the SD's slope and power are fitted to them, and the honest estimate is the "
-             f"leave-one-chain-out one below), {result['maps_per_variant']} maps per chain; residue = mean over "
-             f"{result['residue_atoms']} atoms. Models: {', '.join(Path(m).name for m in result['models'])}.", "",
+             f"(never trained on, nothing fitted to them), {result['maps_per_variant']} maps per chain; residue = "
+             f"mean over {result['residue_atoms']} atoms. Models: "
+             f"{', '.join(Path(m).name for m in result['models'])}.", "",
              "| maps (chains) | " + " | ".join(t for _, t in DOC_COLUMNS) + " |", "|---|" + "---|" * len(DOC_COLUMNS)]
     label = {"hard": "hard: Debye–Waller from MD RMSF + training confounders (in-family)",
              "clean": "clean: same, no confounders (in-family)",
@@ -725,8 +632,7 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
         if v in s:
             lines.append(f"| {label[v]} ({s[v]['chains']}) | " + " | ".join(_f(s[v].get(k)) for k, _ in DOC_COLUMNS)
                          + " |")
-    lines += ([""] + targets(s, result.get("sd_slope"), result.get("expected_r"))[2:-1] + [""]
-              + sd_slope_lines(result.get("sd_slope") or {})[2:])
+    lines += [""] + targets(s, result.get("expected_r"), result.get("sd_bands"))[2:-1] + [""]
     lines += real_map_lines(result.get("real_map") or {})
     lines += abs_error_lines(result.get("chains") or [])
     lines += sd_band_lines(result.get("sd_bands") or {})
@@ -792,11 +698,9 @@ def run(a) -> dict:
             keys = sorted({k for d in ds for k in d if k not in ("maps", "models")})
             summary[v] = {k: float(np.nanmean([d.get(k, np.nan) for d in ds])) for k in keys}
             summary[v]["chains"] = len(ds)
-    slopes = sd_slope_report(res)
     bands = sd_bands(res)
     runs = [e for c in res for e in c.pop("_expected", [])]
     for c in res:  # per-atom arrays: not for the JSON
-        c.pop("_fit", None)
         c.pop("_sd_err", None)
     cmd = "defmap-train validate-md " + " ".join(
         [f"--models {' '.join(repo_relative(d) for d in dirs)}", f"--maps-per-variant {a.maps_per_variant}",
@@ -804,7 +708,7 @@ def run(a) -> dict:
          f"--residue-atoms {a.residue_atoms}"] + ([f"--chains {a.chains}"] if a.chains else []))
     result = {"command": cmd, "models": [repo_relative(m.path) for m in models],
               "residue_atoms": a.residue_atoms, "maps_per_variant": a.maps_per_variant, "chains": res,
-              "summary": summary, "sd_slope": slopes, "real_map": real_map_checks(models, a.residue_atoms),
+              "summary": summary, "real_map": real_map_checks(models, a.residue_atoms),
               "sd_bands": bands, "expected_r": expected_report(runs), "expected_runs": runs,
               "seconds": round(time.time() - t0, 1)}
     text = markdown(result)

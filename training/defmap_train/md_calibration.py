@@ -1,0 +1,248 @@
+"""``defmap-train md-calibrate``: fit how the bundle combines and qualifies the networks' values on real MD.
+
+Everything here is fitted on the 66 atlas_train chains' engine maps (``atlas_eval``: hard and clean, in-family maps)
+with their ATLAS MD as the truth; md_reference is never read, and validate-md then measures the result on both map
+families.  In order, each step on the values the previous one left:
+
+1. **The combination weights** — structure mode's density contrasts (c on the network's lattice, n at the map's
+   resolution) and voxel mode's contour packing (k): the weights that maximize the mean per-residue r with MD
+   (mean over chains, then over hard and clean maps), on the grids the simulated CV uses (``calibration.py``).  They
+   were fitted on the simulated CV, whose labels are the engine's, not MD's.
+2. **The SD's shape** — head SD^p x sd_scale x exp(b x the prediction's z-score) (``network.calibrated_sd``): on
+   real MD flexible residues are predicted less surely, which the variance head (trained on simulated labels) does
+   not know.  Per model kind, (b, p) by maximum likelihood of the residue errors (each map's scale profiled out),
+   then ``sd_scale`` so that ±SD covers 68 % of them in the network's units (errors after each map's line of MD on
+   the prediction, the SD times that line's slope).
+3. ``md-units`` and ``expected-r`` refitted on the result (``md_units.json``, ``expected_r.json``).
+
+Steps 1 and 2 are written into the ``calibration`` of every ONNX model of the kind in ``--models`` (its shared-feature
+side file, keyed on the model file, is rewritten).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from chimerax.defmap.combination import zscore
+from chimerax.defmap.network import calibrated_sd
+
+from .atlas_eval import CACHE as ATLAS_CACHE
+from .atlas_eval import all_results, cached_arrays, chain_maps, models_key, per_residue
+from .atlas_train import chains, load_chain
+from .calibration import CONTRAST_WEIGHTS, MAP_SHAPE_WEIGHTS
+from .paths import repo_relative
+from .validate_md import (
+    line_errors,
+    load_models,
+    pearson,
+    pick,
+    residue_values,
+    sd_and_errors,
+    structure_mode,
+    voxel_mode,
+)
+
+SLOPES = np.round(np.arange(-1.0, 2.01, 0.05), 2)
+POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)  # of the head's SD: 0 ignores the head, 1 takes it as it is
+GRID = [(float(b), p) for p in POWERS for b in SLOPES]
+FIT_VARIANTS = ("hard", "clean")
+FITTED_ON = ("the 66 atlas_train chains' hard and clean engine maps with ATLAS MD (defmap-train md-calibrate), never "
+             "md_reference")
+WEIGHTS_CACHE = ATLAS_CACHE / "weights"
+
+
+def chain_terms(name: str, models) -> list[dict]:
+    """Per map of the chain: per residue the truth and, z-scored, the terms each mode combines (structure mode:
+    network, lattice contrast, native contrast; voxel mode: network and contour packing read at the atoms)."""
+    def make() -> dict[str, np.ndarray]:
+        st, rmsf = load_chain(name)
+        arrays = {"truth": np.log10(rmsf)}
+        for i, m in enumerate(chain_maps(name)):
+            res, xyz = float(m["resolution"]), np.asarray(m["xyz"], dtype=np.float64)
+            arrays[f"{i}|variant"] = np.array(str(m["variant"]))
+            info = pick(models, res, True)
+            if info is not None:
+                sm = structure_mode(info, st, m, "backbone", normal_modes=False, md_units=False)
+                for k in ("network", "contrast", "native_contrast"):
+                    if k in sm:
+                        arrays[f"{i}|{k}"] = zscore(sm[k])
+            info = pick(models, res, False)
+            if info is not None:
+                vp = voxel_mode(info, m, None)
+                for k, v in (("voxel_network", vp.network_values), ("packing", vp.term_values.get("packing"))):
+                    if v is not None:
+                        at = vp.values_at(xyz, zscore(v))
+                        arrays[f"{i}|{k}"] = zscore(residue_values(at, st.res_index, st.atom_name, st.n_res,
+                                                                   "backbone"))
+        return arrays
+    d = cached_arrays(WEIGHTS_CACHE / models_key(models) / f"{name}.npz", make)
+    maps: dict[str, dict] = {}
+    for k, v in d.items():
+        if "|" in k:
+            i, what = k.split("|")
+            maps.setdefault(i, {"chain": name, "truth": d["truth"]})[what] = v.item() if what == "variant" else v
+    return list(maps.values())
+
+
+def mean_r(maps: list[dict], combine) -> float:
+    """Mean over FIT_VARIANTS of the mean over chains of the chain's mean r of ``combine(map)`` with MD."""
+    per: dict[str, dict[str, list[float]]] = {}
+    for m in maps:
+        v = combine(m)
+        if v is not None and m["variant"] in FIT_VARIANTS:
+            per.setdefault(m["variant"], {}).setdefault(m["chain"], []).append(pearson(v, m["truth"]))
+    return float(np.mean([np.nanmean([np.nanmean(x) for x in c.values()]) for c in per.values()]))
+
+
+def fit_weights(maps: list[dict]) -> dict:
+    """Structure mode's (c, n) and voxel mode's k with the largest ``mean_r``, and the r at each fit and at 0."""
+    out: dict = {}
+    if all("contrast" in m and "native_contrast" in m for m in maps):
+        table = {(c, n): mean_r(maps, lambda m, c=c, n=n: m["network"] + c * m["contrast"]
+                                + n * m["native_contrast"]) for c in CONTRAST_WEIGHTS for n in CONTRAST_WEIGHTS}
+        (c, n), best = max(table.items(), key=lambda kv: kv[1])
+        out["structure"] = {"contrast_weight": float(c), "native_contrast_weight": float(n), "residue_r": best,
+                            "residue_r_network_alone": table[0.0, 0.0]}
+    if all("packing" in m for m in maps):
+        table = {k: mean_r(maps, lambda m, k=k: m["voxel_network"] + k * m["packing"]) for k in MAP_SHAPE_WEIGHTS}
+        k, best = max(table.items(), key=lambda kv: kv[1])
+        out["voxel"] = {"map_packing_weight": float(k), "residue_r": best, "residue_r_network_alone": table[0.0]}
+    return out
+
+
+def weighted_r(maps: list[dict], cal: dict, kind: str) -> float:
+    """``mean_r`` at a model kind's calibration weights (the shipped ones, for the report)."""
+    if kind == "map+model":
+        return mean_r(maps, lambda m: m["network"] + cal.get("contrast_weight", 0.0) * m["contrast"]
+                      + cal.get("native_contrast_weight", 0.0) * m["native_contrast"])
+    return mean_r(maps, lambda m: m["voxel_network"] + cal.get("map_packing_weight", 0.0) * m["packing"])
+
+
+def sloped_sd(mean: np.ndarray, sd: np.ndarray, b: float, power: float = 1.0) -> np.ndarray:
+    """Per-atom head SD with ``sd_slope`` b, ``sd_power`` and no scale (the bundle's ``calibrated_sd``)."""
+    return calibrated_sd(sd, mean, {"sd_slope": b, "sd_power": power})
+
+
+def _slope_nll(fit: tuple, b: float, power: float = 1.0) -> float:
+    """Gaussian NLL of one map's residue errors at slope b and power, the map's own scale profiled out: per residue,
+    SD = residue mean of ``sloped_sd``, error = MD minus the map's line on the reported value."""
+    mean, sd, per_res, truth, reported = fit
+    s = per_res(sloped_sd(mean, sd, b, power))
+    ok = np.isfinite(reported) & np.isfinite(s) & np.isfinite(truth) & (s > 0)
+    e2 = line_errors(reported, truth, ok) ** 2
+    return float(np.log(s[ok]).sum() + 0.5 * ok.sum() * np.log(np.mean(e2 / s[ok] ** 2)))
+
+
+def fit_sd_slope(fits: list[tuple]) -> tuple[float, float]:
+    """(slope b, power p) of GRID with the largest likelihood of these maps' errors; ``fits``: per map (per-atom
+    network value, per-atom head SD, per-atom -> per-residue function, per-residue truth, per-residue reported)."""
+    table = np.array([[_slope_nll(f, b, p) for b, p in GRID] for f in fits]).reshape(len(fits), len(GRID))
+    return GRID[int(np.argmin(table.sum(axis=0)))]
+
+
+def fit_sd_scale(fits: list[tuple], b: float, power: float) -> float:
+    """The factor on the sloped SD at which ±SD holds 68 % of the errors (after each map's line, SD x |slope|)."""
+    ratios = []
+    for mean, sd, per_res, truth, reported in fits:
+        pair = sd_and_errors(reported, per_res(sloped_sd(mean, sd, b, power)), truth)
+        if pair is not None:
+            ratios.append(np.abs(pair[1]) / pair[0])
+    return float(np.quantile(np.concatenate(ratios), 0.68))
+
+
+def map_fits(rows: list[dict], kind: str) -> list[tuple]:
+    """The fit tuples of one model kind's atlas_eval rows on FIT_VARIANTS."""
+    return [(r["atom_network"], r["atom_head_sd"], per_residue(r), r["truth"], r["reported"]) for r in rows
+            if r["kind"] == kind and r["variant"] in FIT_VARIANTS and "atom_head_sd" in r]
+
+
+def set_calibration(path: Path, updates: dict) -> None:
+    """Merge ``updates`` into an ONNX model's DEFMap calibration metadata, in place, and rewrite its side file."""
+    import onnx
+
+    from chimerax.defmap.network import META_KEY
+
+    from .export import write_stages
+    m = onnx.load(str(path))
+    props = {p.key: p for p in m.metadata_props}
+    meta = json.loads(props[META_KEY].value)
+    meta["calibration"] = {**(meta.get("calibration") or {}), **updates}
+    props[META_KEY].value = json.dumps(meta, sort_keys=True)
+    onnx.save(m, str(path))
+    write_stages(path)
+
+
+def model_files(models_dir: Path, kind: str) -> list[Path]:
+    """The ONNX models of one kind ("map+model" or "map") in the folder."""
+    from chimerax.defmap import recipe
+    from chimerax.defmap.network import read_model_info
+    return [f for f in sorted(Path(models_dir).glob("*.onnx")) if recipe.model_kind(read_model_info(f)) == kind]
+
+
+def run(models_dir: Path, out: Path, steps: tuple[str, ...] = ("weights", "sd", "md-units", "expected-r"),
+        write_weights: tuple[str, ...] = ("structure", "voxel")) -> dict:
+    """The steps in order; ``write_weights``: the modes whose fitted weights are written (the others are reported
+    only: a weight is shipped only where it also holds on the image-formation maps, which validate-md measures)."""
+    from chimerax.defmap.network import read_model_info
+
+    from . import expected_r_fit, md_units_fit
+    models_dir = Path(models_dir)
+    report: dict = {"command": f"defmap-train md-calibrate --models {repo_relative(models_dir)} --steps "
+                    f"{','.join(steps)} --write-weights {','.join(write_weights)}", "fitted_on": FITTED_ON}
+    if "weights" in steps:
+        models = load_models([models_dir])
+        maps = [m for n in chains() for m in chain_terms(n, models)]
+        fitted = fit_weights(maps)
+        for mode, kind in (("structure", "map+model"), ("voxel", "map")):
+            if mode not in fitted:
+                continue
+            files = model_files(models_dir, kind)
+            before = read_model_info(files[0]).calibration
+            fitted[mode]["residue_r_before"] = weighted_r(maps, before, kind)
+            fitted[mode]["before"] = {k: before.get(k) for k in fitted[mode] if k.endswith("_weight")}
+            cal = {k: v for k, v in fitted[mode].items() if k.endswith("_weight")}
+            written = files if mode in write_weights else []
+            for f in written:
+                set_calibration(f, {**cal, "weights_fitted_on": FITTED_ON})
+            fitted[mode]["written"] = [repo_relative(f) for f in written]
+        report["weights"] = fitted
+        print(json.dumps({"weights": fitted}, indent=1), flush=True)
+    if "sd" in steps:
+        rows = all_results(models_dir)
+        report["sd"] = {}
+        for kind in sorted({r["kind"] for r in rows}):
+            fits = map_fits(rows, kind)
+            if not fits:
+                continue
+            b, p = fit_sd_slope(fits)
+            scale = fit_sd_scale(fits, b, p)
+            cal = {"sd_slope": b, "sd_power": p, "sd_scale": scale, "sd_slope_fitted_on": FITTED_ON}
+            files = [f for f in model_files(models_dir, kind) if read_model_info(f).has_variance]
+            for f in files:
+                set_calibration(f, cal)
+            report["sd"][kind] = {"maps": len(fits), "sd_slope": b, "sd_power": p, "sd_scale": scale,
+                                  "written": [repo_relative(f) for f in files]}
+    if "md-units" in steps:
+        md_units_fit.run(models_dir, md_units_fit.REPORT, md_units_fit.SHIPPED)
+    if "expected-r" in steps:
+        expected_r_fit.run(models_dir, expected_r_fit.REPORT, expected_r_fit.SHIPPED)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
+    return report
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("md-calibrate", help="fit the combination weights and the SD on atlas_train's MD, write them "
+                       "into the models, then refit md-units and expected-r")
+    p.add_argument("--models", type=Path, default=Path("onnx_models"))
+    p.add_argument("--out", type=Path, default=Path("training/reports/md_calibration.json"))
+    p.add_argument("--steps", default="weights,sd,md-units,expected-r",
+                   help="which steps, in this order: weights, sd, md-units, expected-r")
+    p.add_argument("--write-weights", default="structure,voxel",
+                   help="the modes whose fitted weights are written into the models (the others are only reported)")
+    p.set_defaults(fn=lambda a: print(json.dumps(run(a.models, a.out, tuple(a.steps.split(",")),
+                                                     tuple(w for w in a.write_weights.split(",") if w)),
+                                                 indent=1, default=float)))

@@ -1,0 +1,56 @@
+"""defmap-train md-calibrate: the weight fit gives a term weight where the term carries MD's signal and none where it
+is noise, and writing a calibration changes only the calibration (metadata merged, everything else kept)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from chimerax.defmap.combination import zscore
+from defmap_train.md_calibration import fit_weights, set_calibration
+
+
+def _maps(packing_signal: float, seed: int = 0) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for c in range(12):
+        for variant in ("hard", "hard", "clean"):
+            truth = rng.normal(size=150)
+            net = truth + rng.normal(0, 1.0, 150)
+            pak = packing_signal * truth + rng.normal(0, 1.0, 150)
+            out.append({"chain": f"c{c}", "variant": variant, "truth": truth, "network": zscore(net),
+                        "contrast": zscore(rng.normal(size=150)),
+                        "native_contrast": zscore(truth + rng.normal(0, 2, 150)),
+                        "voxel_network": zscore(net), "packing": zscore(pak)})
+    return out
+
+
+def test_weights_follow_the_signal():
+    w = fit_weights(_maps(1.0))
+    assert w["voxel"]["map_packing_weight"] >= 0.5 and w["voxel"]["residue_r"] > w["voxel"]["residue_r_network_alone"]
+    assert w["structure"]["native_contrast_weight"] >= 0.2 and w["structure"]["contrast_weight"] <= 0.1
+    assert fit_weights(_maps(0.0))["voxel"]["map_packing_weight"] <= 0.1
+
+
+def test_set_calibration_merges_into_the_metadata_only(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from chimerax.defmap.network import make_metadata, read_model_info
+    from chimerax.defmap.preprocess import FeatureSpec
+    graph = helper.make_graph([helper.make_node("Identity", ["density"], ["y"])], "g",
+                              [helper.make_tensor_value_info("density", TensorProto.FLOAT, [None, 1, 10, 10, 10])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1, 10, 10, 10])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    meta = make_metadata("m", FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0), fully_convolutional=True)
+    d = json.loads(next(iter(meta.values())))
+    d["calibration"] = {"sd_scale": 0.5, "anm_weight": 1.0}
+    helper.set_model_props(model, {next(iter(meta)): json.dumps(d)})
+    p = tmp_path / "m.onnx"
+    onnx.save(model, str(p))
+    set_calibration(p, {"sd_scale": 0.1, "sd_slope": 0.15})
+    cal = read_model_info(p).calibration
+    assert cal == {"sd_scale": 0.1, "anm_weight": 1.0, "sd_slope": 0.15}
+    assert [n.op_type for n in onnx.load(str(p)).graph.node] == ["Identity"]
