@@ -204,8 +204,11 @@ def log_voxel_summary(session, res: VoxelResult) -> None:
     """One line in the log: voxels, model, what the map's shape added, the value range and the dynamics map."""
     enclosed = res.voxels * res.model.spec.voxel_size ** 3  # Å^3 at or above the level
     shape = [f"its packing in the contour (weight {res.map_packing_weight:g})"] if res.map_packing_weight else []
+    if res.map_intensity_weight:
+        shape.append(f"the map's own intensity at each voxel (weight {res.map_intensity_weight:g})")
     if res.map_anm_weight:
-        shape.append(f"normal modes of {res.pseudo_atoms:,} pseudo-atoms in it (weight {res.map_anm_weight:g})")
+        shape.append(f"normal modes of {res.pseudo_atoms:,} pseudo-atoms in the contour "
+                     f"(weight {res.map_anm_weight:g})")
     modes = "" if not shape else f", combined with {' and '.join(shape)}"
     how = ("chosen from the map: the low-passed map's Otsu threshold; give 'level' to set it" if res.level_chosen
            else "given")

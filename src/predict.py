@@ -117,6 +117,7 @@ class VoxelResult:
     map_anm_weight: float = 0.0  # weight of normal modes of the map's own pseudo-atoms (nma.map_elastic_network)
     pseudo_atoms: int = 0  # how many pseudo-atoms the level's volume gave (one placement of the cubes)
     map_packing_weight: float = 0.0  # weight of the contour's packing around each voxel (map_shape.map_packing)
+    map_intensity_weight: float = 0.0  # weight of the map's own intensity at each voxel (recipe.predict_voxels)
     dynamics: object = None  # the dynamics map, once the command has made it (attributes.make_dynamics_volume)
     level_chosen: bool = False  # the map chose the level (map_shape.auto_level): no 'level' was given
     expected: object = None  # expected.Expected: the r with MD this run can expect; None without the shipped fit
@@ -131,6 +132,7 @@ class VoxelResult:
                 "level_chosen": self.level_chosen, **expected_dict(self.expected),
                 "normal_modes": self.map_anm_weight > 0, "map_anm_weight": self.map_anm_weight,
                 "pseudo_atoms": self.pseudo_atoms, "map_packing_weight": self.map_packing_weight,
+                "map_intensity_weight": self.map_intensity_weight,
                 "seconds": round(self.seconds, 3), "stages": self.stages}
 
 
@@ -386,5 +388,6 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     except recipe.TooFewPseudoAtoms as e:
         raise UserError(f"normalModes: the density of {volume.name} above the level gives {e}") from None
     return VoxelResult(volume, info, predictor.provider, p.values, p.prep, p.level, time.perf_counter() - t_start,
-                       p.stages, p.map_anm_weight, p.pseudo_atoms, p.map_packing_weight, level_chosen=p.level_chosen,
+                       p.stages, p.map_anm_weight, p.pseudo_atoms, p.map_packing_weight,
+                       map_intensity_weight=p.map_intensity_weight, level_chosen=p.level_chosen,
                        expected=p.expected)

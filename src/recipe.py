@@ -296,6 +296,7 @@ class VoxelPrediction:
     values: np.ndarray
     stages: dict
     map_packing_weight: float = 0.0  # weight of the contour's packing (0: not combined)
+    map_intensity_weight: float = 0.0  # weight of the map's own intensity at each voxel (0: not combined)
     map_anm_weight: float = 0.0  # weight of the normal modes of the map's pseudo-atoms (0: not combined)
     pseudo_atoms: int = 0  # how many pseudo-atoms the contour gave, when normal modes were combined
     network_values: np.ndarray | None = None  # the network alone at each centre
@@ -342,13 +343,26 @@ def map_packing_weight(info: network.ModelInfo) -> float:
     return float(info.calibration.get("map_packing_weight", 0.0))
 
 
+def map_intensity_weight(info: network.ModelInfo) -> float:
+    """The calibration's weight of the map's own intensity at each voxel in voxel mode (fitted on ATLAS MD of
+    atlas_train by ``defmap-train md-calibrate``; 0, not combined, for models without it)."""
+    return float(info.calibration.get("map_intensity_weight", 0.0))
+
+
+def centre_xyz(prep: pp.Prepared) -> np.ndarray:
+    """The xyz (map frame) of each scored lattice voxel."""
+    g = prep.grid
+    return np.asarray(prep.centers, dtype=np.float64)[:, ::-1] * float(g.voxel_size) + np.asarray(g.origin, float)
+
+
 def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: np.ndarray,
                    level: float | None = None, *, map_resolution: float | None = None, batch_size: int | None = None,
                    dense: bool | None = None, normal_modes: bool = False,
                    progress: Progress | None = None) -> VoxelPrediction:
     """Voxel mode on arrays: the network at lattice voxels at or above ``level``, combined with what the map's own
-    shape says (there is no model to ask): how deeply the contour buries each voxel and, with ``normal_modes``, the
-    normal modes of pseudo-atoms in the contour, each at the weight the model's calibration gives. ``level`` None:
+    shape says (there is no model to ask): how deeply the contour buries each voxel, the map's own intensity there
+    (on its own grid, at its own resolution, which the network's low-passed input loses) and, with ``normal_modes``,
+    the normal modes of pseudo-atoms in the contour, each at the weight the model's calibration gives. ``level`` None:
     the map chooses it (``map_shape.auto_level``). ``dense`` None picks the fastest exact method. Raises
     :class:`MapUnusable` / :class:`MapTooLarge` / :class:`TooFewPseudoAtoms`, and ``network.ModelError`` when the
     model fails or cannot run dense."""
@@ -380,6 +394,10 @@ def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk:
         out.term_values["packing"] = map_shape.map_packing(prep.grid.values, n, voxel, prep.centers)
         terms.append((out.term_values["packing"], out.map_packing_weight))
         stages["packing"] = time.perf_counter() - t0
+    if map_intensity_weight(info):  # + w z(minus the map's own value at the voxel, on its own grid)
+        out.map_intensity_weight = map_intensity_weight(info)
+        out.term_values["intensity"] = -pp.map_values_at(values, xyz_to_ijk, centre_xyz(prep))
+        terms.append((out.term_values["intensity"], out.map_intensity_weight))
     if normal_modes:  # + e z(normal modes of the map's own pseudo-atoms)
         t0 = time.perf_counter()
         part = progress.span(0.9, 1.0)

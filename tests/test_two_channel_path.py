@@ -250,6 +250,38 @@ def test_voxel_mode_combines_the_maps_packing_at_the_fitted_weight(cx, tmp_path)
     assert plain.map_packing_weight == 0.0 and "packing" not in plain.stages
 
 
+def test_voxel_mode_combines_the_maps_own_intensity_at_the_fitted_weight(cx, tmp_path):
+    """calibration.map_intensity_weight w: voxel mode adds w z(minus the map's own value at each scored voxel, read
+    trilinearly on the map's grid, not the network's low-passed lattice) beside the packing; the log and returnJson
+    name it."""
+    from chimerax.defmap import combination, map_shape
+    from chimerax.defmap import preprocess as pp
+    from chimerax.defmap.predict import predict_voxels
+    from chimerax.defmap.recipe import centre_xyz
+
+    from .helpers import run_logged
+    rng = np.random.default_rng(9)
+    xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
+    values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=10)
+    v = add_map(cx, values, origin)
+    plain_model = fcn_onnx_model(tmp_path / "map5i0.onnx", SPEC, seed=3, name="standin-5A")
+    model = fcn_onnx_model(tmp_path / "map5i.onnx", SPEC, seed=3, name="standin-5A",
+                           metadata={"calibration": {"map_packing_weight": 0.7, "map_intensity_weight": 0.5}})
+    level = float(np.quantile(values, 0.9))
+    plain = predict_voxels(cx, v, str(plain_model), None, "cpu", None, level)
+    res = predict_voxels(cx, v, str(model), None, "cpu", None, level)
+    prep = plain.prep
+    assert np.array_equal(prep.centers, res.prep.centers) and res.map_intensity_weight == 0.5
+    x2i = np.array(v.data.xyz_to_ijk_transform.matrix, dtype=np.float64)
+    raw = -pp.map_values_at(v.full_matrix(), x2i, centre_xyz(prep))
+    assert np.isfinite(raw).all() and raw.std() > 0
+    pk = map_shape.map_packing(prep.grid.values, len(prep.centers), SPEC.voxel_size, prep.centers)
+    assert np.allclose(res.values, combination.combine_terms(plain.values, [(pk, 0.7), (raw, 0.5)]))
+    out, text = run_logged(cx, f"defmap #{v.id_string} model {model} level {level} color false")
+    assert "the map's own intensity at each voxel (weight 0.5)" in text
+    assert out.as_dict()["map_intensity_weight"] == 0.5
+
+
 def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
     """Voxel mode has no model, so ``normalModes true`` takes normal modes of the map's own pseudo-atoms in the
     contour (nma.map_elastic_network): z(network) + w z(their log fluctuation), w = calibration.map_anm_weight,

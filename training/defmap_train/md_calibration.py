@@ -5,9 +5,11 @@ with their ATLAS MD as the truth; md_reference is never read, and validate-md th
 families.  In order, each step on the values the previous one left:
 
 1. **The combination weights** — structure mode's density contrasts (c on the network's lattice, n at the map's
-   resolution) and voxel mode's contour packing (k): the weights that maximize the mean per-residue r with MD
-   (mean over chains, then over hard and clean maps), on the grids the simulated CV uses (``calibration.py``).  They
-   were fitted on the simulated CV, whose labels are the engine's, not MD's.
+   resolution), voxel mode's contour packing (k) and the map's own intensity at each voxel (w): each on the grid the
+   simulated CV uses (``calibration.py``), the value that maximizes the mean per-residue r with MD (mean over
+   chains, then over hard and clean maps) with the mode's other weights at the models' current values.  Only the
+   weights named in ``--write-weights`` are written: a weight ships only where it also holds on the
+   image-formation maps, which validate-md measures afterwards.
 2. **The SD's shape** — head SD^p x sd_scale x exp(b x the prediction's z-score) (``network.calibrated_sd``): on
    real MD flexible residues are predicted less surely, which the variance head (trained on simulated labels) does
    not know.  Per model kind, (b, p) by maximum likelihood of the residue errors (each map's scale profiled out),
@@ -26,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import zscore
 from chimerax.defmap.network import calibrated_sd
+from chimerax.defmap.recipe import centre_xyz
 
 from .atlas_eval import CACHE as ATLAS_CACHE
 from .atlas_eval import all_results, cached_arrays, chain_maps, models_key, per_residue
@@ -56,7 +60,8 @@ WEIGHTS_CACHE = ATLAS_CACHE / "weights"
 
 def chain_terms(name: str, models) -> list[dict]:
     """Per map of the chain: per residue the truth and, z-scored, the terms each mode combines (structure mode:
-    network, lattice contrast, native contrast; voxel mode: network and contour packing read at the atoms)."""
+    network, lattice contrast, native contrast; voxel mode: network, contour packing and the map's own intensity at
+    the voxels, read at the atoms)."""
     def make() -> dict[str, np.ndarray]:
         st, rmsf = load_chain(name)
         arrays = {"truth": np.log10(rmsf)}
@@ -72,7 +77,10 @@ def chain_terms(name: str, models) -> list[dict]:
             info = pick(models, res, False)
             if info is not None:
                 vp = voxel_mode(info, m, None)
-                for k, v in (("voxel_network", vp.network_values), ("packing", vp.term_values.get("packing"))):
+                x2i, _ = pp.grid_transforms(m["origin"], (float(m["voxel_size"]),) * 3)
+                intensity = -pp.map_values_at(np.asarray(m["values"], dtype=np.float32), x2i, centre_xyz(vp.prep))
+                for k, v in (("voxel_network", vp.network_values), ("packing", vp.term_values.get("packing")),
+                             ("intensity", intensity)):
                     if v is not None:
                         at = vp.values_at(xyz, zscore(v))
                         arrays[f"{i}|{k}"] = zscore(residue_values(at, st.res_index, st.atom_name, st.n_res,
@@ -97,28 +105,33 @@ def mean_r(maps: list[dict], combine) -> float:
     return float(np.mean([np.nanmean([np.nanmean(x) for x in c.values()]) for c in per.values()]))
 
 
-def fit_weights(maps: list[dict]) -> dict:
-    """Structure mode's (c, n) and voxel mode's k with the largest ``mean_r``, and the r at each fit and at 0."""
+TERMS = {"structure": ("network", {"contrast_weight": "contrast", "native_contrast_weight": "native_contrast"}),
+         "voxel": ("voxel_network", {"map_packing_weight": "packing", "map_intensity_weight": "intensity"})}
+GRIDS = {"contrast_weight": CONTRAST_WEIGHTS, "native_contrast_weight": CONTRAST_WEIGHTS,
+         "map_packing_weight": MAP_SHAPE_WEIGHTS, "map_intensity_weight": MAP_SHAPE_WEIGHTS}
+KIND = {"structure": "map+model", "voxel": "map"}
+
+
+def combined_r(maps: list[dict], mode: str, weights: dict) -> float:
+    """``mean_r`` of a mode's combination z(network) + sum of weight x z(term) at these weights."""
+    base, terms = TERMS[mode]
+    return mean_r(maps, lambda m: m[base] + sum(float(weights.get(w, 0.0)) * m[t] for w, t in terms.items()))
+
+
+def fit_weights(maps: list[dict], current: dict[str, dict]) -> dict:
+    """Per mode and weight: the grid value with the largest ``mean_r``, each weight fitted with the mode's others at
+    their ``current`` values (the models' calibration), and the r it gives beside the r at the current weights."""
     out: dict = {}
-    if all("contrast" in m and "native_contrast" in m for m in maps):
-        table = {(c, n): mean_r(maps, lambda m, c=c, n=n: m["network"] + c * m["contrast"]
-                                + n * m["native_contrast"]) for c in CONTRAST_WEIGHTS for n in CONTRAST_WEIGHTS}
-        (c, n), best = max(table.items(), key=lambda kv: kv[1])
-        out["structure"] = {"contrast_weight": float(c), "native_contrast_weight": float(n), "residue_r": best,
-                            "residue_r_network_alone": table[0.0, 0.0]}
-    if all("packing" in m for m in maps):
-        table = {k: mean_r(maps, lambda m, k=k: m["voxel_network"] + k * m["packing"]) for k in MAP_SHAPE_WEIGHTS}
-        k, best = max(table.items(), key=lambda kv: kv[1])
-        out["voxel"] = {"map_packing_weight": float(k), "residue_r": best, "residue_r_network_alone": table[0.0]}
+    for mode, (base, terms) in TERMS.items():
+        if mode not in current or not all(base in m and all(t in m for t in terms.values()) for m in maps):
+            continue
+        cur = {w: float(current[mode].get(w, 0.0)) for w in terms}
+        out[mode] = {"residue_r_current": combined_r(maps, mode, cur), "current": cur, "fitted": {}}
+        for w in terms:
+            table = {g: combined_r(maps, mode, {**cur, w: float(g)}) for g in GRIDS[w]}
+            best = max(table, key=table.get)
+            out[mode]["fitted"][w] = {"value": float(best), "residue_r": table[best]}
     return out
-
-
-def weighted_r(maps: list[dict], cal: dict, kind: str) -> float:
-    """``mean_r`` at a model kind's calibration weights (the shipped ones, for the report)."""
-    if kind == "map+model":
-        return mean_r(maps, lambda m: m["network"] + cal.get("contrast_weight", 0.0) * m["contrast"]
-                      + cal.get("native_contrast_weight", 0.0) * m["native_contrast"])
-    return mean_r(maps, lambda m: m["voxel_network"] + cal.get("map_packing_weight", 0.0) * m["packing"])
 
 
 def sloped_sd(mean: np.ndarray, sd: np.ndarray, b: float, power: float = 1.0) -> np.ndarray:
@@ -183,8 +196,8 @@ def model_files(models_dir: Path, kind: str) -> list[Path]:
 
 
 def run(models_dir: Path, out: Path, steps: tuple[str, ...] = ("weights", "sd", "md-units", "expected-r"),
-        write_weights: tuple[str, ...] = ("structure", "voxel")) -> dict:
-    """The steps in order; ``write_weights``: the modes whose fitted weights are written (the others are reported
+        write_weights: tuple[str, ...] = tuple(GRIDS)) -> dict:
+    """The steps in order; ``write_weights``: the weights whose fitted values are written (the others are reported
     only: a weight is shipped only where it also holds on the image-formation maps, which validate-md measures)."""
     from chimerax.defmap.network import read_model_info
 
@@ -195,19 +208,14 @@ def run(models_dir: Path, out: Path, steps: tuple[str, ...] = ("weights", "sd", 
     if "weights" in steps:
         models = load_models([models_dir])
         maps = [m for n in chains() for m in chain_terms(n, models)]
-        fitted = fit_weights(maps)
-        for mode, kind in (("structure", "map+model"), ("voxel", "map")):
-            if mode not in fitted:
-                continue
-            files = model_files(models_dir, kind)
-            before = read_model_info(files[0]).calibration
-            fitted[mode]["residue_r_before"] = weighted_r(maps, before, kind)
-            fitted[mode]["before"] = {k: before.get(k) for k in fitted[mode] if k.endswith("_weight")}
-            cal = {k: v for k, v in fitted[mode].items() if k.endswith("_weight")}
-            written = files if mode in write_weights else []
-            for f in written:
+        files = {mode: model_files(models_dir, kind) for mode, kind in KIND.items()}
+        current = {mode: read_model_info(fs[0]).calibration for mode, fs in files.items() if fs}
+        fitted = fit_weights(maps, current)
+        for mode, d in fitted.items():
+            cal = {w: f["value"] for w, f in d["fitted"].items() if w in write_weights}
+            for f in files[mode] if cal else []:
                 set_calibration(f, {**cal, "weights_fitted_on": FITTED_ON})
-            fitted[mode]["written"] = [repo_relative(f) for f in written]
+            d["written"] = {w: [repo_relative(f) for f in files[mode]] for w in cal}
         report["weights"] = fitted
         print(json.dumps({"weights": fitted}, indent=1), flush=True)
     if "sd" in steps:
@@ -241,8 +249,8 @@ def add_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("training/reports/md_calibration.json"))
     p.add_argument("--steps", default="weights,sd,md-units,expected-r",
                    help="which steps, in this order: weights, sd, md-units, expected-r")
-    p.add_argument("--write-weights", default="structure,voxel",
-                   help="the modes whose fitted weights are written into the models (the others are only reported)")
+    p.add_argument("--write-weights", default=",".join(GRIDS),
+                   help="the weights whose fitted values are written into the models (the others are only reported)")
     p.set_defaults(fn=lambda a: print(json.dumps(run(a.models, a.out, tuple(a.steps.split(",")),
                                                      tuple(w for w in a.write_weights.split(",") if w)),
                                                  indent=1, default=float)))

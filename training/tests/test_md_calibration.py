@@ -12,26 +12,33 @@ from chimerax.defmap.combination import zscore
 from defmap_train.md_calibration import fit_weights, set_calibration
 
 
-def _maps(packing_signal: float, seed: int = 0) -> list[dict]:
+def _maps(intensity_signal: float, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     out = []
     for c in range(12):
         for variant in ("hard", "hard", "clean"):
             truth = rng.normal(size=150)
             net = truth + rng.normal(0, 1.0, 150)
-            pak = packing_signal * truth + rng.normal(0, 1.0, 150)
             out.append({"chain": f"c{c}", "variant": variant, "truth": truth, "network": zscore(net),
                         "contrast": zscore(rng.normal(size=150)),
                         "native_contrast": zscore(truth + rng.normal(0, 2, 150)),
-                        "voxel_network": zscore(net), "packing": zscore(pak)})
+                        "voxel_network": zscore(net), "packing": zscore(rng.normal(size=150)),
+                        "intensity": zscore(intensity_signal * truth + rng.normal(0, 1.0, 150))})
     return out
 
 
+CURRENT = {"structure": {"contrast_weight": 0.05, "native_contrast_weight": 0.0},
+           "voxel": {"map_packing_weight": 0.0, "map_intensity_weight": 0.0}}
+
+
 def test_weights_follow_the_signal():
-    w = fit_weights(_maps(1.0))
-    assert w["voxel"]["map_packing_weight"] >= 0.5 and w["voxel"]["residue_r"] > w["voxel"]["residue_r_network_alone"]
-    assert w["structure"]["native_contrast_weight"] >= 0.2 and w["structure"]["contrast_weight"] <= 0.1
-    assert fit_weights(_maps(0.0))["voxel"]["map_packing_weight"] <= 0.1
+    w = fit_weights(_maps(1.0), CURRENT)
+    v = w["voxel"]["fitted"]
+    assert v["map_intensity_weight"]["value"] >= 0.5 and v["map_packing_weight"]["value"] <= 0.1
+    assert v["map_intensity_weight"]["residue_r"] > w["voxel"]["residue_r_current"]
+    s = w["structure"]["fitted"]
+    assert s["native_contrast_weight"]["value"] >= 0.2 and s["contrast_weight"]["value"] <= 0.1
+    assert fit_weights(_maps(0.0), CURRENT)["voxel"]["fitted"]["map_intensity_weight"]["value"] <= 0.1
 
 
 def test_set_calibration_merges_into_the_metadata_only(tmp_path):
