@@ -23,6 +23,14 @@ def shared_path(*parts: str) -> Path:
     return p
 
 
+def shipped(load, name: str):
+    """What ``load()`` reads from the bundle's shipped file ``onnx_models/prior/NAME``: a missing file fails the test
+    (it is part of the bundle), it does not skip it."""
+    got = load()
+    assert got is not None, f"onnx_models/prior/{name} is shipped with the bundle"
+    return got
+
+
 def run_logged(session, command: str):
     """(what ``command`` returns, what it wrote to the log as plain text, whitespace collapsed)."""
     from chimerax.core.commands import run

@@ -9,15 +9,13 @@ from chimerax.core.commands import run
 
 from chimerax.defmap import md_units
 
-from .helpers import run_logged, shared_path
+from .helpers import run_logged, shared_path, shipped
 
 ATLAS = ("1ab1_A", "1ail_A", "1bgf_A", "1b8d_K", "1ah7_A")  # md_reference's ATLAS chains (300 K), never fitted on
 
 
 def _scale():
-    scale = md_units.load_scale()
-    assert scale is not None, "onnx_models/prior/md_units.json is shipped with the bundle"
-    return scale
+    return shipped(md_units.load_scale, "md_units.json")
 
 
 def test_shipped_calibration_is_fitted_on_atlas_train_for_both_kinds():

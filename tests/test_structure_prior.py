@@ -12,7 +12,7 @@ from chimerax.core.commands import run
 from chimerax.defmap import nma, structure_prior
 from chimerax.defmap.structure_prior import FEATURES, raw_features
 
-from .helpers import run_logged, shared_path
+from .helpers import run_logged, shared_path, shipped
 
 ATLAS = ("1ab1_A", "1ail_A", "1bgf_A", "1b8d_K", "1ah7_A")  # md_reference's ATLAS chains (300 K), never fitted on
 
@@ -60,8 +60,7 @@ def test_features_scale_to_a_large_complex(cx):
 
 def test_prior_beats_plain_anm_on_md_it_was_not_fitted_on(cx):
     from chimerax.defmap.structure_prior import load_prior
-    prior = load_prior()
-    assert prior is not None, "onnx_models/prior/structure_prior.onnx is shipped with the bundle"
+    prior = shipped(load_prior, "structure_prior.onnx")
     assert list(prior.meta["features"]) == list(FEATURES) and "atlas_train" in prior.meta["fitted_on"]
     r_prior, r_anm = [], []
     for name in ATLAS:

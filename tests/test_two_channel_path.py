@@ -217,16 +217,21 @@ def test_structure_mode_combines_the_contrast_at_map_resolution(cx, model2, tmp_
     assert base.native_contrast_weight == 0.0 and base.as_dict()["native_contrast_resolution"] is None
 
 
+def _chain_map(cx, seed: int):
+    """A 600-residue random-walk chain's 5 Å map, opened in ChimeraX: (its values, the volume), for voxel mode."""
+    rng = np.random.default_rng(seed)
+    xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
+    values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=seed + 1)
+    return values, add_map(cx, values, origin)
+
+
 def test_voxel_mode_combines_the_maps_packing_at_the_fitted_weight(cx, tmp_path):
     """calibration.map_packing_weight k: voxel mode reports z(network) + k z(the contour's packing,
     map_shape.map_packing), rescaled to the network's mean and SD, with normalModes adding its term beside it; the
     log and returnJson say so; a model without the weight reports the network alone."""
     from chimerax.defmap import combination, map_shape, nma
     from chimerax.defmap.predict import predict_voxels
-    rng = np.random.default_rng(7)
-    xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
-    values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=8)
-    v = add_map(cx, values, origin)
+    values, v = _chain_map(cx, 7)
     plain_model = fcn_onnx_model(tmp_path / "map5p0.onnx", SPEC, seed=3, name="standin-5A")
     model = fcn_onnx_model(tmp_path / "map5p.onnx", SPEC, seed=3, name="standin-5A",
                            metadata={"calibration": {"map_packing_weight": 0.7, "map_anm_weight": 0.25}})
@@ -260,10 +265,7 @@ def test_voxel_mode_combines_the_maps_own_intensity_at_the_fitted_weight(cx, tmp
     from chimerax.defmap.recipe import centre_xyz
 
     from .helpers import run_logged
-    rng = np.random.default_rng(9)
-    xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
-    values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=10)
-    v = add_map(cx, values, origin)
+    values, v = _chain_map(cx, 9)
     plain_model = fcn_onnx_model(tmp_path / "map5i0.onnx", SPEC, seed=3, name="standin-5A")
     model = fcn_onnx_model(tmp_path / "map5i.onnx", SPEC, seed=3, name="standin-5A",
                            metadata={"calibration": {"map_packing_weight": 0.7, "map_intensity_weight": 0.5}})
@@ -288,10 +290,7 @@ def test_voxel_mode_normal_modes_of_the_map_at_the_fitted_weight(cx, tmp_path):
     rescaled to the network's mean and SD; without it the network's values are untouched."""
     from chimerax.defmap import combination, map_shape, nma
     from chimerax.defmap.predict import predict_voxels
-    rng = np.random.default_rng(5)
-    xyz = np.cumsum(rng.normal(0, 1, (600, 3)) * 3.8 / np.sqrt(3), axis=0)
-    values, origin = simulate_map(xyz, np.full(600, 0.8), resolution=5.0, noise=0.1, seed=6)
-    v = add_map(cx, values, origin)
+    values, v = _chain_map(cx, 5)
     model = fcn_onnx_model(tmp_path / "map5e.onnx", SPEC, seed=2, name="standin-5A",
                            metadata={"calibration": {"map_anm_weight": 0.5}})
     level = float(np.quantile(values, 0.9))

@@ -25,7 +25,7 @@ from .atlas_eval import CACHE as ATLAS_CACHE
 from .atlas_eval import chain_maps, models_key
 from .atlas_train import chains, folds, load_chain
 from .md_units_fit import ridge
-from .paths import repo_relative
+from .paths import repo_relative, write_json
 from .validate_md import load_models, pearson, pick, residue_values, structure_mode, voxel_mode
 
 CACHE = ATLAS_CACHE / "expected"
@@ -57,8 +57,7 @@ def chain_runs(name: str, models, residue_atoms: str = "backbone") -> list[dict]
             at = vp.values_at(np.asarray(m["xyz"], dtype=np.float64))
             r = pearson(residue_values(at, st.res_index, st.atom_name, st.n_res, residue_atoms), truth)
             out.append({**base, "mode": "voxel", "features": vp.run_features, "r": r})
-    f.parent.mkdir(parents=True, exist_ok=True)
-    f.write_text(json.dumps(out) + "\n", encoding="utf-8")
+    write_json(f, out, indent=None)
     return out
 
 
@@ -107,12 +106,10 @@ def run(models_dir: Path, out: Path, shipped: Path) -> dict:
         modes[mode], report[mode] = fit_mode(x, y, chain, mode)
     shipped_d = {"fitted_on": f"{len(chains())} atlas_train chains (ATLAS MD), their hard and clean engine maps "
                  "(in-family), never md_reference", "command": "defmap-train expected-r", "modes": modes}
-    shipped.parent.mkdir(parents=True, exist_ok=True)
-    shipped.write_text(json.dumps(shipped_d, indent=1) + "\n", encoding="utf-8")
+    write_json(shipped, shipped_d)
     result = {"command": "defmap-train expected-r --models onnx_models", "modes": report,
               "written": repo_relative(shipped)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    write_json(out, result)
     return result
 
 

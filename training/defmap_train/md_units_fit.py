@@ -25,7 +25,7 @@ from chimerax.defmap.combination import zscore
 
 from .atlas_eval import all_results
 from .atlas_train import chains, folds, load_chain
-from .paths import repo_relative
+from .paths import repo_relative, write_json
 
 REPORT = Path("training/reports/md_units.json")  # from the repository root
 SHIPPED = Path("onnx_models/prior/md_units.json")
@@ -123,10 +123,8 @@ def run(models_dir: Path, out: Path, shipped: Path) -> dict:
               "constant_level_mean_abs_error_in_sample": float(np.mean(np.abs(y - y.mean()))),
               "chain_mean_log10_sd": float(y.std()), "kinds": report_kind,
               "written": repo_relative(shipped)}
-    shipped.parent.mkdir(parents=True, exist_ok=True)
-    shipped.write_text(json.dumps(shipped_d, indent=1) + "\n", encoding="utf-8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    write_json(shipped, shipped_d)
+    write_json(out, report)
     return report
 
 

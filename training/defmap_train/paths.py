@@ -3,6 +3,7 @@ module needs the command line's module for a path or a seed."""
 
 from __future__ import annotations
 
+import json
 import zlib
 from pathlib import Path
 
@@ -25,3 +26,11 @@ def repo_relative(p) -> str:
         return str(p.relative_to(REPO))
     except ValueError:
         return str(p)
+
+
+def write_json(path, obj, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON (numbers numpy gives as floats, a final newline), making the folder first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=indent, default=float) + "\n", encoding="utf-8")
+    return path

@@ -20,7 +20,7 @@ import torch
 from chimerax.defmap import structure_prior as sp
 
 from .atlas_train import ATLAS_TRAIN, chains, folds, load_chain
-from .paths import repo_relative
+from .paths import repo_relative, write_json
 
 ALPHA = 10.0  # ridge penalty on z-scored features (CV r changed < 0.003 over 0.1-100)
 
@@ -108,9 +108,7 @@ def run(a) -> dict:
     export(lin, out, meta)
     report = {**meta, "chains": cv, "seconds": round(time.time() - t0, 1)}
     if a.report:
-        rep = Path(a.report)
-        rep.parent.mkdir(parents=True, exist_ok=True)
-        rep.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+        write_json(Path(a.report).with_suffix(".json"), report)
     print(f"{len(cv)} chains, {a.folds}-fold protein-disjoint CV on atlas_train: prior r {mean['prior_r']:.3f}, "
           f"ANM r {mean['anm_r']:.3f} (mean per chain) -> {out}")
     return report

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .paths import SHARED
+from .paths import SHARED, write_json
 
 SMOKE_PROTEINS = ("5pti", "1fas", "1orc")
 
@@ -74,7 +74,7 @@ def smoke(out: Path, md: bool = True) -> dict:
     if md:
         report["md"] = _md_smoke(sdir / "5pti.cif", out / "md")
     report["seconds"] = round(time.time() - t0, 1)
-    (out / "smoke.json").write_text(json.dumps(report, indent=1, default=float))
+    write_json(out / "smoke.json", report)
     print(json.dumps(report, indent=1, default=float))
     return report
 

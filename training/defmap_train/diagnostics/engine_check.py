@@ -8,12 +8,13 @@ engine's range; the ANM r is how much of the labels the structure alone predicts
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from chimerax.defmap.nma import anm_log_fluctuations
+
+from ..paths import write_json
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -60,6 +61,6 @@ def run(a) -> dict:
         print(f"{k}: engine q05..q95 {e}  md_reference {m}  (MD chains inside the engine's 5-95 % range: {inside:.0%})")
     print(f"mean ANM r: engine {res['engine']['anm_r_mean']:.3f}, md_reference {res['md_reference']['anm_r_mean']:.3f}")
     if a.out:
-        Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(a.out, res)
     return res
 

@@ -11,7 +11,6 @@ where the engine should change.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from scipy import stats
 
 from chimerax.defmap import preprocess as pp
 
-from ..paths import SHARED
+from ..paths import SHARED, write_json
 
 QUANTILES = (0.05, 0.5, 0.95)
 
@@ -104,7 +103,7 @@ def run(a) -> dict:
     if a.out:
         Path(a.out).with_suffix(".md").write_text("# input-stats (generated; do not edit)\n\n" + text + "\n",
                                                    encoding="utf-8")
-        Path(a.out).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+        write_json(Path(a.out).with_suffix(".json"), out)
     return out
 
 

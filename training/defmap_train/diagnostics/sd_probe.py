@@ -4,7 +4,6 @@ bounds what an SD built from them could reach (the target is Spearman(SD, |error
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ from chimerax.defmap.nma import anm_log_fluctuations
 
 from ..dataset import map_baselines
 from ..md_reference import MD_DIR, load_chain, md_chains
-from ..paths import repo_relative
+from ..paths import repo_relative, write_json
 from ..validate_md import (
     ENGINE_VARIANTS,
     cached_maps,
@@ -146,5 +145,5 @@ def run(a) -> dict:
     if a.out:
         Path(a.out).with_suffix(".md").write_text("# sd-probe (generated; do not edit)\n\n" + text + "\n",
                                                    encoding="utf-8")
-        Path(a.out).with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n", encoding="utf-8")
+        write_json(Path(a.out).with_suffix(".json"), out)
     return out
