@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from . import structure_prior
+from .combination import zscore
 
 PATH = Path(__file__).resolve().parent / "onnx_models" / "prior" / "expected_r.json"
 FEATURES = {
@@ -74,6 +75,29 @@ def residue_packing(ca_xyz: np.ndarray, ca_residue: np.ndarray, heavy_xyz: np.nd
         i = where.get(int(r))
         if i is not None:
             out[i] = c
+    return out
+
+
+R_FLOOR, R_CEIL = 0.2, 0.98  # error_factor's r is held here: near 0 or 1 the factor runs off to infinity or 0
+
+
+def error_factor(r: float) -> float:
+    """How widely MD scatters about its least-squares line on a prediction that correlates with it at Pearson r, in
+    units of the prediction's own SD: sqrt(1 - r^2) / r.  The SD of a run is this at the run's expected r times the
+    spread of its values (``network.calibrated_sd``'s run factor), so a run expected to track MD less closely reports
+    wider error bars on every residue."""
+    r = float(np.clip(r, R_FLOOR, R_CEIL))
+    return float(np.sqrt(1.0 - r * r) / r)
+
+
+def packing_disagreement(values: np.ndarray, packing: np.ndarray) -> np.ndarray:
+    """Per residue |z(value) - z(-packing)|: how far the prediction's ranking departs from the model's packing
+    (``residue_packing``), where one of the two is wrong more often (0 where either is missing)."""
+    v, k = np.asarray(values, dtype=np.float64), -np.asarray(packing, dtype=np.float64)
+    ok = np.isfinite(v) & np.isfinite(k)
+    out = np.zeros(len(v))
+    if ok.sum() > 2 and v[ok].std() > 0 and k[ok].std() > 0:
+        out[ok] = np.abs(zscore(v[ok]) - zscore(k[ok]))
     return out
 
 

@@ -217,15 +217,23 @@ def _fits_mode(info: ModelInfo, structure: bool) -> ModelInfo:
     return info
 
 
-def calibrated_sd(head_sd: np.ndarray, prediction: np.ndarray, calibration: dict) -> np.ndarray:
+def calibrated_sd(head_sd: np.ndarray, prediction: np.ndarray, calibration: dict, run_factor: float = 1.0,
+                  disagreement: np.ndarray | None = None) -> np.ndarray:
     """The SD a variance model reports: its head's SD to the power ``sd_power`` x ``sd_scale`` x exp(``sd_slope`` x
-    the prediction's z-score over the scored atoms): on real MD flexible residues are predicted less surely, and the
-    head, trained on simulated labels, is only partly right (the shipped models' three numbers are fitted on ATLAS MD
-    of atlas_train by ``defmap-train md-calibrate``; power 1, scale 1 and slope 0 when absent)."""
+    the prediction's z-score over the scored atoms + ``sd_disagreement`` x ``disagreement``) x ``run_factor``.  On
+    real MD flexible residues are predicted less surely; where the prediction and the model's packing disagree
+    (``expected.packing_disagreement``, per atom) one of them is wrong; a run that tracks MD less closely errs more on
+    every residue (``run_factor``: ``expected.error_factor`` x the spread of the values, when the calibration's
+    ``sd_run`` is "expected_r"); and the head, trained on simulated labels, is only partly right.  The shipped
+    models' numbers are fitted on ATLAS MD of atlas_train by ``defmap-train md-calibrate``; power 1, scale 1, slope
+    and disagreement 0 when absent."""
     from .combination import zscore
     slope = float(calibration.get("sd_slope", 0.0))
     head = np.asarray(head_sd, dtype=np.float64) ** float(calibration.get("sd_power", 1.0))
-    return head * float(calibration.get("sd_scale", 1.0)) * np.exp(slope * zscore(prediction))
+    shape = slope * zscore(prediction)
+    if disagreement is not None:
+        shape = shape + float(calibration.get("sd_disagreement", 0.0)) * np.asarray(disagreement, dtype=np.float64)
+    return head * float(calibration.get("sd_scale", 1.0)) * np.exp(shape) * float(run_factor)
 
 
 Progress = Callable[[float], None]  # called with the fraction of centres done (status-line progress)

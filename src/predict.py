@@ -342,9 +342,15 @@ def sd_source(info: network.ModelInfo) -> str:
     if info.has_variance:
         cal = info.calibration
         where = "ATLAS MD" if "atlas_train" in str(cal.get("sd_slope_fitted_on", "")) else "the simulated CV"
+        shape = f"exp({float(cal.get('sd_slope', 0.0)):g} × the value's z-score"
+        if float(cal.get("sd_disagreement", 0.0)):
+            shape += f" + {float(cal['sd_disagreement']):g} × its disagreement with the model's packing"
+        shape += ")"
+        if cal.get("sd_run") == "expected_r":
+            shape += " × the error the run's expected r implies"
         if float(cal.get("sd_power", 1.0)) == 0.0:  # the fit gave the variance output no weight
-            return (f"predicted SD (a scale times exp({float(cal.get('sd_slope', 0.0)):g} × the value's z-score), "
-                    f"fitted on {where}; the model's variance output carries no weight there)")
+            return (f"predicted SD (a scale times {shape}, fitted on {where}; the model's variance output carries no "
+                    "weight there)")
         return f"predicted SD (the model's variance output, calibrated on {where})"
     return f"SD over the {len(ROTATIONS)} rotations of the cube"
 

@@ -67,6 +67,7 @@ class AtomPrediction:
     prior: str = ""  # what gave it: "learned prior" (structure_prior) or "ANM"
     md_units: md_units.Affine | None = None  # how values were put in MD units (to_md_units); None: network units
     run_features: dict = field(default_factory=dict)  # what the run measures for its expected r (expected.py)
+    residue_packing: np.ndarray | None = None  # per residue, log(1 + heavy atoms within 12 Å of its C-alpha)
     expected: expected.Expected | None = None  # the r with MD this run can expect (None: no shipped estimate)
     misfit: misfit.Misfit | None = None  # where map and model disagree (None: the map has no contour to compare)
 
@@ -113,9 +114,6 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
                          atom_rotation_values=per_rotation[at] if rotations > 1 else None)
     out.residue_values = network_means = _residue_values(out, out.atom_values)
     out.network_atom_values = out.atom_values
-    if log_var is not None:
-        out.atom_head_sd = np.exp(0.5 * log_var[at])
-        out.atom_sd = network.calibrated_sd(out.atom_head_sd, out.atom_values, info.calibration)
     native_res = float(map_resolution or info.spec.filter_resolution)
     map_at = pp.map_values_at(values, xyz_to_ijk, xyz[scored])
     terms = _contrast_terms(out, info, prep, map_at, xyz, weights, native_res)
@@ -126,6 +124,11 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
         out.network_residue_values = network_means
         out.residue_values = combination.combine_terms(network_means, terms)
         out.atom_values = out.atom_values + (out.residue_values - network_means)[group]
+    if log_var is not None:
+        out.atom_head_sd = np.exp(0.5 * log_var[at])
+        apart = expected.packing_disagreement(out.residue_values, out.residue_packing)[group]
+        out.atom_sd = network.calibrated_sd(out.atom_head_sd, out.network_atom_values, info.calibration,
+                                            run_sd_factor(info, out), apart)
     stages["mapping"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     out.misfit = misfit.assess(values, xyz_to_ijk, xyz[scored], np.asarray(residue_index)[scored], native_res,
@@ -144,6 +147,16 @@ def finish(pred: AtomPrediction, info: network.ModelInfo, xyz: np.ndarray, eleme
     if md_units:
         is_ca = (np.asarray(atom_names) == "CA") & (np.asarray(elements) == "C")
         to_md_units(pred, model_kind(info), np.asarray(xyz)[is_ca], xyz)
+
+
+def run_sd_factor(info: network.ModelInfo, pred: AtomPrediction) -> float:
+    """The SD's factor for this run (``network.calibrated_sd``): with the calibration's ``sd_run`` "expected_r",
+    ``expected.error_factor`` at the run's expected r times the SD of its residue values; else 1."""
+    if info.calibration.get("sd_run") != "expected_r" or pred.expected is None:
+        return 1.0
+    v = np.asarray(pred.residue_values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return expected.error_factor(pred.expected.r) * float(v.std()) if len(v) > 1 else 1.0
 
 
 def model_kind(info: network.ModelInfo) -> str:
@@ -230,11 +243,13 @@ def _contrast_terms(pred: AtomPrediction, info: network.ModelInfo, prep: pp.Prep
 def _structure_features(pred: AtomPrediction, network_means: np.ndarray, map_at: np.ndarray, native_res: float,
                         xyz: np.ndarray, elements, atom_names, residue_index) -> dict:
     """What a structure-mode run measures for its expected r (``expected.py``), from the network alone (not the
-    terms: the native contrast holds the map's intensity, which the agreement compares with)."""
+    terms: the native contrast holds the map's intensity, which the agreement compares with); keeps the residues'
+    packing on ``pred`` for the SD."""
     is_ca = (np.asarray(atom_names) == "CA") & (np.asarray(elements) == "C")
-    packing = expected.residue_packing(np.asarray(xyz)[is_ca], np.asarray(residue_index)[is_ca], xyz,
-                                       pred.residue_ids)
-    return expected.structure_features(network_means, _residue_values(pred, map_at), packing, native_res)
+    pred.residue_packing = expected.residue_packing(np.asarray(xyz)[is_ca], np.asarray(residue_index)[is_ca], xyz,
+                                                    pred.residue_ids)
+    return expected.structure_features(network_means, _residue_values(pred, map_at), pred.residue_packing,
+                                       native_res)
 
 
 def add_normal_modes(pred: AtomPrediction, ca_xyz: np.ndarray, ca_residue_index: np.ndarray,

@@ -11,13 +11,11 @@ from chimerax.core.commands import run
 
 from chimerax.defmap import expected
 
-from .helpers import run_logged, shared_path
+from .helpers import run_logged, shared_path, shipped
 
 
 def _models():
-    models = expected.load()
-    assert models is not None, "onnx_models/prior/expected_r.json is shipped with the bundle"
-    return models
+    return shipped(expected.load, "expected_r.json")
 
 
 def test_shipped_fit_is_from_atlas_train_for_both_modes_and_the_bundles_features():
@@ -94,3 +92,11 @@ def test_without_the_fit_the_log_says_so_and_the_attribute_is_none(cx, monkeypat
     res, text = run_logged(cx, "defmap #1 structure #2 mapResolution 3.2 color false")
     assert res.expected is None and "not estimated" in text
     assert res.structure.defmap_expected_r is None and res.as_dict()["expected_r"] is None
+
+
+def test_error_factor_falls_as_r_rises_and_is_held_at_the_ends():
+    f = [expected.error_factor(r) for r in (0.3, 0.6, 0.9)]
+    assert f[0] > f[1] > f[2] > 0
+    assert expected.error_factor(0.6) == pytest.approx(0.8 / 0.6)
+    assert expected.error_factor(1.0) == expected.error_factor(expected.R_CEIL)
+    assert expected.error_factor(-0.5) == expected.error_factor(expected.R_FLOOR)

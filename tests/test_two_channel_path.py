@@ -217,6 +217,32 @@ def test_structure_mode_combines_the_contrast_at_map_resolution(cx, model2, tmp_
     assert base.native_contrast_weight == 0.0 and base.as_dict()["native_contrast_resolution"] is None
 
 
+def test_sd_run_factor_and_disagreement_when_the_calibration_asks(cx, tmp_path, monkeypatch):
+    """md-calibrate's optional SD terms (off for the shipped models): with ``sd_run`` "expected_r" a run told to
+    expect r 0.6 instead of 0.9 reports SDs larger by the ratio of their error factors, residue for residue; with
+    ``sd_disagreement`` c the atom SD gains exp(c x its residue's disagreement with the model's packing)."""
+    from chimerax.pdb import open_pdb
+
+    from chimerax.defmap import expected
+    model = two_channel_model(tmp_path / "sdrun5.onnx", calibration={"sd_scale": 1.5, "sd_slope": 0.4,
+                                                                     "sd_run": "expected_r"})
+    s = open_pdb(cx, str(shared_path("md_reference", "1ail_A.pdb")))[0][0]
+    cx.models.add([s])
+    heavy = s.atoms.filter(s.atoms.element_numbers != 1)
+    values, origin = simulate_map(heavy.coords, np.full(len(heavy), 1.0), resolution=5.0, noise=0.2, seed=2)
+    v = add_map(cx, values, origin)
+    sds = {}
+    for r in (0.9, 0.6):
+        monkeypatch.setattr(expected, "expected", lambda mode, f, r=r: expected.Expected(r, r - 0.1, r + 0.05, f))
+        res = run(cx, f"defmap #{v.id_string} structure #{s.id_string} model {model} uncertainty true color false")
+        sds[r] = np.array([x.defmap_sd for x in res.residues])
+    assert np.allclose(sds[0.6], sds[0.9] * expected.error_factor(0.6) / expected.error_factor(0.9), rtol=1e-6)
+    head, pred, apart = np.full(5, 0.2), np.arange(5.0), np.array([0.0, 0.5, 1.0, 2.0, 0.0])
+    cal = {"sd_scale": 1.5, "sd_slope": 0.4}
+    with_c = network.calibrated_sd(head, pred, {**cal, "sd_disagreement": 0.3}, 2.0, apart)
+    assert np.allclose(with_c, network.calibrated_sd(head, pred, cal) * 2.0 * np.exp(0.3 * apart))
+
+
 def _chain_map(cx, seed: int):
     """A 600-residue random-walk chain's 5 Å map, opened in ChimeraX: (its values, the volume), for voxel mode."""
     rng = np.random.default_rng(seed)

@@ -52,8 +52,8 @@ def cached_arrays(f: Path, make) -> dict[str, np.ndarray]:
 
 def chain_results(name: str, models, residue_atoms: str = "backbone", cache: Path = CACHE) -> list[dict]:
     """Per map of the chain and model kind: residue arrays (truth = log10 MD RMSF, the value structure mode reports
-    in the network's units, its SD, the structure prior) and per atom the network's value and head SD (for the SD's
-    slope and power)."""
+    in the network's units, its SD, the structure prior), the run's expected r, and per atom the network's value and
+    head SD (for the SD's slope, power and run factor)."""
     def make() -> dict[str, np.ndarray]:
         st, rmsf = load_chain(name)
         arrays: dict[str, np.ndarray] = {"truth": np.log10(rmsf), "res_index": st.res_index,
@@ -68,6 +68,8 @@ def chain_results(name: str, models, residue_atoms: str = "backbone", cache: Pat
                 for k in ("reported", "sd", "atom_network", "atom_head_sd"):
                     if sm.get(k) is not None:
                         arrays[f"{key}|{k}"] = sm[k]
+                if sm.get("expected") is not None:
+                    arrays[f"{key}|expected_r"] = np.array(sm["expected"].r)
         return arrays
     d = cached_arrays(cache / "results" / models_key(models) / f"{name}.npz", make)
     out: dict[tuple, dict] = {}

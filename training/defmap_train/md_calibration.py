@@ -10,11 +10,15 @@ families.  In order, each step on the values the previous one left:
    chains, then over hard and clean maps) with the mode's other weights at the models' current values.  Only the
    weights named in ``--write-weights`` are written: a weight ships only where it also holds on the
    image-formation maps, which validate-md measures afterwards.
-2. **The SD's shape** — head SD^p x sd_scale x exp(b x the prediction's z-score) (``network.calibrated_sd``): on
-   real MD flexible residues are predicted less surely, which the variance head (trained on simulated labels) does
-   not know.  Per model kind, (b, p) by maximum likelihood of the residue errors (each map's scale profiled out),
-   then ``sd_scale`` so that ±SD covers 68 % of them in the network's units (errors after each map's line of MD on
-   the prediction, the SD times that line's slope).
+2. **The SD** — head SD^p x sd_scale x exp(b x the prediction's z-score + c x its disagreement with the model's
+   packing) x the run factor (``network.calibrated_sd``): on real MD flexible residues are predicted less surely,
+   which the variance head (trained on simulated labels) does not know; where prediction and packing disagree one
+   of them is wrong; and a run expected to track MD less closely errs more on every residue (the run factor,
+   ``expected.error_factor`` at the run's expected r times the spread of its values).  Per model kind, (b, p, c) by
+   maximum likelihood of the residue errors (each map's scale profiled out), then ``sd_scale`` so that ±SD covers
+   68 % of them in the network's units (errors after each map's line of MD on the prediction, the SD times that
+   line's slope).  The disagreement (``--sd-disagreement``) and the run factor (``--sd-run expected_r``) are off
+   by default: tried on md_reference, they did not hold (``training/reports/sd_run.md``).
 3. ``md-units`` and ``expected-r`` refitted on the result (``md_units.json``, ``expected_r.json``).
 
 Steps 1 and 2 are written into the ``calibration`` of every ONNX model of the kind in ``--models`` (its shared-feature
@@ -24,12 +28,15 @@ side file, keyed on the model file, is rewritten).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import zscore
+from chimerax.defmap.expected import error_factor, packing_disagreement, residue_packing
 from chimerax.defmap.network import calibrated_sd
 from chimerax.defmap.recipe import centre_xyz
 
@@ -37,7 +44,7 @@ from .atlas_eval import CACHE as ATLAS_CACHE
 from .atlas_eval import all_results, cached_arrays, chain_maps, models_key, per_residue
 from .atlas_train import chains, load_chain
 from .calibration import CONTRAST_WEIGHTS, MAP_SHAPE_WEIGHTS
-from .paths import repo_relative
+from .paths import repo_relative, write_json
 from .validate_md import (
     line_errors,
     load_models,
@@ -45,12 +52,14 @@ from .validate_md import (
     pick,
     residue_values,
     sd_and_errors,
+    sd_bands,
     structure_mode,
     voxel_mode,
 )
 
 SLOPES = np.round(np.arange(-1.0, 2.01, 0.05), 2)
 POWERS = (0.0, 0.25, 0.5, 0.75, 1.0)  # of the head's SD: 0 ignores the head, 1 takes it as it is
+DISAGREEMENTS = np.round(np.arange(0.0, 1.01, 0.05), 2)  # weight of the disagreement with the model's packing
 GRID = [(float(b), p) for p in POWERS for b in SLOPES]
 FIT_VARIANTS = ("hard", "clean")
 FITTED_ON = ("the 66 atlas_train chains' hard and clean engine maps with ATLAS MD (defmap-train md-calibrate), never "
@@ -134,42 +143,93 @@ def fit_weights(maps: list[dict], current: dict[str, dict]) -> dict:
     return out
 
 
-def sloped_sd(mean: np.ndarray, sd: np.ndarray, b: float, power: float = 1.0) -> np.ndarray:
-    """Per-atom head SD with ``sd_slope`` b, ``sd_power`` and no scale (the bundle's ``calibrated_sd``)."""
-    return calibrated_sd(sd, mean, {"sd_slope": b, "sd_power": power})
+class MapFit(NamedTuple):
+    """One atlas_eval map, as the SD fit needs it."""
+
+    mean: np.ndarray  # per atom, the network's value
+    head_sd: np.ndarray  # per atom, the variance head's SD
+    per_res: Callable  # per-atom -> per-residue mean
+    truth: np.ndarray  # per residue, log10 MD RMSF
+    reported: np.ndarray  # per residue, structure mode's value (network units)
+    run: float  # the run factor (``run_factor``)
+    apart: np.ndarray  # per residue, ``expected.packing_disagreement``
 
 
-def _slope_nll(fit: tuple, b: float, power: float = 1.0) -> float:
-    """Gaussian NLL of one map's residue errors at slope b and power, the map's own scale profiled out: per residue,
-    SD = residue mean of ``sloped_sd``, error = MD minus the map's line on the reported value."""
-    mean, sd, per_res, truth, reported = fit
-    s = per_res(sloped_sd(mean, sd, b, power))
-    ok = np.isfinite(reported) & np.isfinite(s) & np.isfinite(truth) & (s > 0)
-    e2 = line_errors(reported, truth, ok) ** 2
-    return float(np.log(s[ok]).sum() + 0.5 * ok.sum() * np.log(np.mean(e2 / s[ok] ** 2)))
+def shaped_sd(f: MapFit, b: float, power: float, c: float) -> np.ndarray:
+    """Per-residue SD with ``sd_slope`` b, ``sd_power``, ``sd_disagreement`` c and neither scale nor run factor
+    (the bundle's ``calibrated_sd``; the disagreement is constant over a residue's atoms, so it factors out of the
+    residue mean)."""
+    return f.per_res(calibrated_sd(f.head_sd, f.mean, {"sd_slope": b, "sd_power": power})) * np.exp(c * f.apart)
 
 
-def fit_sd_slope(fits: list[tuple]) -> tuple[float, float]:
-    """(slope b, power p) of GRID with the largest likelihood of these maps' errors; ``fits``: per map (per-atom
-    network value, per-atom head SD, per-atom -> per-residue function, per-residue truth, per-residue reported)."""
-    table = np.array([[_slope_nll(f, b, p) for b, p in GRID] for f in fits]).reshape(len(fits), len(GRID))
-    return GRID[int(np.argmin(table.sum(axis=0)))]
+def _shape_nll(f: MapFit, b: float, power: float, c: np.ndarray) -> np.ndarray:
+    """Gaussian NLL of one map's residue errors at slope b, power and each disagreement weight in ``c``, the map's
+    own scale profiled out (so the run factor, one number per map, plays no part): error = MD minus the map's line on
+    the reported value."""
+    s = shaped_sd(f, b, power, 0.0)
+    ok = np.isfinite(f.reported) & np.isfinite(s) & np.isfinite(f.truth) & (s > 0)
+    e2 = line_errors(f.reported, f.truth, ok) ** 2
+    log_s = np.log(s[ok])[None, :] + np.asarray(c, dtype=np.float64)[:, None] * f.apart[ok][None, :]
+    return log_s.sum(axis=1) + 0.5 * ok.sum() * np.log(np.mean(e2[None, :] * np.exp(-2 * log_s), axis=1))
 
 
-def fit_sd_scale(fits: list[tuple], b: float, power: float) -> float:
-    """The factor on the sloped SD at which ±SD holds 68 % of the errors (after each map's line, SD x |slope|)."""
-    ratios = []
-    for mean, sd, per_res, truth, reported in fits:
-        pair = sd_and_errors(reported, per_res(sloped_sd(mean, sd, b, power)), truth)
-        if pair is not None:
-            ratios.append(np.abs(pair[1]) / pair[0])
-    return float(np.quantile(np.concatenate(ratios), 0.68))
+def fit_sd_shape(fits: list[MapFit], disagreement: bool = False) -> tuple[float, float, float]:
+    """(slope b, power p, disagreement c) with the largest likelihood of these maps' errors: (b, p) on GRID with c
+    = 0, then with ``disagreement`` (b, c) on SLOPES x DISAGREEMENTS at that p."""
+    zero = np.zeros(1)
+    table = np.array([sum(float(_shape_nll(f, b, p, zero)[0]) for f in fits) for b, p in GRID])
+    b, p = GRID[int(np.argmin(table))]
+    if not disagreement:
+        return float(b), p, 0.0
+    table = np.array([sum(_shape_nll(f, float(b), p, DISAGREEMENTS) for f in fits) for b in SLOPES])
+    i, j = np.unravel_index(int(np.argmin(table)), table.shape)
+    return float(SLOPES[i]), p, float(DISAGREEMENTS[j])
 
 
-def map_fits(rows: list[dict], kind: str) -> list[tuple]:
-    """The fit tuples of one model kind's atlas_eval rows on FIT_VARIANTS."""
-    return [(r["atom_network"], r["atom_head_sd"], per_residue(r), r["truth"], r["reported"]) for r in rows
-            if r["kind"] == kind and r["variant"] in FIT_VARIANTS and "atom_head_sd" in r]
+def sd_pairs(fits: list[MapFit], b: float, power: float, c: float, scale: float = 1.0) -> list:
+    """Per map (SD in MD's units, error) as validate-md takes them (``sd_and_errors``), at these SD numbers."""
+    return [sd_and_errors(f.reported, shaped_sd(f, b, power, c) * f.run * scale, f.truth) for f in fits]
+
+
+def fit_sd_scale(fits: list[MapFit], b: float, power: float, c: float) -> float:
+    """The factor on the shaped SD at which ±SD holds 68 % of the errors (after each map's line, SD x |slope|)."""
+    pairs = [x for x in sd_pairs(fits, b, power, c) if x is not None]
+    return float(np.quantile(np.concatenate([np.abs(e) / s for s, e in pairs]), 0.68))
+
+
+def run_factor(row: dict, sd_run: str) -> float:
+    """An atlas_eval row's SD run factor as ``recipe.run_sd_factor`` gives it (1 unless ``sd_run`` is "expected_r")."""
+    if sd_run != "expected_r" or "expected_r" not in row:
+        return 1.0
+    return error_factor(float(row["expected_r"])) * float(np.nanstd(row["reported"]))
+
+
+def map_fits(rows: list[dict], kind: str, sd_run: str = "none",
+             variants: tuple[str, ...] = FIT_VARIANTS) -> list[MapFit]:
+    """The SD fit's view of one model kind's atlas_eval rows on ``variants``."""
+    packing = {}
+    out = []
+    for r in rows:
+        if r["kind"] != kind or r["variant"] not in variants or "atom_head_sd" not in r:
+            continue
+        if r["chain"] not in packing:
+            st, _ = load_chain(r["chain"])
+            ca = st.ca_index()
+            packing[r["chain"]] = residue_packing(st.xyz[ca], st.res_index[ca], st.xyz, np.arange(st.n_res))
+        out.append(MapFit(r["atom_network"], r["atom_head_sd"], per_residue(r), r["truth"], r["reported"],
+                          run_factor(r, sd_run), packing_disagreement(r["reported"], packing[r["chain"]])))
+    return out
+
+
+def sd_bands_atlas(rows: list[dict], kind: str, b: float, power: float, c: float, scale: float,
+                   sd_run: str) -> dict:
+    """validate-md's tercile ratio and coverage (``sd_bands``) on atlas_train's own maps at these SD numbers (in
+    sample: what the fit reaches where it was made)."""
+    out = {}
+    for v in sorted({r["variant"] for r in rows}):
+        pairs = sd_pairs(map_fits(rows, kind, sd_run, (v,)), b, power, c, scale)
+        out.update(sd_bands([{"_sd_err": [(v, x) for x in pairs]}], (v,)))
+    return out
 
 
 def set_calibration(path: Path, updates: dict) -> None:
@@ -196,15 +256,24 @@ def model_files(models_dir: Path, kind: str) -> list[Path]:
 
 
 def run(models_dir: Path, out: Path, steps: tuple[str, ...] = ("weights", "sd", "md-units", "expected-r"),
-        write_weights: tuple[str, ...] = tuple(GRIDS)) -> dict:
+        write_weights: tuple[str, ...] = tuple(GRIDS), sd_run: str = "none", sd_disagreement: bool = False) -> dict:
     """The steps in order; ``write_weights``: the weights whose fitted values are written (the others are reported
-    only: a weight is shipped only where it also holds on the image-formation maps, which validate-md measures)."""
+    only: a weight is shipped only where it also holds on the image-formation maps, which validate-md measures);
+    ``sd_run``: "expected_r" scales each run's SD by its run factor, "none" leaves it out; ``sd_disagreement`` fits
+    the weight of the disagreement with the model's packing (else 0).  Both are off for the shipped models: on
+    md_reference they ranked errors worse on clean and image-formation maps and widened every band
+    (``training/reports/sd_run.md``)."""
     from chimerax.defmap.network import read_model_info
 
     from . import expected_r_fit, md_units_fit
     models_dir = Path(models_dir)
-    report: dict = {"command": f"defmap-train md-calibrate --models {repo_relative(models_dir)} --steps "
-                    f"{','.join(steps)} --write-weights {','.join(write_weights)}", "fitted_on": FITTED_ON}
+    command = (f"defmap-train md-calibrate --models {repo_relative(models_dir)} --steps {','.join(steps)} "
+               f"--write-weights {','.join(write_weights)} --sd-run {sd_run}"
+               + (" --sd-disagreement" if sd_disagreement else ""))
+    # a run of some steps keeps the other steps' sections of an earlier report; each section names its command
+    report: dict = json.loads(out.read_text(encoding="utf-8")) if Path(out).exists() else {}
+    report.pop("command", None)
+    report["fitted_on"] = FITTED_ON
     if "weights" in steps:
         models = load_models([models_dir])
         maps = [m for n in chains() for m in chain_terms(n, models)]
@@ -216,29 +285,32 @@ def run(models_dir: Path, out: Path, steps: tuple[str, ...] = ("weights", "sd", 
             for f in files[mode] if cal else []:
                 set_calibration(f, {**cal, "weights_fitted_on": FITTED_ON})
             d["written"] = {w: [repo_relative(f) for f in files[mode]] for w in cal}
-        report["weights"] = fitted
+        report["weights"] = {"command": command, **fitted}
         print(json.dumps({"weights": fitted}, indent=1), flush=True)
     if "sd" in steps:
         rows = all_results(models_dir)
-        report["sd"] = {}
+        report["sd"] = {"command": command}
         for kind in sorted({r["kind"] for r in rows}):
-            fits = map_fits(rows, kind)
+            fits = map_fits(rows, kind, sd_run)
             if not fits:
                 continue
-            b, p = fit_sd_slope(fits)
-            scale = fit_sd_scale(fits, b, p)
+            b, p, c = fit_sd_shape(fits, sd_disagreement)
+            scale = fit_sd_scale(fits, b, p, c)
             cal = {"sd_slope": b, "sd_power": p, "sd_scale": scale, "sd_slope_fitted_on": FITTED_ON}
+            if sd_run != "none" or c:  # left out when off, so the models read as before
+                cal.update({"sd_disagreement": c, "sd_run": sd_run})
             files = [f for f in model_files(models_dir, kind) if read_model_info(f).has_variance]
             for f in files:
                 set_calibration(f, cal)
-            report["sd"][kind] = {"maps": len(fits), "sd_slope": b, "sd_power": p, "sd_scale": scale,
+            report["sd"][kind] = {"maps": len(fits), "sd_slope": b, "sd_power": p, "sd_disagreement": c,
+                                  "sd_scale": scale, "sd_run": sd_run,
+                                  "bands_in_sample": sd_bands_atlas(rows, kind, b, p, c, scale, sd_run),
                                   "written": [repo_relative(f) for f in files]}
     if "md-units" in steps:
         md_units_fit.run(models_dir, md_units_fit.REPORT, md_units_fit.SHIPPED)
     if "expected-r" in steps:
         expected_r_fit.run(models_dir, expected_r_fit.REPORT, expected_r_fit.SHIPPED)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1, default=float) + "\n", encoding="utf-8")
+    write_json(out, report)
     return report
 
 
@@ -251,6 +323,11 @@ def add_parser(sub) -> None:
                    help="which steps, in this order: weights, sd, md-units, expected-r")
     p.add_argument("--write-weights", default=",".join(GRIDS),
                    help="the weights whose fitted values are written into the models (the others are only reported)")
+    p.add_argument("--sd-run", choices=("expected_r", "none"), default="none",
+                   help="scale each run's SD by the error its expected r implies (expected_r) or not (none)")
+    p.add_argument("--sd-disagreement", action="store_true",
+                   help="fit a weight on the SD for the prediction's disagreement with the model's packing")
     p.set_defaults(fn=lambda a: print(json.dumps(run(a.models, a.out, tuple(a.steps.split(",")),
-                                                     tuple(w for w in a.write_weights.split(",") if w)),
+                                                     tuple(w for w in a.write_weights.split(",") if w), a.sd_run,
+                                                     a.sd_disagreement),
                                                  indent=1, default=float)))

@@ -61,3 +61,30 @@ def test_set_calibration_merges_into_the_metadata_only(tmp_path):
     cal = read_model_info(p).calibration
     assert cal == {"sd_scale": 0.1, "anm_weight": 1.0, "sd_slope": 0.15}
     assert [n.op_type for n in onnx.load(str(p)).graph.node] == ["Identity"]
+
+
+def _sd_fits(c_true: float, seed: int = 1) -> list:
+    """Synthetic maps whose residue errors have SD exp(c_true x disagreement) times a per-map scale."""
+    from defmap_train.md_calibration import MapFit
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(30):
+        n = 200
+        pred = rng.normal(size=n)
+        apart = np.abs(rng.normal(size=n))
+        truth = 0.5 * pred + rng.normal(size=n) * np.exp(c_true * apart) * rng.uniform(0.1, 0.3)
+        out.append(MapFit(pred, np.ones(n), lambda v: v, truth, pred, 1.0, apart))
+    return out
+
+
+def test_sd_shape_finds_the_disagreement_weight_and_the_scale_covers_68_percent():
+    from defmap_train.md_calibration import fit_sd_scale, fit_sd_shape, sd_pairs
+    b, p, c = fit_sd_shape(_sd_fits(0.5), disagreement=True)
+    assert abs(c - 0.5) <= 0.15 and abs(b) <= 0.15
+    assert fit_sd_shape(_sd_fits(0.0), disagreement=True)[2] <= 0.1
+    assert fit_sd_shape(_sd_fits(0.5))[2] == 0.0  # off unless asked for
+    fits = _sd_fits(0.5, seed=2)
+    scale = fit_sd_scale(fits, b, p, c)
+    pairs = sd_pairs(fits, b, p, c, scale)
+    covered = np.mean(np.concatenate([np.abs(e) <= s for s, e in pairs]))
+    assert covered == pytest.approx(0.68, abs=0.01)
