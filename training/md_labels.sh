@@ -3,29 +3,38 @@
 # of the atlas_train chains labelled by their ATLAS MD (defmap-train atlas-data), protein-disjoint 3-fold CV on
 # those chains, the calibration fitted on it; both kinds side by side, one thread each (about 25 min on 2 cores).
 # Run from the repository root: training/md_labels.sh; outputs in training/runs/md/ (rerun to resume).
+# LR=2e-4 OUT=runs/md_lr KINDS=mapmodel training/md_labels.sh: the gentler fine-tune of the map + model kind alone.
 set -euo pipefail
 PY=${PY:-../.venv/bin/python}
+LR=${LR:-1e-3}
+OUT=${OUT:-runs/md}
+KINDS=${KINDS:-mapmodel map}
 cd "$(dirname "$0")"
 [ -d data/atlas_samples ] || $PY -m defmap_train atlas-data
 
 one() {
   local kind=$1 dir=$2 onnx=$3 slope=$4 power=$5
-  local out=runs/md/$dir
+  local out=$OUT/$dir
   $PY -m defmap_train train --kinds "$kind" --threads 1 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
      --cv-minutes 3 --minutes 5 --map-kinds dw,clean --fit-map-kinds dw,clean --data data/atlas_samples \
-     --ensembles data/atlas_records --init-onnx ../onnx_models/${onnx}_5A.onnx --sd-slope $slope --sd-power $power
+     --ensembles data/atlas_records --init-onnx ../onnx_models/${onnx}_5A.onnx --sd-slope $slope --sd-power $power \
+     --lr "$LR"
   for r in 6 7; do
     $PY -m defmap_train train --kinds "$kind" --threads 1 --out "$out" --resolution $r --cv-minutes 0 --minutes 2 \
        --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train_5A.json" --map-kinds dw,clean \
-       --data data/atlas_samples --ensembles data/atlas_records
+       --data data/atlas_samples --ensembles data/atlas_records --lr "$LR"
   done
 }
-mkdir -p runs/md
-one map+model mapmodel defmap_mapmodel 0.2 0.25 > runs/md/mapmodel.log 2>&1 &
-a=$!
-one map map defmap 0.3 0.75 > runs/md/map.log 2>&1 &
-b=$!
-wait $a; wait $b
+mkdir -p "$OUT"
+pids=()
+for k in $KINDS; do
+  case $k in
+    mapmodel) one map+model mapmodel defmap_mapmodel 0.2 0.25 > "$OUT/mapmodel.log" 2>&1 & ;;
+    map) one map map defmap 0.3 0.75 > "$OUT/map.log" 2>&1 & ;;
+  esac
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
 echo done
 # then, from the repository root, the report's numbers:
 #   .venv/bin/defmap-train validate-md --models training/runs/md/mapmodel/onnx training/runs/md/map/onnx \

@@ -166,6 +166,7 @@ def _train_parser(sub) -> None:
     t.add_argument("--seed", type=int, help="fold k trains with seed SEED + k, the final model with SEED (another "
                    "seed gives another ingredient for `soup`)")
     t.add_argument("--threads", type=int, help="torch threads (two kinds in parallel: 1 each)")
+    t.add_argument("--lr", type=float, help="peak learning rate of the cosine schedule (lower for a gentle fine-tune)")
     t.add_argument("--init-onnx", help="start from an exported one-channel FCN; the CV then is not protein-disjoint: "
                    "that model saw every training protein")
     t.set_defaults(fn=cmd_train, **DEFAULTS)

@@ -25,7 +25,7 @@ from types import SimpleNamespace
 from .calibration import item_rows, summarize
 from .dataset import folds_of, list_samples, load_item, load_items, map_kind, split_proteins
 from .export import export_onnx, load_checkpoint, save_checkpoint
-from .paths import DEFAULT_DATA
+from .paths import DEFAULT_DATA, write_json
 from .train import init_distributed, is_main, train
 
 KINDS = {"map": 1, "map+model": 2}  # kind -> input channels
@@ -36,7 +36,8 @@ DEFAULTS = {"data": str(DEFAULT_DATA / "samples"), "ensembles": str(DEFAULT_DATA
             "kinds": "map+model,map", "resolution": 5.0, "folds": 3, "cv_minutes": 3.5, "minutes": 5.0,
             "max_steps": 100_000, "batch": 256, "eval_maps": 2, "eval_seconds": 60.0, "init_checkpoint": None,
             "init_cv": None, "calibration_from": None, "sd_slope": 0.0, "sd_power": 1.0, "map_kinds": "map,dw,clean",
-            "fit_map_kinds": "map,dw,clean", "groups": 0, "seed": 0, "threads": None, "init_onnx": None}
+            "fit_map_kinds": "map,dw,clean", "groups": 0, "seed": 0, "threads": None, "init_onnx": None,
+            "lr": 1e-3}
 
 
 def config(out: str | Path, **overrides) -> SimpleNamespace:
@@ -66,7 +67,7 @@ def _train(a, groups: dict[str, list[Path]], proteins: list[str], split_seed: in
     return train(load_items([f for p in tr for f in groups[p]], res), load_items([groups[p][0] for p in va], res),
                  minutes=minutes, seed=seed, channels=channels, outputs=2, log=log, init=init,
                  eval_seconds=a.eval_seconds, threads=a.threads, groups=a.groups, max_steps=a.max_steps,
-                 batch=a.batch)
+                 batch=a.batch, lr=a.lr)
 
 
 def _save(path: Path, model, res: float, info: dict, what: str) -> None:
@@ -247,7 +248,7 @@ def run(a) -> dict:
         if ckf.exists() and is_main():
             export_final(ckf, KINDS[kind], res, summ, fitted_on)
     if is_main():
-        run_json(out, res).write_text(json.dumps(results, indent=1, default=float) + "\n")
+        write_json(run_json(out, res), results)
     if created:  # every rank is done with the group before any leaves (gloo aborts otherwise)
         import torch
         torch.distributed.barrier()
