@@ -3,12 +3,16 @@
 # of the atlas_train chains labelled by their ATLAS MD (defmap-train atlas-data), protein-disjoint 3-fold CV on
 # those chains, the calibration fitted on it; both kinds side by side, one thread each (about 25 min on 2 cores).
 # Run from the repository root: training/md_labels.sh; outputs in training/runs/md/ (rerun to resume).
-# LR=2e-4 OUT=runs/md_lr KINDS=mapmodel training/md_labels.sh: the gentler fine-tune of the map + model kind alone.
+# LR=2e-4 OUT=runs/md_lr KINDS=mapmodel training/md_labels.sh: the gentler fine-tune of the map + model kind alone;
+# SOUP=1 then averages each fine-tuned checkpoint with the model it started from (soup) and calibrates and exports
+# the average on the same CV (OUT_soup/mapmodel/onnx).  BASE: the exported models the fine-tune starts from.
 set -euo pipefail
 PY=${PY:-../.venv/bin/python}
 LR=${LR:-1e-3}
 OUT=${OUT:-runs/md}
 KINDS=${KINDS:-mapmodel map}
+BASE=${BASE:-../onnx_models}
+SOUP=${SOUP:-0}
 cd "$(dirname "$0")"
 [ -d data/atlas_samples ] || $PY -m defmap_train atlas-data
 
@@ -17,7 +21,7 @@ one() {
   local out=$OUT/$dir
   $PY -m defmap_train train --kinds "$kind" --threads 1 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
      --cv-minutes 3 --minutes 5 --map-kinds dw,clean --fit-map-kinds dw,clean --data data/atlas_samples \
-     --ensembles data/atlas_records --init-onnx ../onnx_models/${onnx}_5A.onnx --sd-slope $slope --sd-power $power \
+     --ensembles data/atlas_records --init-onnx $BASE/${onnx}_5A.onnx --sd-slope $slope --sd-power $power \
      --lr "$LR"
   for r in 6 7; do
     $PY -m defmap_train train --kinds "$kind" --threads 1 --out "$out" --resolution $r --cv-minutes 0 --minutes 2 \
@@ -35,6 +39,27 @@ for k in $KINDS; do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
+
+calibrate() {  # the soup's CV (fold checkpoints exist, so nothing trains), then its 6 and 7 A exports
+  local kind=$1 out=$2 slope=$3 power=$4
+  $PY -m defmap_train train --kinds "$kind" --threads 2 --out "$out" --resolution 5 --folds 3 --eval-maps 2 \
+     --cv-minutes 3 --minutes 5 --map-kinds dw,clean --fit-map-kinds dw,clean --data data/atlas_samples \
+     --ensembles data/atlas_records --sd-slope $slope --sd-power $power
+  for r in 6 7; do
+    $PY -m defmap_train train --kinds "$kind" --threads 2 --out "$out" --resolution $r --cv-minutes 0 --minutes 2 \
+       --init-checkpoint "$out/${kind}_5A.pt" --calibration-from "$out/train_5A.json" --map-kinds dw,clean \
+       --data data/atlas_samples --ensembles data/atlas_records
+  done
+}
+if [ "$SOUP" = 1 ]; then
+  [ -d "${OUT}_soup" ] || $PY -m defmap_train soup "$OUT" "$BASE" --out "${OUT}_soup"
+  for k in $KINDS; do
+    case $k in
+      mapmodel) calibrate map+model "${OUT}_soup/mapmodel" 0.2 0.25 ;;
+      map) calibrate map "${OUT}_soup/map" 0.3 0.75 ;;
+    esac
+  done
+fi
 echo done
 # then, from the repository root, the report's numbers:
 #   .venv/bin/defmap-train validate-md --models training/runs/md/mapmodel/onnx training/runs/md/map/onnx \

@@ -171,7 +171,8 @@ def _train_parser(sub) -> None:
                    "that model saw every training protein")
     t.set_defaults(fn=cmd_train, **DEFAULTS)
     so = sub.add_parser("soup", help="average runs' checkpoints (B, C... warm-started from A), as a new run")
-    so.add_argument("runs", nargs="+", help="RUNS folders A B ... (each with map/ and mapmodel/)")
+    so.add_argument("runs", nargs="+", help="RUNS folders A B ... (each with map/ and mapmodel/), or a folder of "
+                    "exported models a run started from (e.g. ../onnx_models)")
     so.add_argument("--out", required=True, help="a new RUNS folder; `train --out OUT/map` (and OUT/mapmodel) then "
                     "calibrates and exports it without training")
     so.set_defaults(fn=cmd_soup)

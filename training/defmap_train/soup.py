@@ -12,8 +12,21 @@ from .export import load_checkpoint, save_checkpoint
 KIND_DIRS = ("map", "mapmodel")
 
 
+def exported_state(folder: Path, ck: dict) -> dict:
+    """The state dict of the exported model in ``folder`` that a checkpoint of this kind and resolution started
+    from (``train --init-onnx``: every fold and the final model start from the same file)."""
+    from .pipeline import init_from_onnx
+    channels = int(ck.get("in_channels", 1))
+    f = folder / f"defmap_{'mapmodel_' if channels == 2 else ''}{float(ck['resolution']):g}A.onnx"
+    if not f.exists():
+        raise SystemExit(f"{f} is missing: no exported model of this kind and resolution")
+    return init_from_onnx(f, channels, int(ck.get("outputs", 1)))
+
+
 def soup(dirs: list[Path], out: Path) -> list[Path]:
-    """Average every checkpoint of ``dirs[0]`` (finals and cv/ folds, both kinds) with the same file of the others."""
+    """Average every checkpoint of ``dirs[0]`` (finals and cv/ folds, both kinds) with the same file of the others;
+    a folder of exported ONNX models (e.g. ``onnx_models``, what a fine-tune started from) gives its model of the
+    checkpoint's kind and resolution."""
     written = []
     first = Path(dirs[0])
     for kind in KIND_DIRS:
@@ -22,6 +35,9 @@ def soup(dirs: list[Path], out: Path) -> list[Path]:
             model, ck = load_checkpoint(f)
             states = [model.state_dict()]
             for d in dirs[1:]:
+                if any(Path(d).glob("*.onnx")):
+                    states.append(exported_state(Path(d), ck))
+                    continue
                 if not (Path(d) / rel).exists():
                     raise SystemExit(f"{Path(d) / rel} is missing: the runs must have the same checkpoints")
                 other, ck_o = load_checkpoint(Path(d) / rel)

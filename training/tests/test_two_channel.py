@@ -246,6 +246,28 @@ def test_soup_averages_matching_checkpoints(tmp_path):
         soup([tmp_path / "a", tmp_path / "b"], tmp_path / "s4")
 
 
+def test_soup_with_the_exported_models_a_run_started_from(tmp_path):
+    """A folder of exported ONNX models as an ingredient: each checkpoint is averaged with the exported model of its
+    kind and resolution (what ``--init-onnx`` started every fold and the final model from)."""
+    pytest.importorskip("onnx")
+    from defmap_train.export import export_onnx, load_checkpoint, save_checkpoint
+    from defmap_train.model import build
+    from defmap_train.soup import soup
+    torch.manual_seed(1)
+    start = build("fcn", 2, 2)
+    export_onnx(start, tmp_path / "onnx" / "defmap_mapmodel_5A.onnx", "defmap-mapmodel-5A", 5.0)
+    tuned = build("fcn", 2, 2)
+    for rel in ("mapmodel/map+model_5A.pt", "mapmodel/cv/map+model_fold1.pt"):
+        save_checkpoint(tmp_path / "run" / rel, tuned, "fcn", 5.0, {})
+    out = soup([tmp_path / "run", tmp_path / "onnx"], tmp_path / "s")
+    assert len(out) == 2
+    s0, st, ss = start.state_dict(), tuned.state_dict(), load_checkpoint(out[1])[0].state_dict()
+    assert all(torch.allclose(ss[k], 0.5 * (s0[k] + st[k]), atol=1e-6) for k in ss)
+    save_checkpoint(tmp_path / "run6" / "mapmodel/map+model_6A.pt", tuned, "fcn", 6.0, {})
+    with pytest.raises(SystemExit, match="no exported model"):
+        soup([tmp_path / "run6", tmp_path / "onnx"], tmp_path / "s6")
+
+
 def test_cv_fits_the_contrast_weights_only_where_the_contrasts_help():
     """summarize: the two contrasts' weights (on the network's lattice, at the map's own resolution) are fitted
     together to maximize the mean CV residue r (both 0 for map-only rows, whose contrasts are NaN), and for map-only
