@@ -1,5 +1,6 @@
 #!/bin/bash
-# The MD-label variant (tried, not shipped: reports/md_labels.md): the shipped networks fine-tuned on engine maps
+# The MD-label variants (reports/md_labels.md; the shipped map + model files are the SOUP=1 result of the LR=2e-4
+# line below, the fine-tunes alone were not shipped): the engine-trained networks fine-tuned on engine maps
 # of the atlas_train chains labelled by their ATLAS MD (defmap-train atlas-data), protein-disjoint 3-fold CV on
 # those chains, the calibration fitted on it; both kinds side by side, one thread each (about 25 min on 2 cores).
 # Run from the repository root: training/md_labels.sh; outputs in training/runs/md/ (rerun to resume).

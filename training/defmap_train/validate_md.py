@@ -639,11 +639,13 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
     lines += expected_lines(result.get("expected_r") or {})
     for p in train_jsons:
         d = json.loads(Path(p).read_text(encoding="utf-8"))
+        what = ("atlas_train chains' engine maps, labels their ATLAS MD" if "atlas_samples" in d.get("command", "")
+                else "simulated proteins")
         for kind, k in d.get("kinds", {}).items():
             cv = k.get("cv") or {}
             if "anm_r" in cv:
                 lines.append(f"Training set ({repo_relative(p)}, {kind}, protein-disjoint CV on "
-                             f"{cv['proteins']} simulated proteins): network residue r {_f(cv['residue_r'])}"
+                             f"{cv['proteins']} {what}): network residue r {_f(cv['residue_r'])}"
                              + (f", with the density contrast (c = {cv['contrast_weight']:g}, fitted on that CV) "
                                 f"{_f(cv['residue_r_with_contrast'])}"
                                 if cv.get("contrast_weight") and not cv.get("native_contrast_weight") else "")

@@ -60,12 +60,12 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
 
 
 def test_sd_slope_fit_finds_errors_that_grow_with_the_prediction():
-    """fit_sd_slope: errors whose SD grows with the predicted value give a positive slope, constant errors about
+    """fit_sd_shape: errors whose SD grows with the predicted value give a positive slope, constant errors about
     zero; a head SD that tracks the errors keeps its power, a noisy one loses it; fit_sd_scale then makes ±SD cover
     68 % of the errors."""
     import numpy as np
 
-    from defmap_train.md_calibration import fit_sd_scale, fit_sd_slope, sloped_sd
+    from defmap_train.md_calibration import MapFit, fit_sd_scale, fit_sd_shape, shaped_sd
 
     def per_res(v):
         return np.asarray(v, dtype=float)
@@ -78,15 +78,16 @@ def test_sd_slope_fit_finds_errors_that_grow_with_the_prediction():
             z = (pred - pred.mean()) / pred.std()
             h = np.exp(rng.normal(0, 0.5, 300))  # a head SD that varies
             truth = pred + rng.normal(0, 0.1, 300) * np.exp(slope * z) * (h if head == "right" else 1.0)
-            out.append((pred, 0.1 * (h if head != "constant" else 1.0), per_res, truth, pred))
+            out.append(MapFit(pred, 0.1 * (h if head != "constant" else 1.0), per_res, truth, pred, 1.0,
+                              np.zeros(300)))
         return out
 
-    assert fit_sd_slope(maps(0.6, 1))[0] == pytest.approx(0.6, abs=0.15)
-    assert abs(fit_sd_slope(maps(0.0, 2))[0]) <= 0.15
-    assert fit_sd_slope(maps(0.0, 3, head="right"))[1] >= 0.75  # a head that knows the errors keeps its power
-    assert fit_sd_slope(maps(0.0, 4, head="noise"))[1] <= 0.25  # one that does not is switched off
+    assert fit_sd_shape(maps(0.6, 1))[0] == pytest.approx(0.6, abs=0.15)
+    assert abs(fit_sd_shape(maps(0.0, 2))[0]) <= 0.15
+    assert fit_sd_shape(maps(0.0, 3, head="right"))[1] >= 0.75  # a head that knows the errors keeps its power
+    assert fit_sd_shape(maps(0.0, 4, head="noise"))[1] <= 0.25  # one that does not is switched off
     fits = maps(0.6, 5, 8)
-    b, p = fit_sd_slope(fits)
-    scale = fit_sd_scale(fits, b, p)
-    inside = np.concatenate([np.abs(t - f) <= scale * sloped_sd(f, s, b, p) for f, s, _, t, _ in fits])
+    b, p, c = fit_sd_shape(fits)
+    scale = fit_sd_scale(fits, b, p, c)
+    inside = np.concatenate([np.abs(f.truth - f.reported) <= scale * shaped_sd(f, b, p, c) for f in fits])
     assert 0.6 < inside.mean() < 0.76
