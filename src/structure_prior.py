@@ -84,7 +84,7 @@ def raw_features(ca: np.ndarray, heavy: np.ndarray) -> dict[str, np.ndarray]:
     centre = ca.mean(axis=0)
     rg = np.sqrt(((ca - centre) ** 2).sum(axis=1).mean()) if n else 1.0
     f["centre"] = np.linalg.norm(ca - centre, axis=1) / max(rg, 1e-6)
-    f["hse_up"], f["hse_down"] = _half_sphere(ca, seg)
+    f["hse_up"], f["hse_down"] = half_sphere(ca, seg)
     f.update(secondary(ca, seg))
     for k in WINDOWED:
         f[f"{k}_window"] = _windowed(zscore_finite(f[k]), seg)
@@ -119,7 +119,7 @@ def secondary(ca: np.ndarray, seg: np.ndarray) -> dict[str, np.ndarray]:
     return {"helix": helix, "strand": strand, "loop": 1.0 - np.clip(helix + strand, 0.0, 1.0)}
 
 
-def _half_sphere(ca: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def half_sphere(ca: np.ndarray, seg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log(1 + C-alpha count) in the half sphere the side chain points into (up) and the other (down), the side-chain
     direction approximated from the neighbouring C-alpha atoms."""
     n = len(ca)
@@ -187,6 +187,15 @@ def load_prior(path: Path | None = None) -> Prior | None:
         meta = json.loads(sess.get_modelmeta().custom_metadata_map.get(METADATA_KEY, "{}"))
         _LOADED[p] = Prior(p, meta, sess)
     return None if p is None else _LOADED[p]
+
+
+def prior_r(source: str) -> float | None:
+    """The per-residue r with MD the prior that gave ``source`` ("learned prior" or "ANM") reached in the learned
+    prior's protein-disjoint CV on atlas_train (its metadata), None without the shipped prior."""
+    prior = load_prior()
+    cv = prior.meta.get("cv", {}) if prior is not None else {}
+    r = cv.get("prior_r" if source == "learned prior" else "anm_r")
+    return None if r is None else float(r)
 
 
 def prior_values(ca: np.ndarray, heavy: np.ndarray | None) -> tuple[np.ndarray, str]:
