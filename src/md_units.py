@@ -4,11 +4,12 @@ The networks rank residues well but their scale is that of their training labels
 map standardized before it reaches them cannot say how much a protein moves overall.  So the reported value is
 built from two parts fitted on ATLAS MD of the 66 atlas_train chains (CHARMM36m, 300 K, 3 x 100 ns; ``defmap-train
 md-units``, never on md_reference): the structure's mean log10 RMSF from its packing (``level_features``: heavy atoms
-around each C-alpha, weighted contact number, loop fraction, size; a ridge fit), and how far the residues spread
-around it per unit of the prediction's within-structure z-score (``spread``, fitted on engine maps of those chains
-for each model kind).  Within a structure this is an increasing linear map of the prediction, so every correlation,
-ranking and ``defmap_z`` is unchanged; only the scale is MD's.  The SD is carried through the same map and its
-factor fitted for 68 % coverage on the same maps.
+around each C-alpha, weighted contact number, loop fraction, size, and C-alpha atoms in the half sphere facing away
+from each side chain, HSE-down; a ridge fit), and how far the residues spread around it per unit of the
+prediction's within-structure z-score (``spread``, fitted on engine maps of those chains for each model kind).
+Within a structure this is an increasing linear map of the prediction, so every correlation, ranking and
+``defmap_z`` is unchanged; only the scale is MD's.  The SD is carried through the same map and its factor fitted
+for 68 % coverage on the same maps.
 
 Free of ChimeraX imports: ``recipe.predict_atoms`` applies it, training fits it.
 """
@@ -24,7 +25,7 @@ import numpy as np
 from . import structure_prior
 
 MD = "ATLAS MD of the chain alone (CHARMM36m, 300 K, 3 × 100 ns)"
-LEVEL_FEATURES = ("heavy12", "wcn", "loop", "log_residues")
+LEVEL_FEATURES = ("heavy12", "wcn", "loop", "log_residues", "hse_down")
 SCALE_PATH = Path(__file__).resolve().parent / "onnx_models" / "prior" / "md_units.json"
 
 
@@ -33,8 +34,10 @@ def level_features(ca: np.ndarray, heavy: np.ndarray) -> np.ndarray:
     finite coordinates are left out, as the map left them unscored)."""
     ca, heavy = np.asarray(ca, dtype=np.float64), np.asarray(heavy, dtype=np.float64)
     ca, heavy = ca[np.isfinite(ca).all(axis=1)], heavy[np.isfinite(heavy).all(axis=1)]
+    seg = structure_prior.segments(ca)
     f = structure_prior.packing(ca, heavy)
-    f.update(structure_prior.secondary(ca, structure_prior.segments(ca)))
+    f.update(structure_prior.secondary(ca, seg))
+    f["hse_up"], f["hse_down"] = structure_prior.half_sphere(ca, seg)
     f["log_residues"] = np.full(len(ca), np.log(max(len(ca), 1)))
     return np.array([float(np.nanmean(f[k])) for k in LEVEL_FEATURES])
 

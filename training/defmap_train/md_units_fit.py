@@ -10,7 +10,8 @@ On the 66 atlas_train chains only (ATLAS MD, CHARMM36m, 300 K, 3 x 100 ns; md_re
   the value in MD units and the SD times that line's slope (as validate-md's ``sd_bands``), so 68 % intervals cover
   68 % on these maps.
 
-Writes ``onnx_models/prior/md_units.json`` (what the bundle reads) and a report JSON.
+Writes ``onnx_models/prior/md_units.json`` (what the bundle reads), a report JSON and, when it writes the shipped
+file, the model card's block between the md-units markers.
 """
 
 from __future__ import annotations
@@ -25,10 +26,16 @@ from chimerax.defmap.combination import zscore
 
 from .atlas_eval import all_results
 from .atlas_train import chains, folds, load_chain
-from .paths import repo_relative, write_json
+from .paths import REPO, repo_relative, write_json
+from .validate_md import update_docs
 
 REPORT = Path("training/reports/md_units.json")  # from the repository root
 SHIPPED = Path("onnx_models/prior/md_units.json")
+CARD = REPO / "onnx_models" / "MODEL_CARD.md"
+DOC_BEGIN, DOC_END = "<!-- md-units:begin -->", "<!-- md-units:end -->"
+FEATURE_WORDS = {"heavy12": "heavy atoms within 12 Å of each C-alpha", "wcn": "weighted contact number",
+                 "loop": "loop fraction", "log_residues": "log residues",
+                 "hse_down": "C-alpha atoms in the half sphere facing away from each side chain, HSE-down"}
 ALPHA = 1.0  # ridge penalty on z-scored level features
 FIT_VARIANT = "hard"
 
@@ -125,7 +132,32 @@ def run(models_dir: Path, out: Path, shipped: Path) -> dict:
               "written": repo_relative(shipped)}
     write_json(shipped, shipped_d)
     write_json(out, report)
+    if Path(shipped).resolve() == (REPO / SHIPPED).resolve() and CARD.is_file():
+        update_docs([CARD], docs_block(report), DOC_BEGIN, DOC_END)
     return report
+
+
+def docs_block(report: dict) -> str:
+    """The model card's figures for the fit in ``report`` (what ``run`` returns), between the md-units markers."""
+    k = report["kinds"]
+    mm, m = k.get("map+model", {}), k.get("map", {})
+    err = mm.get("mean_per_map_median_abs_error_cv_level", {})
+    features = ", ".join(FEATURE_WORDS.get(f, f) for f in md_units.LEVEL_FEATURES)
+    nan = float("nan")
+    return "\n".join([
+        DOC_BEGIN,
+        f"- The level (the structure's mean log10 RMSF) is a ridge fit on the structure's packing ({features}): "
+        f"protein-disjoint 5-fold CV mean |error| {report['level_cv_mean_abs_error']:.3f} log10 units, against "
+        f"{report['constant_level_mean_abs_error_in_sample']:.3f} for one constant level (in-sample); the chains' "
+        f"mean log10 RMSF spread by SD {report['chain_mean_log10_sd']:.3f}. Real MD, no map.",
+        f"- The spread is fitted on the chains' hard engine maps (in-family): {mm.get('spread', nan):.3f} (map + "
+        f"model) and {m.get('spread', nan):.3f} (map-only) log10 units per unit z. With the CV level, the mean over "
+        f"those maps of the per-map median |value − MD| is {err.get('hard', nan):.3f} on hard and "
+        f"{err.get('clean', nan):.3f} on clean maps (map + model; in-family).",
+        f"- The SD goes through the same map and is multiplied by {mm.get('sd_factor') or nan:.2f} (map + model) / "
+        f"{m.get('sd_factor') or nan:.2f} (map-only) so that 68 % intervals cover 68 % of the errors after each "
+        "map's line fit on those maps (in-family).",
+        DOC_END])
 
 
 def add_parser(sub) -> None:

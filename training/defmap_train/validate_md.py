@@ -666,14 +666,15 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
     return "\n".join(lines + ["", DOC_END])
 
 
-def update_docs(paths: list[Path], block: str) -> None:
-    """Replace the text between the validate-md markers of each file (the markers must be there)."""
+def update_docs(paths: list[Path], block: str, begin: str = DOC_BEGIN, end: str = DOC_END) -> None:
+    """Replace the text between the ``begin`` and ``end`` markers of each file (the markers must be there, and
+    ``block`` starts and ends with them)."""
     for p in paths:
         text = Path(p).read_text(encoding="utf-8")
-        if DOC_BEGIN not in text or DOC_END not in text:
-            raise SystemExit(f"{p} has no {DOC_BEGIN} ... {DOC_END} block")
-        head, rest = text.split(DOC_BEGIN, 1)
-        Path(p).write_text(head + block + rest.split(DOC_END, 1)[1], encoding="utf-8")
+        if begin not in text or end not in text:
+            raise SystemExit(f"{p} has no {begin} ... {end} block")
+        head, rest = text.split(begin, 1)
+        Path(p).write_text(head + block + rest.split(end, 1)[1], encoding="utf-8")
 
 
 def _f(x) -> str:

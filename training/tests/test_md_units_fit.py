@@ -41,3 +41,25 @@ def test_level_ridge_fits_and_clamps():
     far = predict_level(level, np.full((1, x.shape[1]), 100.0))[0]
     edge = predict_level(level, x.max(0, keepdims=True))[0]
     assert far == pytest.approx(edge)
+
+
+def test_model_card_block_is_the_report_it_came_from(tmp_path):
+    """md-units rewrites only the model card's marked block, from its report; the shipped card holds the shipped
+    report's figures (no hand-edited number there)."""
+    import json
+
+    from defmap_train.md_units_fit import CARD, DOC_BEGIN, DOC_END, REPORT, docs_block
+    from defmap_train.paths import REPO
+    from defmap_train.validate_md import update_docs
+    report = json.loads((REPO / REPORT).read_text(encoding="utf-8"))
+    block = docs_block(report)
+    assert block.startswith(DOC_BEGIN) and block.endswith(DOC_END)
+    assert block in CARD.read_text(encoding="utf-8")
+    assert f"{report['level_cv_mean_abs_error']:.3f} log10 units" in block
+    doc = tmp_path / "CARD.md"
+    doc.write_text(f"before\n{DOC_BEGIN}\nstale figures\n{DOC_END}\nafter\n", encoding="utf-8")
+    changed = dict(report, level_cv_mean_abs_error=0.321)
+    update_docs([doc], docs_block(changed), DOC_BEGIN, DOC_END)
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("before\n") and text.endswith(f"{DOC_END}\nafter\n") and "stale figures" not in text
+    assert "0.321 log10 units" in text
