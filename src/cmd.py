@@ -168,8 +168,7 @@ def log_structure_summary(session, result: StructureResult) -> None:
               if result.residue_sd is not None else []),
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
             *([("Normal modes", f"map prediction combined with the {_prior_text(result.prior)} of "
-                f"{np.isfinite(result.nma_residue_values).sum():,} C-alpha atoms (z(map) + "
-                f"{result.prior_weight:.2f} z(prior), the weight from the run's expected r and the prior's; attributes "
+                f"{np.isfinite(result.nma_residue_values).sum():,} C-alpha atoms (sum of z-scores; attributes "
                 f"<i>{result.attribute}_map</i>, <i>{result.attribute}_nma</i>)")]
               if result.nma_residue_values is not None else []),
             ("Residues scored", f"{len(rv):,} of {result.structure.num_residues:,}"),
@@ -183,11 +182,8 @@ def log_structure_summary(session, result: StructureResult) -> None:
             f"<i>{result.attribute}_z</i></caption>"
             + "".join(f"<tr><th align=left>{k}</th><td>{v}</td></tr>" for k, v in rows) + "</table>")
     session.logger.info(html, is_html=True)
-    prior = (f", with the structure prior's r in its CV at weight {result.prior_weight:.2f}"
-             if result.nma_residue_values is not None else "")
     session.logger.info(expected_line(result.expected, "the map's intensity and the model's packing, the resolution "
-                                      f"and the size{prior}; attribute {result.attribute}_expected_r of "
-                                      f"{result.structure}"))
+                                      f"and the size; attribute {result.attribute}_expected_r of {result.structure}"))
     session.logger.info(misfit_line(result))
     if result.outside_atoms:
         session.logger.warning(f"{result.outside_atoms:,} heavy atoms of {result.structure} lie outside map and got "

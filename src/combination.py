@@ -37,17 +37,3 @@ def combine_terms(map_values: np.ndarray, terms) -> np.ndarray:
     s = zscore(m[ok]) + sum(w * zscore(t[ok]) for t, w in terms)
     out[ok] = np.mean(m[ok]) + np.std(m[ok]) * zscore(s)
     return out
-
-
-PRIOR_WEIGHT_MAX = 2.0  # the prior never outweighs the map side more than twice, however weak the map looks
-
-
-def optimal_weight(r_map: float, r_prior: float, rho: float, most: float = PRIOR_WEIGHT_MAX) -> float:
-    """The weight w of z(prior) in z(map) + w z(prior) that least squares gives two predictors of MD which correlate
-    with it at ``r_map`` and ``r_prior`` and with each other at ``rho``: (r_prior - rho r_map) / (r_map - rho
-    r_prior), clipped to [0, ``most``].  A run whose map side is expected to track MD closely leans on it; one where
-    the map says little, or says what the prior says, leans on the prior."""
-    den = r_map - rho * r_prior
-    if not np.isfinite(den + r_prior) or den <= 1e-9:
-        return most
-    return float(np.clip((r_prior - rho * r_map) / den, 0.0, most))

@@ -114,15 +114,6 @@ class Expected:
         return f"r ≈ {self.r:.2f} ({self.low:.2f}–{self.high:.2f})"
 
 
-def with_prior(e: Expected, r_prior: float, rho: float, weight: float) -> Expected:
-    """What a run can expect once its map side is combined with a structure prior as z(map) + ``weight`` z(prior)
-    (``combination.combine``): the r of that sum with MD, from the map side's expected r (and its range), the
-    prior's CV r and ``rho``, how the two agree in this run."""
-    def r(m: float) -> float:
-        return float(np.clip((m + weight * r_prior) / np.sqrt(1 + weight ** 2 + 2 * weight * rho), -1.0, 1.0))
-    return Expected(r(e.r), r(e.low), r(e.high), dict(e.features))
-
-
 @dataclass
 class Model:
     """One mode's fitted model: z(r) = intercept + ((x - mean) / scale) @ coef, x clamped to the fitting range."""

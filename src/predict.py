@@ -51,7 +51,6 @@ class StructureResult:
     map_residue_values: np.ndarray | None = None  # the map-only prediction, when normal modes were combined
     nma_residue_values: np.ndarray | None = None  # the structure prior per residue (NaN: no C-alpha)
     prior: str = ""  # what gave it: "learned prior" (structure_prior.py) or "ANM"
-    prior_weight: float = 0.0  # the weight it entered with (combination.optimal_weight)
     atom_sd: np.ndarray | None = None  # predicted SD per atom (models with a variance output, x calibrated scale)
     residue_atoms: str = "heavy"  # which atoms' values a residue value averages: ca, backbone or heavy
     contrast_weight: float = 0.0  # weight of the density contrast combined with the network (map + model models)
@@ -75,7 +74,6 @@ class StructureResult:
             for i, v in enumerate(self.misfit.fit):
                 extra.setdefault(i, {})["fit"] = None if np.isnan(v) else float(v)
         return {"files": self.files, "normal_modes": self.nma_residue_values is not None, "sd_source": self.sd_source,
-                "prior_weight": self.prior_weight if self.nma_residue_values is not None else None,
                 **expected_dict(self.expected), "unexplained_density": self.unexplained(),
                 "contrast_weight": self.contrast_weight, "native_contrast_weight": self.native_contrast_weight,
                 "native_contrast_resolution": self.native_resolution,
@@ -315,16 +313,15 @@ def add_normal_modes(result: StructureResult) -> None:
                       & (atoms.residues.polymer_types == Residue.PT_AMINO))
     residues = s.residues
     try:
-        term = recipe.normal_mode_values(
+        nma_vals, combined, result.prior = recipe.normal_mode_values(
             residues.indices(result.residues), result.residue_values, ca.scene_coords, residues.indices(ca.residues),
             float(result.model.calibration.get("anm_weight", 1.0)),
-            atoms.filter(atoms.element_numbers != 1).scene_coords, result.expected)
+            atoms.filter(atoms.element_numbers != 1).scene_coords)
     except (ValueError, MemoryError) as e:
         raise UserError(f"normalModes: cannot compute normal modes of {s}: {first_line(e)}") from None
     map_vals = np.asarray(result.residue_values, dtype=np.float64)
-    result.atom_values = result.atom_values + (term.combined - map_vals)[result.residues.indices(result.atoms.residues)]
-    result.map_residue_values, result.nma_residue_values, result.residue_values = map_vals, term.values, term.combined
-    result.prior, result.prior_weight, result.expected = term.source, term.weight, term.expected
+    result.atom_values = result.atom_values + (combined - map_vals)[result.residues.indices(result.atoms.residues)]
+    result.map_residue_values, result.nma_residue_values, result.residue_values = map_vals, nma_vals, combined
     result.stages["normal_modes"] = time.perf_counter() - t0
     result.seconds += result.stages["normal_modes"]
 

@@ -65,7 +65,6 @@ class AtomPrediction:
     map_residue_values: np.ndarray | None = None  # before normal modes, when they were combined
     nma_residue_values: np.ndarray | None = None  # the structure prior per residue (NaN: no C-alpha)
     prior: str = ""  # what gave it: "learned prior" (structure_prior) or "ANM"
-    prior_weight: float = 0.0  # the weight it entered with (combination.optimal_weight)
     md_units: md_units.Affine | None = None  # how values were put in MD units (to_md_units); None: network units
     run_features: dict = field(default_factory=dict)  # what the run measures for its expected r (expected.py)
     residue_packing: np.ndarray | None = None  # per residue, log(1 + heavy atoms within 12 Å of its C-alpha)
@@ -256,49 +255,28 @@ def _structure_features(pred: AtomPrediction, network_means: np.ndarray, map_at:
 def add_normal_modes(pred: AtomPrediction, ca_xyz: np.ndarray, ca_residue_index: np.ndarray,
                      weight: float = 1.0, heavy_xyz: np.ndarray | None = None) -> None:
     """Combine the residue values with the structure prior of the C-alpha atoms (:func:`normal_mode_values`); atom
-    values shift with their residue so residue means stay consistent, and the expected r becomes the combination's.
-    ValueError or MemoryError from the prior leave ``pred`` unchanged."""
+    values shift with their residue so residue means stay consistent.  ValueError or MemoryError from the prior
+    leave ``pred`` unchanged."""
     t0 = time.perf_counter()
-    term = normal_mode_values(pred.residue_ids, pred.residue_values, ca_xyz, ca_residue_index, weight, heavy_xyz,
-                              pred.expected)
+    nma_vals, combined, pred.prior = normal_mode_values(pred.residue_ids, pred.residue_values, ca_xyz,
+                                                        ca_residue_index, weight, heavy_xyz)
     map_vals = np.asarray(pred.residue_values, dtype=np.float64)
-    pred.atom_values = pred.atom_values + (term.combined - map_vals)[pred.atom_residue]
-    pred.map_residue_values, pred.nma_residue_values, pred.residue_values = map_vals, term.values, term.combined
-    pred.prior, pred.prior_weight, pred.expected = term.source, term.weight, term.expected
+    pred.atom_values = pred.atom_values + (combined - map_vals)[pred.atom_residue]
+    pred.map_residue_values, pred.nma_residue_values, pred.residue_values = map_vals, nma_vals, combined
     pred.stages["normal_modes"] = time.perf_counter() - t0
 
 
-@dataclass
-class PriorTerm:
-    """The structure prior a run combined (``normalModes``): per residue, NaN where it has no C-alpha; the residue
-    values after it; what gave it; its weight; and the run's expected r after it (None without one)."""
-
-    values: np.ndarray
-    combined: np.ndarray
-    source: str
-    weight: float
-    expected: expected.Expected | None
-
-
 def normal_mode_values(residue_ids: np.ndarray, residue_values: np.ndarray, ca_xyz: np.ndarray,
-                       ca_residue_index: np.ndarray, weight: float, heavy_xyz: np.ndarray | None = None,
-                       run_expected: expected.Expected | None = None) -> PriorTerm:
-    """The residue values combined with the structure prior: the one learned from MD (``structure_prior``) when it
-    is installed and the structure's heavy atoms are given, else ANM of the C-alpha atoms (nma.py says why it
-    helps); at :func:`prior_weight` when the run has an expected r (``run_expected``), else at the model's fixed
-    ``weight``."""
+                       ca_residue_index: np.ndarray, weight: float,
+                       heavy_xyz: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, str]:
+    """(the structure prior per residue, NaN where it has no C-alpha; the residue values combined with it; what gave
+    the prior).  The prior is the one learned from MD (``structure_prior``) when it is installed and the structure's
+    heavy atoms are given, else ANM of the C-alpha atoms (nma.py says why it helps)."""
     fluct, source = structure_prior.prior_values(ca_xyz, heavy_xyz)
     pos = positions(residue_ids, ca_residue_index)
     nma_vals = np.full(len(residue_ids), np.nan)
     nma_vals[pos[pos >= 0]] = fluct[pos >= 0]
-    values = np.asarray(residue_values, dtype=np.float64)
-    r_prior = structure_prior.prior_r(source)
-    if run_expected is None or r_prior is None:
-        return PriorTerm(nma_vals, combination.combine(values, nma_vals, weight), source, float(weight), run_expected)
-    rho = expected.pearson(values, nma_vals)
-    w = combination.optimal_weight(run_expected.r, r_prior, rho)
-    return PriorTerm(nma_vals, combination.combine(values, nma_vals, w), source, w,
-                     expected.with_prior(run_expected, r_prior, rho, w))
+    return nma_vals, combination.combine(np.asarray(residue_values, dtype=np.float64), nma_vals, weight), source
 
 
 def positions(ids: np.ndarray, query: np.ndarray) -> np.ndarray:

@@ -189,15 +189,6 @@ def load_prior(path: Path | None = None) -> Prior | None:
     return None if p is None else _LOADED[p]
 
 
-def prior_r(source: str) -> float | None:
-    """The per-residue r with MD the prior that gave ``source`` ("learned prior" or "ANM") reached in the learned
-    prior's protein-disjoint CV on atlas_train (its metadata), None without the shipped prior."""
-    prior = load_prior()
-    cv = prior.meta.get("cv", {}) if prior is not None else {}
-    r = cv.get("prior_r" if source == "learned prior" else "anm_r")
-    return None if r is None else float(r)
-
-
 def prior_values(ca: np.ndarray, heavy: np.ndarray | None) -> tuple[np.ndarray, str]:
     """(relative log10 fluctuation per C-alpha, what produced it): the learned prior when it is installed and the
     heavy atoms are given, else ANM of the C-alpha atoms."""

@@ -91,33 +91,3 @@ def test_normal_modes_log_names_the_learned_prior(cx):
     res, text = run_logged(cx, "defmap #1 structure #2 mapResolution 3.2 normalModes true color false")
     assert res.prior == "learned prior"
     assert "structure prior learned from ATLAS MD" in text
-    # its weight comes from the map side's expected r, the prior's CV r and their agreement in this run, and the
-    # expected r it reports is the combination's
-    from chimerax.defmap import combination, expected
-    plain = run(cx, "defmap #1 structure #2 mapResolution 3.2 color false", log=False)
-    z = combination.zscore  # the map side before MD units: the plain run's values up to their affine map
-    np.testing.assert_allclose(z(plain.residue_values), z(res.map_residue_values), atol=1e-9)
-    r_prior = structure_prior.prior_r("learned prior")
-    rho = expected.pearson(res.map_residue_values, res.nma_residue_values)
-    w = combination.optimal_weight(plain.expected.r, r_prior, rho)
-    assert 0 < res.prior_weight < combination.PRIOR_WEIGHT_MAX and res.prior_weight == pytest.approx(w)
-    assert f"z(map) + {w:.2f} z(prior)" in text
-    assert res.expected.r == pytest.approx((plain.expected.r + w * r_prior) / np.sqrt(1 + w * w + 2 * w * rho))
-    assert res.expected.r > plain.expected.r  # the prior adds what the map side lacks
-
-
-def test_prior_weight_is_the_least_squares_ratio():
-    """optimal_weight on sample correlations is the ratio of the OLS coefficients of y on z(map) and z(prior)."""
-    from chimerax.defmap.combination import optimal_weight, zscore
-    rng = np.random.default_rng(3)
-    for noise_map, noise_prior in ((0.4, 0.9), (1.2, 0.6), (0.7, 0.7)):
-        y = rng.normal(size=400)
-        shared = rng.normal(size=400)  # what map and prior get wrong alike
-        a = zscore(y + noise_map * rng.normal(size=400) + 0.3 * shared)
-        b = zscore(y + noise_prior * rng.normal(size=400) + 0.3 * shared)
-        coef = np.linalg.lstsq(np.c_[a, b], zscore(y), rcond=None)[0]
-        r = np.corrcoef([y, a, b])
-        assert optimal_weight(r[0, 1], r[0, 2], r[1, 2], most=99) == pytest.approx(coef[1] / coef[0], rel=1e-9)
-    assert optimal_weight(0.9, 0.5, 0.95) == 0.0  # a prior that adds nothing the map lacks gets no weight
-    assert optimal_weight(0.3, 0.8, 0.5) > 1.0  # a weak map side leans on the prior
-    assert optimal_weight(0.5, 0.9, 0.6) == 2.0  # capped: the map side always keeps a say

@@ -102,20 +102,13 @@ def test_structure_mode_reads_the_model_channel_and_uses_the_variance(cx, model2
     by_atom = dict(zip(ca.atoms, ca.atom_values))
     for r, val in list(zip(ca.residues, ca.residue_values))[:10]:
         assert val == pytest.approx(by_atom[r.find_atom("CA")], abs=1e-6)
-    # normalModes: z(map) + w z(prior), w from the run's expected r (test_structure_prior checks w), and the model's
-    # fitted anm_weight where the run has no expected r
+    # normalModes uses the model's fitted ANM weight
     nm = run(cx, f"defmap #{v.id_string} structure #{s.id_string} model {model2} normalModes true color false "
                  "attribute dnm")
-    from chimerax.defmap import combination, recipe
+    from chimerax.defmap import combination
     ok = np.isfinite(nm.nma_residue_values)
-    want_c = combination.combine(nm.map_residue_values, nm.nma_residue_values, nm.prior_weight)
-    assert np.allclose(nm.residue_values[ok], want_c[ok]) and nm.prior_weight != 0.5
-    ca_atoms = s.atoms.filter(s.atoms.names == "CA")
-    term = recipe.normal_mode_values(s.residues.indices(nm.residues), nm.map_residue_values, ca_atoms.scene_coords,
-                                     s.residues.indices(ca_atoms.residues), 0.5,
-                                     s.atoms.filter(s.atoms.element_numbers != 1).scene_coords)
-    assert term.weight == 0.5 and term.expected is None
-    assert np.allclose(term.combined[ok], combination.combine(nm.map_residue_values, nm.nma_residue_values, 0.5)[ok])
+    want_c = combination.combine(nm.map_residue_values, nm.nma_residue_values, 0.5)
+    assert np.allclose(nm.residue_values[ok], want_c[ok])
     with pytest.raises(UserError, match="needs a structure"):
         run(cx, f"defmap #{v.id_string} model {model2}")
 
