@@ -168,8 +168,10 @@ def log_structure_summary(session, result: StructureResult) -> None:
               if result.residue_sd is not None else []),
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
             *([("Normal modes", f"map prediction combined with the {_prior_text(result.prior)} of "
-                f"{np.isfinite(result.nma_residue_values).sum():,} C-alpha atoms (sum of z-scores; attributes "
-                f"<i>{result.attribute}_map</i>, <i>{result.attribute}_nma</i>)")]
+                f"{np.isfinite(result.nma_residue_values).sum():,} C-alpha atoms: z(map) + "
+                f"{float(result.model.calibration.get('anm_weight', 1.0)):g} z(prior), the weight fitted on the CV "
+                f"(attributes <i>{result.attribute}_map</i>, <i>{result.attribute}_nma</i>; the expected r below is "
+                "the map prediction's)")]
               if result.nma_residue_values is not None else []),
             ("Residues scored", f"{len(rv):,} of {result.structure.num_residues:,}"),
             ("Atoms outside map", f"{result.outside_atoms:,}"),

@@ -91,3 +91,4 @@ def test_normal_modes_log_names_the_learned_prior(cx):
     res, text = run_logged(cx, "defmap #1 structure #2 mapResolution 3.2 normalModes true color false")
     assert res.prior == "learned prior"
     assert "structure prior learned from ATLAS MD" in text
+    assert f"z(map) + {float(res.model.calibration['anm_weight']):g} z(prior)" in text
