@@ -479,6 +479,31 @@ def abs_error_lines(chains: list[dict]) -> list[str]:
             "atlas_train by `defmap-train md-units`, never on these chains).", ""]
 
 
+OPTIONS = [("map+model+anm_fitted", "map+model", "structure mode: normalModes true − default"),
+           ("map+map_anm", "map", "voxel mode: normalModes true − default")]
+
+
+def paired_lines(chains: list[dict]) -> list[str]:
+    """Each option against its mode's default on the chains where both ran: the mean paired difference in r, its
+    standard error and how many chains gain, per kind of map (a mean over fewer chains cannot show that)."""
+    rows = []
+    for opt, default, title in OPTIONS:
+        cells = []
+        for v in VARIANTS:
+            d = np.array([c["variants"][v][opt] - c["variants"][v][default] for c in chains if v in c["variants"]
+                          and np.isfinite(c["variants"][v].get(opt, np.nan) - c["variants"][v].get(default, np.nan))])
+            if len(d) > 1:
+                cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({(d > 0).sum()} of {len(d)} "
+                             "gain)")
+            else:
+                cells.append("–")
+        rows.append(f"| {title} | " + " | ".join(cells) + " |")
+    if all(r.count("–") == len(VARIANTS) for r in rows):
+        return []
+    return (["Options against the default, paired by chain: mean difference in r ± its standard error (chains that "
+             "gain):", "", "| option | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)] + rows + [""])
+
+
 def real_map_lines(real: dict) -> list[str]:
     if not real:
         return []
@@ -549,8 +574,9 @@ def markdown(result: dict) -> str:
             lines.append(f"| {c['chain']} | {c['source']} | {c['residues']} | "
                          + " | ".join(_f(d.get(k)) for k, _ in cols) + " |")
         s = result["summary"][v]
-        lines.append("| **mean** | | | " + " | ".join(f"**{_f(s.get(k))}**" for k, _ in cols) + " |")
-        lines.append("")
+        lines.append("| **mean** | | | " + " | ".join(f"**{_mean(s, k)}**" for k, _ in cols) + " |")
+        lines += ["", FEWER_CHAINS_NOTE, ""] if s.get("fewer_chains") else [""]
+    lines += paired_lines(chains)
     lines += real_map_lines(result.get("real_map") or {})
     lines += abs_error_lines(chains)
     lines += sd_band_lines(result.get("sd_bands") or {})
@@ -630,9 +656,12 @@ def docs_block(result: dict, train_jsons: list[Path]) -> str:
              "image_frames": "image formation from the MD snapshots, model at their mean (cross-family)"}
     for v in VARIANTS:
         if v in s:
-            lines.append(f"| {label[v]} ({s[v]['chains']}) | " + " | ".join(_f(s[v].get(k)) for k, _ in DOC_COLUMNS)
+            lines.append(f"| {label[v]} ({s[v]['chains']}) | " + " | ".join(_mean(s[v], k) for k, _ in DOC_COLUMNS)
                          + " |")
+    if any(s[v].get("fewer_chains") for v in s):
+        lines += ["", FEWER_CHAINS_NOTE]
     lines += [""] + targets(s, result.get("expected_r"), result.get("sd_bands"))[2:-1] + [""]
+    lines += paired_lines(result.get("chains") or [])
     lines += real_map_lines(result.get("real_map") or {})
     lines += abs_error_lines(result.get("chains") or [])
     lines += sd_band_lines(result.get("sd_bands") or {})
@@ -681,6 +710,17 @@ def _f(x) -> str:
     return "–" if x is None or not np.isfinite(x) else f"{x:.3f}"
 
 
+FEWER_CHAINS_NOTE = ("A mean marked (n N) is over the N chains where that column could be computed (voxel mode's "
+                     "normal modes need pseudo-atoms within 15 Å of each other); compare it with the others on those "
+                     "chains only, in the per-chain tables.")
+
+
+def _mean(summary: dict, key: str) -> str:
+    """A column's mean over chains, with (n N) when fewer chains than the row's had it."""
+    n = (summary.get("fewer_chains") or {}).get(key)
+    return _f(summary.get(key)) + (f" (n {n})" if n else "")
+
+
 def run(a) -> dict:
     t0 = time.time()
     md_dir = Path(a.md_reference)
@@ -700,7 +740,9 @@ def run(a) -> dict:
         if ds:
             keys = sorted({k for d in ds for k in d if k not in ("maps", "models")})
             summary[v] = {k: float(np.nanmean([d.get(k, np.nan) for d in ds])) for k in keys}
+            counts = {k: int(np.isfinite([d.get(k, np.nan) for d in ds]).sum()) for k in keys}
             summary[v]["chains"] = len(ds)
+            summary[v]["fewer_chains"] = {k: n for k, n in counts.items() if 0 < n < len(ds)}
     bands = sd_bands(res)
     runs = [e for c in res for e in c.pop("_expected", [])]
     for c in res:  # per-atom arrays: not for the JSON

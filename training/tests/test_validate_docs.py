@@ -53,6 +53,11 @@ def test_docs_block_replaces_only_the_marked_text(tmp_path):
             "map's pseudo-atoms (voxel mode's normalModes, weight 0.25 fitted on that CV) 0.690") in native
     assert ("with the density contrasts (c = 0.2 on the network's lattice, n = 0.3 at the map's resolution, fitted "
             "together on that CV) 0.670") in native and "with the density contrast (c" not in native
+    fewer = _result()
+    fewer["summary"]["hard"]["fewer_chains"] = {"map+map_anm": 16}  # voxel normal modes failed on one chain
+    marked = docs_block(fewer, [tj])
+    assert "| 0.760 | 0.970 | 0.300 | 0.770 (n 16) | 0.790 |" in marked and "A mean marked (n N)" in marked
+    assert "(n " not in docs_block(_result(), [tj])
     bare = tmp_path / "CARD.md"
     bare.write_text("no markers\n")
     with pytest.raises(SystemExit, match="no <!-- validate-md:begin -->"):
@@ -91,3 +96,13 @@ def test_sd_slope_fit_finds_errors_that_grow_with_the_prediction():
     scale = fit_sd_scale(fits, b, p, c)
     inside = np.concatenate([np.abs(f.truth - f.reported) <= scale * shaped_sd(f, b, p, c) for f in fits])
     assert 0.6 < inside.mean() < 0.76
+
+
+def test_paired_lines_compare_an_option_on_the_chains_where_both_ran():
+    from defmap_train.validate_md import paired_lines
+    chains = [{"variants": {"hard": {"map": 0.5, "map+map_anm": 0.6}}},
+              {"variants": {"hard": {"map": 0.7, "map+map_anm": 0.6}}},
+              {"variants": {"hard": {"map": 0.2}}}]  # normal modes failed here: not paired
+    text = "\n".join(paired_lines(chains))
+    assert "| voxel mode: normalModes true − default | +0.000 ± 0.100 (1 of 2 gain) | – |" in text
+    assert paired_lines([{"variants": {"hard": {"map": 0.5}}}]) == []
