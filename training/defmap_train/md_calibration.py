@@ -122,21 +122,29 @@ KIND = {"structure": "map+model", "voxel": "map"}
 
 
 def combined_r(maps: list[dict], mode: str, weights: dict) -> float:
-    """``mean_r`` of a mode's combination z(network) + sum of weight x z(term) at these weights."""
+    """``mean_r`` of a mode's combination z(network) + sum of weight x z(term) at these weights (a term at weight 0
+    is not read: models with a weight of 0 do not compute it)."""
     base, terms = TERMS[mode]
-    return mean_r(maps, lambda m: m[base] + sum(float(weights.get(w, 0.0)) * m[t] for w, t in terms.items()))
+    on = {w: t for w, t in terms.items() if float(weights.get(w, 0.0))}
+    return mean_r(maps, lambda m: m[base] + sum(float(weights[w]) * m[t] for w, t in on.items()))
 
 
 def fit_weights(maps: list[dict], current: dict[str, dict]) -> dict:
     """Per mode and weight: the grid value with the largest ``mean_r``, each weight fitted with the mode's others at
-    their ``current`` values (the models' calibration), and the r it gives beside the r at the current weights."""
+    their ``current`` values (the models' calibration), and the r it gives beside the r at the current weights.  A
+    term the models do not compute (its weight is 0) stays at 0 and the others are fitted; a mode is left out only
+    when its network values, or a term it weighs, are missing."""
     out: dict = {}
     for mode, (base, terms) in TERMS.items():
-        if mode not in current or not all(base in m and all(t in m for t in terms.values()) for m in maps):
+        if mode not in current or not all(base in m for m in maps):
             continue
         cur = {w: float(current[mode].get(w, 0.0)) for w in terms}
-        out[mode] = {"residue_r_current": combined_r(maps, mode, cur), "current": cur, "fitted": {}}
-        for w in terms:
+        have = [w for w, t in terms.items() if all(t in m for m in maps)]
+        if any(cur[w] for w in terms if w not in have):
+            continue
+        out[mode] = {"residue_r_current": combined_r(maps, mode, cur), "current": cur, "fitted": {},
+                     "not_computed": [w for w in terms if w not in have]}
+        for w in have:
             table = {g: combined_r(maps, mode, {**cur, w: float(g)}) for g in GRIDS[w]}
             best = max(table, key=table.get)
             out[mode]["fitted"][w] = {"value": float(best), "residue_r": table[best]}

@@ -41,6 +41,18 @@ def test_weights_follow_the_signal():
     assert fit_weights(_maps(0.0), CURRENT)["voxel"]["fitted"]["map_intensity_weight"]["value"] <= 0.1
 
 
+def test_a_term_the_models_do_not_compute_stays_out_and_the_others_are_fitted():
+    """Models with contrast weight 0 compute no lattice contrast: the contrast at map resolution is still fitted."""
+    maps = _maps(1.0)
+    for m in maps:
+        del m["contrast"]
+    w = fit_weights(maps, {**CURRENT, "structure": {"contrast_weight": 0.0, "native_contrast_weight": 0.0}})
+    s = w["structure"]
+    assert s["not_computed"] == ["contrast_weight"] and list(s["fitted"]) == ["native_contrast_weight"]
+    assert s["fitted"]["native_contrast_weight"]["value"] >= 0.2
+    assert "structure" not in fit_weights(maps, CURRENT)  # a term the models weigh but did not record: no fit
+
+
 def test_set_calibration_merges_into_the_metadata_only(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
