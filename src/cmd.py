@@ -26,6 +26,7 @@ from .predict import (
     predict_voxels,
 )
 from .progress import Progress
+from .recipe import anm_weight
 from .residues import RESIDUE_ATOMS
 from .rotations import ROTATIONS
 
@@ -169,7 +170,7 @@ def log_structure_summary(session, result: StructureResult) -> None:
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
             *([("Normal modes", f"map prediction combined with the {_prior_text(result.prior)} of "
                 f"{np.isfinite(result.nma_residue_values).sum():,} C-alpha atoms: z(map) + "
-                f"{float(result.model.calibration.get('anm_weight', 1.0)):g} z(prior), the weight fitted on the CV "
+                f"{anm_weight(result.model):g} z(prior), the weight fitted on the CV "
                 f"(attributes <i>{result.attribute}_map</i>, <i>{result.attribute}_nma</i>; the expected r below is "
                 "the map prediction's)")]
               if result.nma_residue_values is not None else []),

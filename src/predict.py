@@ -315,7 +315,7 @@ def add_normal_modes(result: StructureResult) -> None:
     try:
         nma_vals, combined, result.prior = recipe.normal_mode_values(
             residues.indices(result.residues), result.residue_values, ca.scene_coords, residues.indices(ca.residues),
-            float(result.model.calibration.get("anm_weight", 1.0)),
+            recipe.anm_weight(result.model),
             atoms.filter(atoms.element_numbers != 1).scene_coords)
     except (ValueError, MemoryError) as e:
         raise UserError(f"normalModes: cannot compute normal modes of {s}: {first_line(e)}") from None

@@ -143,7 +143,7 @@ def finish(pred: AtomPrediction, info: network.ModelInfo, xyz: np.ndarray, eleme
     """The steps after the map terms, in place: normal modes of ``ca`` (C-alpha xyz, residue index) when given, then
     MD units (:func:`to_md_units`, the level from these heavy atoms' C-alpha atoms and packing)."""
     if ca is not None:
-        add_normal_modes(pred, ca[0], ca[1], float(info.calibration.get("anm_weight", 1.0)), heavy_xyz=xyz)
+        add_normal_modes(pred, ca[0], ca[1], anm_weight(info), heavy_xyz=xyz)
     if md_units:
         is_ca = (np.asarray(atom_names) == "CA") & (np.asarray(elements) == "C")
         to_md_units(pred, model_kind(info), np.asarray(xyz)[is_ca], xyz)
@@ -345,6 +345,12 @@ def dynamics_lattice(prep: pp.Prepared, values: np.ndarray) -> np.ndarray:
     arr[tuple(prep.centers.T)] = values
     nearest = ndimage.distance_transform_edt(~scored, return_distances=False, return_indices=True)
     return arr[tuple(nearest)]
+
+
+def anm_weight(info: network.ModelInfo) -> float:
+    """Weight of the structure prior under structure mode's normalModes (calibration, fitted on the CV; 1 for models
+    without it)."""
+    return float(info.calibration.get("anm_weight", 1.0))
 
 
 def map_anm_weight(info: network.ModelInfo) -> float:
