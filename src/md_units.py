@@ -37,7 +37,7 @@ def level_features(ca: np.ndarray, heavy: np.ndarray) -> np.ndarray:
     seg = structure_prior.segments(ca)
     f = structure_prior.packing(ca, heavy)
     f.update(structure_prior.secondary(ca, seg))
-    f["hse_up"], f["hse_down"] = structure_prior.half_sphere(ca, seg)
+    f["hse_down"] = structure_prior.half_sphere(ca, seg)[1]
     f["log_residues"] = np.full(len(ca), np.log(max(len(ca), 1)))
     return np.array([float(np.nanmean(f[k])) for k in LEVEL_FEATURES])
 

@@ -486,19 +486,18 @@ OPTIONS = [("map+model+anm_fitted", "map+model", "structure mode: normalModes tr
 def paired_lines(chains: list[dict]) -> list[str]:
     """Each option against its mode's default on the chains where both ran: the mean paired difference in r, its
     standard error and how many chains gain, per kind of map (a mean over fewer chains cannot show that)."""
-    rows = []
+    rows, paired = [], False
     for opt, default, title in OPTIONS:
         cells = []
         for v in VARIANTS:
-            d = np.array([c["variants"][v][opt] - c["variants"][v][default] for c in chains if v in c["variants"]
-                          and np.isfinite(c["variants"][v].get(opt, np.nan) - c["variants"][v].get(default, np.nan))])
-            if len(d) > 1:
-                cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({(d > 0).sum()} of {len(d)} "
-                             "gain)")
-            else:
-                cells.append("–")
+            d = np.array([c["variants"][v].get(opt, np.nan) - c["variants"][v].get(default, np.nan)
+                          for c in chains if v in c["variants"]])
+            d = d[np.isfinite(d)]
+            paired |= len(d) > 1
+            cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({(d > 0).sum()} of {len(d)} gain)"
+                         if len(d) > 1 else "–")
         rows.append(f"| {title} | " + " | ".join(cells) + " |")
-    if all(r.count("–") == len(VARIANTS) for r in rows):
+    if not paired:
         return []
     return (["Options against the default, paired by chain: mean difference in r ± its standard error (chains that "
              "gain):", "", "| option | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)] + rows + [""])
