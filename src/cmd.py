@@ -167,6 +167,7 @@ def log_structure_summary(session, result: StructureResult) -> None:
               if result.native_contrast_weight > 0 else []),
             *([("Uncertainty", f"<i>{result.attribute}_sd</i>: {escape(result.sd_source)}")]
               if result.residue_sd is not None else []),
+            ("Map sharpness", sharpness_text(result.sharpness)),
             ("Time", f"{result.seconds:.2f} s ({result.patches:,} patches)"),
             *([("Normal modes", f"map prediction combined with the {_prior_text(result.prior)} of "
                 f"{np.isfinite(result.nma_residue_values).sum():,} C-alpha atoms: z(map) + "
@@ -221,9 +222,21 @@ def log_voxel_summary(session, res: VoxelResult) -> None:
         f"volume of about {enclosed / map_shape.RESIDUE_VOLUME:,.0f} residues): {res.voxels:,} voxels scored with "
         f"{res.model.name} on {res.provider} in {res.seconds:.2f} s{modes}; log10 RMSF min / median / max "
         f"{preds.min():.3f} / {float(np.median(preds)):.3f} / {preds.max():.3f}; "
-        f"dynamics map #{res.dynamics.id_string}")
+        f"dynamics map #{res.dynamics.id_string}; map sharpness: {sharpness_text(res.sharpness)}")
     session.logger.info(expected_line(res.expected, "the contour's packing, how far the contour stands out of the "
                                       "map's background, the resolution and the size; expected_r in the JSON result"))
+
+
+def sharpness_text(sh) -> str:
+    """What was done about the map's sharpness (``preprocess.match_sharpness``), for the log."""
+    if sh is None or sh.target is None:
+        return "read as given (this model asks for no sharpness)"
+    slope = "unmeasured" if not np.isfinite(sh.slope) else f"{sh.slope:.0f}"
+    if not sh.b_factor:
+        return (f"read as given: its spectrum slope {slope} is no sharper than the training maps' "
+                f"{sh.target:g}")
+    return (f"blurred by B = {sh.b_factor:.0f} Å² before scoring: its spectrum slope {slope} is sharper than the "
+            f"training maps' {sh.target:g}, which the networks misread (the map itself is unchanged)")
 
 
 def misfit_line(result: StructureResult) -> str:

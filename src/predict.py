@@ -60,6 +60,7 @@ class StructureResult:
     md_units: object = None  # md_units.Affine: how the values were put in MD units (add_md_units); None: network's
     expected: object = None  # expected.Expected: the r with MD this run can expect; None without the shipped fit
     misfit: object = None  # misfit.Misfit: where map and model disagree (residue order = residues); None: not assessed
+    sharpness: object = None  # preprocess.Sharpness: the map's spectrum slope and the blur that matched it
 
     def as_dict(self) -> dict:
         res = self.residues
@@ -74,7 +75,8 @@ class StructureResult:
             for i, v in enumerate(self.misfit.fit):
                 extra.setdefault(i, {})["fit"] = None if np.isnan(v) else float(v)
         return {"files": self.files, "normal_modes": self.nma_residue_values is not None, "sd_source": self.sd_source,
-                **expected_dict(self.expected), "unexplained_density": self.unexplained(),
+                **expected_dict(self.expected), **sharpness_dict(self.sharpness),
+                "unexplained_density": self.unexplained(),
                 "contrast_weight": self.contrast_weight, "native_contrast_weight": self.native_contrast_weight,
                 "native_contrast_resolution": self.native_resolution,
                 "structure": self.structure.atomspec, "model": self.model.name, "provider": self.provider,
@@ -94,6 +96,15 @@ class StructureResult:
         return [{"volume": round(b.volume, 1), "centre": [round(float(c), 2) for c in b.centre],
                  "residues": [residues[int(i)].string(style="command", omit_structure=True) for i in b.residues]}
                 for b in self.misfit.blobs]
+
+
+def sharpness_dict(sh) -> dict:
+    """The JSON keys for the map's sharpness (``preprocess.Sharpness``): its spectrum slope, the slope the model
+    blurs sharper maps down to, and the B-factor (Å²) that blur added (0: none)."""
+    if sh is None:
+        return {}
+    return {"spectrum_slope": None if not np.isfinite(sh.slope) else round(float(sh.slope), 2),
+            "sharpness_target": sh.target, "blur_b_factor": round(float(sh.b_factor), 2)}
 
 
 def expected_dict(e) -> dict:
@@ -121,6 +132,7 @@ class VoxelResult:
     dynamics: object = None  # the dynamics map, once the command has made it (attributes.make_dynamics_volume)
     level_chosen: bool = False  # the map chose the level (map_shape.auto_level): no 'level' was given
     expected: object = None  # expected.Expected: the r with MD this run can expect; None without the shipped fit
+    sharpness: object = None  # preprocess.Sharpness: the map's spectrum slope and the blur that matched it
 
     @property
     def voxels(self) -> int:
@@ -129,7 +141,7 @@ class VoxelResult:
     def as_dict(self) -> dict:
         return {"map": self.volume.atomspec, "dynamics_map": None if self.dynamics is None else self.dynamics.atomspec,
                 "model": self.model.name, "provider": self.provider, "voxels": self.voxels, "level": self.level,
-                "level_chosen": self.level_chosen, **expected_dict(self.expected),
+                "level_chosen": self.level_chosen, **expected_dict(self.expected), **sharpness_dict(self.sharpness),
                 "normal_modes": self.map_anm_weight > 0, "map_anm_weight": self.map_anm_weight,
                 "pseudo_atoms": self.pseudo_atoms, "map_packing_weight": self.map_packing_weight,
                 "map_intensity_weight": self.map_intensity_weight,
@@ -299,7 +311,7 @@ def predict_structure(session, volume, atoms, model=None, map_resolution=None, d
                            atom_rotation_values=p.atom_rotation_values, atom_sd=p.atom_sd, residue_atoms=residue_atoms,
                            contrast_weight=p.contrast_weight, network_residue_values=p.network_residue_values,
                            native_contrast_weight=p.native_contrast_weight, native_resolution=p.native_resolution,
-                           expected=p.expected, misfit=p.misfit)
+                           expected=p.expected, misfit=p.misfit, sharpness=p.sharpness)
 
 
 def add_normal_modes(result: StructureResult) -> None:
@@ -396,4 +408,4 @@ def predict_voxels(session, volume, model=None, map_resolution=None, device="aut
     return VoxelResult(volume, info, predictor.provider, p.values, p.prep, p.level, time.perf_counter() - t_start,
                        p.stages, p.map_anm_weight, p.pseudo_atoms, p.map_packing_weight,
                        map_intensity_weight=p.map_intensity_weight, level_chosen=p.level_chosen,
-                       expected=p.expected)
+                       expected=p.expected, sharpness=p.sharpness)

@@ -334,6 +334,92 @@ def grid_transforms(origin_xyz, step_xyz, rotation=None) -> tuple[np.ndarray, np
     return inv, fwd
 
 
+# ---------------------------------------------------------------- sharpness (before everything else)
+
+SLOPE_LOW = 10.0  # Å: the spectrum slope is read between this and the map's resolution
+SLOPE_CROP = 160  # voxels per axis at most under the slope's FFT (a crop around the density), so big maps cost little
+
+
+@dataclass(frozen=True)
+class Sharpness:
+    """How sharp the map was and what was done about it: its spectrum slope (:func:`spectrum_slope`), the slope
+    the model asks for (``sharpness_slope`` in its calibration; None: none) and the B-factor (Å²) of the Gaussian
+    blur that brought it there (0: the map was no sharper than that)."""
+
+    slope: float
+    target: float | None
+    b_factor: float
+
+
+def axis_spacing(xyz_to_ijk: np.ndarray) -> np.ndarray:
+    """Voxel spacing (Å) along the array's axes, in [z, y, x] order."""
+    a = np.linalg.inv(np.asarray(xyz_to_ijk, dtype=np.float64).reshape(3, 4)[:, :3])
+    return np.linalg.norm(a, axis=0)[::-1]
+
+
+def _density_crop(values: np.ndarray, size: int = SLOPE_CROP) -> np.ndarray:
+    """The map, or where it is larger than ``size`` along an axis, a ``size`` window there centred on its strongest
+    density (the centroid of its top 1 % values), so the slope reads the molecule rather than empty box."""
+    if max(values.shape) <= size:
+        return values
+    step = max(1, int(np.ceil(max(values.shape) / 128)))
+    coarse = values[::step, ::step, ::step]
+    top = np.argwhere(coarse >= np.quantile(coarse, 0.99)) * step
+    centre = top.mean(axis=0) if len(top) else np.array(values.shape) / 2
+    sl = []
+    for c, n in zip(centre, values.shape):
+        lo = int(np.clip(round(c) - size // 2, 0, max(n - size, 0)))
+        sl.append(slice(lo, lo + min(size, n)))
+    return values[tuple(sl)]
+
+
+def spectrum_slope(values: np.ndarray, spacing, resolution: float, low: float = SLOPE_LOW) -> float:
+    """Slope of the log radial power against 1/d² between ``low`` Å and ``resolution``: a Guinier-like sharpness
+    (less negative is sharper; -B/2 for a map blurred by B).  ``spacing``: Å per voxel, one number or per [z, y, x]
+    axis.  NaN when the band holds too few frequencies."""
+    v = np.asarray(_density_crop(np.asarray(values)), dtype=np.float64)
+    d = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
+    power = np.abs(np.fft.fftn(v - v.mean())) ** 2
+    freq = np.sqrt(sum(np.meshgrid(*[np.fft.fftfreq(n, d=s) ** 2 for n, s in zip(v.shape, d)], indexing="ij")))
+    band = (freq >= 1.0 / low) & (freq <= 1.0 / max(resolution, 2.0 * float(d.max())))
+    if band.sum() < 10:
+        return float("nan")
+    shells = np.round(freq[band] * 200).astype(int)
+    s2, p = [], []
+    for k in np.unique(shells):
+        sel = shells == k
+        s2.append(float((freq[band][sel] ** 2).mean()))
+        p.append(float(np.log(power[band][sel].mean() + 1e-30)))
+    return float(np.polyfit(s2, p, 1)[0])
+
+
+def match_sharpness(values: np.ndarray, xyz_to_ijk: np.ndarray, resolution: float,
+                    target: float | None) -> tuple[np.ndarray, Sharpness]:
+    """The map blurred by the Gaussian B-factor that brings its spectrum slope down to ``target``, and what was done.
+
+    The networks were trained on unsharpened maps, whose power falls off steeply; deposited and reconstructed maps
+    are sharpened (and noise flattens a spectrum too), which the networks then misread.  A map already at or below
+    ``target`` is returned as it is; so is every map when ``target`` is None."""
+    spacing = axis_spacing(xyz_to_ijk)
+    slope = spectrum_slope(values, spacing, resolution)
+    if target is None or not np.isfinite(slope) or slope <= target:
+        return values, Sharpness(slope, target, 0.0)
+    b = 2.0 * (slope - float(target))  # power ~ exp(-B s²/2): a blur by B lowers the slope by B/2
+    sigma = np.sqrt(b / (8.0 * np.pi ** 2)) / spacing  # Gaussian of SD σ Å = B-factor 8π²σ²
+    check_memory(int(values.size) * 8, "blurring the map to the training maps' sharpness")
+    blurred = ndimage.gaussian_filter(np.asarray(values, dtype=np.float32), sigma, mode="nearest", truncate=3.0)
+    return blurred, Sharpness(slope, float(target), b)
+
+
+def equal_volume_level(before: np.ndarray, after: np.ndarray, level: float) -> float:
+    """The level of ``after`` that encloses as many voxels as ``level`` encloses in ``before`` (a level given for the
+    map as the user sees it, carried to the blurred map)."""
+    frac = float(np.mean(np.asarray(before) >= level))
+    if frac <= 0.0:
+        return float(level)
+    return float(np.quantile(np.asarray(after), 1.0 - frac))
+
+
 # ---------------------------------------------------------------- fitted-model density (second input channel)
 
 ELEMENT_WEIGHTS = {"C": 6.0, "N": 7.0, "O": 8.0, "S": 16.0, "SE": 34.0, "P": 15.0}

@@ -7,6 +7,9 @@ optionally with normal modes of the C-alpha atoms (:func:`add_normal_modes`) and
 (:func:`residue_sd`).  Voxel mode (:func:`predict_voxels`): a map and a level -> a value per lattice voxel at or above
 the level, combined with the contour's packing and optionally the normal modes of the map's own pseudo-atoms.
 
+Both modes first blur a map sharper than the training maps to their sharpness (``preprocess.match_sharpness``, at
+the model's ``sharpness_slope``).
+
 The ChimeraX adapter (``predict.py``) gathers these arrays from ChimeraX objects and makes one call; training can make
 the same call on arrays it reads itself.
 """
@@ -70,6 +73,7 @@ class AtomPrediction:
     residue_packing: np.ndarray | None = None  # per residue, log(1 + heavy atoms within 12 Å of its C-alpha)
     expected: expected.Expected | None = None  # the r with MD this run can expect (None: no shipped estimate)
     misfit: misfit.Misfit | None = None  # where map and model disagree (None: the map has no contour to compare)
+    sharpness: pp.Sharpness | None = None  # the map's sharpness and the blur that matched it to the training maps'
 
     def residue_sd(self) -> np.ndarray:
         """Each residue's SD (:func:`residue_sd`)."""
@@ -93,6 +97,15 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
     if info.has_variance:  # the variance head is the uncertainty: one pass, no rotations
         rotations = 1
     stages: dict = {}
+    progress.update(0.05, "sharpness")
+    t0 = time.perf_counter()
+    given, given_x2i = values, xyz_to_ijk  # the misfit flags read the map as the user sees it
+    if inside is None:
+        inside = pp.points_inside_map(np.asarray(xyz, dtype=np.float64), xyz_to_ijk, values.shape)
+    values, xyz_to_ijk = _points_window(values, xyz_to_ijk, xyz, inside, info.spec, map_resolution)
+    values, sharp = pp.match_sharpness(values, xyz_to_ijk, float(map_resolution or info.spec.filter_resolution),
+                                       sharpness_slope(info))
+    stages["sharpness"] = time.perf_counter() - t0
     progress.update(0.1, "preprocessing")
     t0 = time.perf_counter()
     weights = pp.element_weights(elements)
@@ -111,7 +124,7 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
     out = AtomPrediction(scored=scored, atom_values=preds[at], residue_ids=residue_ids, residue_values=None,
                          atom_residue=group, atom_names=np.asarray(atom_names)[scored], residue_atoms=residue_atoms,
                          patches=len(prep.centers), stages=stages,
-                         atom_rotation_values=per_rotation[at] if rotations > 1 else None)
+                         atom_rotation_values=per_rotation[at] if rotations > 1 else None, sharpness=sharp)
     out.residue_values = network_means = _residue_values(out, out.atom_values)
     out.network_atom_values = out.atom_values
     native_res = float(map_resolution or info.spec.filter_resolution)
@@ -131,7 +144,7 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
                                             run_sd_factor(info, out), apart)
     stages["mapping"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out.misfit = misfit.assess(values, xyz_to_ijk, xyz[scored], np.asarray(residue_index)[scored], native_res,
+    out.misfit = misfit.assess(given, given_x2i, xyz[scored], np.asarray(residue_index)[scored], native_res,
                                out.residue_ids)
     stages["misfit"] = time.perf_counter() - t0
     finish(out, info, xyz, elements, atom_names, ca, md_units)
@@ -147,6 +160,21 @@ def finish(pred: AtomPrediction, info: network.ModelInfo, xyz: np.ndarray, eleme
     if md_units:
         is_ca = (np.asarray(atom_names) == "CA") & (np.asarray(elements) == "C")
         to_md_units(pred, model_kind(info), np.asarray(xyz)[is_ca], xyz)
+
+
+def _points_window(values: np.ndarray, xyz_to_ijk: np.ndarray, xyz: np.ndarray, inside: np.ndarray,
+                   spec: pp.FeatureSpec, map_resolution: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """The part of the map structure mode reads (``preprocess.points_source_window``) and its xyz->ijk, so its
+    sharpness is measured, and the map blurred, the same whether a caller passes the whole map or the command its
+    subregion."""
+    if not np.any(inside):
+        return values, xyz_to_ijk
+    size = np.array(values.shape[::-1], dtype=np.int64)
+    lo, hi = pp.points_source_window(np.asarray(xyz, dtype=np.float64)[inside], xyz_to_ijk, size, spec,
+                                     map_resolution)
+    m = np.array(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
+    m[:, 3] -= lo
+    return values[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], m
 
 
 def run_sd_factor(info: network.ModelInfo, pred: AtomPrediction) -> float:
@@ -317,6 +345,7 @@ class VoxelPrediction:
     network_values: np.ndarray | None = None  # the network alone at each centre
     level: float = 0.0  # the level scored at
     level_chosen: bool = False  # True when the map chose it (map_shape.auto_level), False when it was given
+    sharpness: pp.Sharpness | None = None  # the map's sharpness and the blur that matched it to the training maps'
     term_values: dict = field(default_factory=dict)  # per centre, each term combined ("packing", "normal_modes")
     run_features: dict = field(default_factory=dict)  # what the run measures for its expected r (expected.py)
     expected: expected.Expected | None = None  # the r with MD this run can expect (None: no shipped estimate)
@@ -351,6 +380,13 @@ def anm_weight(info: network.ModelInfo) -> float:
     """Weight of the structure prior under structure mode's normalModes (calibration, fitted on the CV; 1 for models
     without it)."""
     return float(info.calibration.get("anm_weight", 1.0))
+
+
+def sharpness_slope(info: network.ModelInfo) -> float | None:
+    """The spectrum slope the model's calibration blurs sharper maps down to (``preprocess.match_sharpness``; fitted
+    on ATLAS MD of atlas_train by ``defmap-train md-calibrate``); None, no blur, for models without it."""
+    v = info.calibration.get("sharpness_slope")
+    return None if v is None else float(v)
 
 
 def map_anm_weight(info: network.ModelInfo) -> float:
@@ -390,23 +426,35 @@ def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk:
     progress = progress or silent_progress()
     info = predictor.info
     stages: dict = {}
+    progress.update(0.03, "sharpness")
+    t0 = time.perf_counter()
+    given = values
+    values, sharp = pp.match_sharpness(values, xyz_to_ijk, float(map_resolution or info.spec.filter_resolution),
+                                       sharpness_slope(info))
+    stages["sharpness"] = time.perf_counter() - t0
     progress.update(0.05, "contour level")
     chosen = level is None
     if chosen:
         step = float(np.abs(np.linalg.det(np.asarray(ijk_to_xyz, dtype=np.float64).reshape(3, 4)[:, :3]))) ** (1 / 3)
         try:
             res = max(float(map_resolution or 0.0), info.spec.filter_resolution)  # what the network's input is
-            level, _ = map_shape.auto_level(values, step, res)
+            scored_level, _ = map_shape.auto_level(values, step, res)
         except ValueError as e:
             raise MapUnusable(f"{e}; give 'level'") from None
+        # the level reported is on the map as given, enclosing what the chosen one encloses in the blurred map
+        level = pp.equal_volume_level(values, given, scored_level) if sharp.b_factor else scored_level
+    else:
+        scored_level = pp.equal_volume_level(given, values, float(level)) if sharp.b_factor else float(level)
+    del given
     progress.update(0.1, "preprocessing")
     t0 = time.perf_counter()
-    prep = _prepared(lambda: pp.prepare_voxels(values, xyz_to_ijk, ijk_to_xyz, info.spec, float(level),
+    prep = _prepared(lambda: pp.prepare_voxels(values, xyz_to_ijk, ijk_to_xyz, info.spec, float(scored_level),
                                                map_resolution))
     stages["preprocess"] = time.perf_counter() - t0
     preds = _infer_voxels(predictor, prep, batch_size, dense, progress, stages)
     terms = []
-    out = VoxelPrediction(prep, preds, stages, network_values=preds, level=float(level), level_chosen=chosen)
+    out = VoxelPrediction(prep, preds, stages, network_values=preds, level=float(level), level_chosen=chosen,
+                          sharpness=sharp)
     n, voxel = len(prep.centers), info.spec.voxel_size
     if map_packing_weight(info):  # + k z(how deeply the contour buries each voxel)
         t0 = time.perf_counter()

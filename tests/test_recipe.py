@@ -44,6 +44,9 @@ def test_structure_recipe_from_arrays_gives_what_the_command_reports(cx):
     np.testing.assert_allclose(p.nma_residue_values, res.nma_residue_values, rtol=0, atol=TOL)
     np.testing.assert_allclose(p.residue_sd(), res.residue_sd, rtol=0, atol=TOL)
     assert p.residue_values.std() > 0 and np.isfinite(p.residue_sd()).all()
+    sh = p.sharpness  # measured on the same part of the map whether the whole map or the command's subregion came in
+    assert sh == res.sharpness and (sh.b_factor > 0) == (sh.target is not None and sh.slope > sh.target)
+    assert res.as_dict()["blur_b_factor"] == round(sh.b_factor, 2)
 
 
 def test_voxel_recipe_from_arrays_gives_what_the_command_reports(cx):
@@ -54,6 +57,7 @@ def test_voxel_recipe_from_arrays_gives_what_the_command_reports(cx):
     p = recipe.predict_voxels(network.Predictor(res.model, "cpu"), values, x2i, i2x, 0.05, map_resolution=3.2,
                               normal_modes=True)
     assert np.array_equal(p.prep.centers, res.prep.centers) and len(p.values) > 1000
+    assert p.level == res.level == 0.05  # a given level is the user's, on the map as given, blurred or not
     np.testing.assert_allclose(p.values, res.values, rtol=0, atol=TOL)
     assert (p.map_packing_weight, p.map_anm_weight, p.pseudo_atoms) == (res.map_packing_weight, res.map_anm_weight,
                                                                         res.pseudo_atoms) and p.pseudo_atoms > 0

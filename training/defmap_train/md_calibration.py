@@ -4,6 +4,10 @@ Everything here is fitted on the 66 atlas_train chains' engine maps (``atlas_eva
 with their ATLAS MD as the truth; md_reference is never read, and validate-md then measures the result on both map
 families.  In order, each step on the values the previous one left:
 
+0. **The sharpness** (``--steps sharpness``): the spectrum slope sharper maps are blurred down to before anything
+   else (``preprocess.match_sharpness``), per mode on SHARPNESS_SLOPES, the one with the largest mean per-residue r
+   with MD (structure mode for the map + model models, voxel mode for the map-only ones).  The networks were
+   trained on unsharpened engine maps; deposited maps are sharpened.
 1. **The combination weights** — structure mode's density contrasts (c on the network's lattice, n at the map's
    resolution), voxel mode's contour packing (k) and the map's own intensity at each voxel (w): each on the grid the
    simulated CV uses (``calibration.py``), the value that maximizes the mean per-residue r with MD (mean over
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,7 +43,7 @@ from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import zscore
 from chimerax.defmap.expected import error_factor, packing_disagreement, residue_packing
 from chimerax.defmap.network import calibrated_sd
-from chimerax.defmap.recipe import centre_xyz
+from chimerax.defmap.recipe import centre_xyz, sharpness_slope
 
 from .atlas_eval import CACHE as ATLAS_CACHE
 from .atlas_eval import all_results, cached_arrays, chain_maps, models_key, per_residue
@@ -87,7 +92,11 @@ def chain_terms(name: str, models) -> list[dict]:
             if info is not None:
                 vp = voxel_mode(info, m, None)
                 x2i, _ = pp.grid_transforms(m["origin"], (float(m["voxel_size"]),) * 3)
-                intensity = -pp.map_values_at(np.asarray(m["values"], dtype=np.float32), x2i, centre_xyz(vp.prep))
+                intensity = vp.term_values.get("intensity")  # the recipe's, on the map as it scored it
+                if intensity is None:  # not combined at weight 0: the same term, read here
+                    blurred, _ = pp.match_sharpness(np.asarray(m["values"], dtype=np.float32), x2i, res,
+                                                    sharpness_slope(info))
+                    intensity = -pp.map_values_at(blurred, x2i, centre_xyz(vp.prep))
                 for k, v in (("voxel_network", vp.network_values), ("packing", vp.term_values.get("packing")),
                              ("intensity", intensity)):
                     if v is not None:
@@ -102,6 +111,81 @@ def chain_terms(name: str, models) -> list[dict]:
             i, what = k.split("|")
             maps.setdefault(i, {"chain": name, "truth": d["truth"]})[what] = v.item() if what == "variant" else v
     return list(maps.values())
+
+
+SHARPNESS_SLOPES = (None, -50.0, -75.0, -100.0, -130.0, -160.0, -200.0)  # None: no blur
+SHARPNESS_CACHE = ATLAS_CACHE / "sharpness"
+
+
+@lru_cache(maxsize=None)
+def _process_models(models_dir: Path) -> list:
+    """The models, read once per process."""
+    return load_models([models_dir])
+
+
+def chain_sharpness(name: str, models_dir: Path) -> dict[str, np.ndarray]:
+    """Per map of the chain: structure mode's (map + model network) and voxel mode's (map-only) residue r with MD
+    with each model's ``sharpness_slope`` at each of SHARPNESS_SLOPES (a map no sharper than a slope is not blurred,
+    so it reuses the unblurred run)."""
+    def make() -> dict[str, np.ndarray]:
+        models = _process_models(models_dir)  # the objects validate-md's cached sessions hold, so the slope set
+        st, rmsf = load_chain(name)           # below is the one they run with
+        truth = np.log10(rmsf)
+        arrays: dict[str, np.ndarray] = {}
+        for i, m in enumerate(chain_maps(name)):
+            res = float(m["resolution"])
+            arrays[f"{i}|variant"] = np.array(str(m["variant"]))
+            x2i, _ = pp.grid_transforms(m["origin"], (float(m["voxel_size"]),) * 3)
+            slope = pp.spectrum_slope(np.asarray(m["values"]), pp.axis_spacing(x2i), res)
+            for mode, structure in (("structure", True), ("voxel", False)):
+                info = pick(models, res, structure)
+                if info is None:
+                    continue
+                kept = info.calibration.get("sharpness_slope")
+                r, done = [], {}
+                for t in SHARPNESS_SLOPES:
+                    key = None if t is None or not slope > t else t
+                    if key not in done:
+                        info.calibration["sharpness_slope"] = key
+                        if structure:
+                            v = structure_mode(info, st, m, "backbone", normal_modes=False, md_units=False)["reported"]
+                        else:
+                            v = residue_values(voxel_mode(info, m, None).values_at(np.asarray(m["xyz"])),
+                                               st.res_index, st.atom_name, st.n_res, "backbone")
+                        done[key] = pearson(v, truth)
+                    r.append(done[key])
+                info.calibration["sharpness_slope"] = kept
+                arrays[f"{i}|{mode}"] = np.array(r)
+        return arrays
+    return cached_arrays(SHARPNESS_CACHE / models_key(_process_models(models_dir)) / f"{name}.npz", make)
+
+
+def fit_sharpness(models_dir: Path, workers: int = 2) -> dict:
+    """Per mode, the slope of SHARPNESS_SLOPES with the largest mean r with MD (mean over chains, then over hard and
+    clean maps), and the whole table; chains in ``workers`` processes, cached per chain (a rerun resumes)."""
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+    names = chains()
+    with ProcessPoolExecutor(workers) as pool:
+        per_chain = dict(zip(names, pool.map(partial(chain_sharpness, models_dir=models_dir), names)))
+    out = {}
+    for mode in ("structure", "voxel"):
+        per: dict[str, list[np.ndarray]] = {}
+        for d in per_chain.values():
+            rows: dict[str, list[np.ndarray]] = {}
+            for k, v in d.items():
+                i, what = k.split("|")
+                if what == mode:
+                    rows.setdefault(str(d[f"{i}|variant"]), []).append(v)
+            for variant, rs in rows.items():
+                per.setdefault(variant, []).append(np.nanmean(rs, axis=0))
+        table = np.mean([np.nanmean(per[v], axis=0) for v in FIT_VARIANTS if v in per], axis=0)
+        best = int(np.nanargmax(table))
+        out[mode] = {"slope": SHARPNESS_SLOPES[best],
+                     "residue_r": {str(t): float(x) for t, x in zip(SHARPNESS_SLOPES, table)},
+                     "per_variant": {v: {str(t): float(x) for t, x in zip(SHARPNESS_SLOPES, np.nanmean(per[v], axis=0))}
+                                     for v in FIT_VARIANTS if v in per}}
+    return out
 
 
 def mean_r(maps: list[dict], combine) -> float:
@@ -282,6 +366,15 @@ def run(models_dir: Path, out: Path, steps: tuple[str, ...] = ("weights", "sd", 
     report: dict = json.loads(out.read_text(encoding="utf-8")) if Path(out).exists() else {}
     report.pop("command", None)
     report["fitted_on"] = FITTED_ON
+    if "sharpness" in steps:
+        fitted = fit_sharpness(models_dir)
+        for mode, d in fitted.items():
+            files = model_files(models_dir, KIND[mode])
+            for f in files:
+                set_calibration(f, {"sharpness_slope": d["slope"], "sharpness_fitted_on": FITTED_ON})
+            d["written"] = [repo_relative(f) for f in files]
+        report["sharpness"] = {"command": command, **fitted}
+        print(json.dumps({"sharpness": fitted}, indent=1), flush=True)
     if "weights" in steps:
         models = load_models([models_dir])
         maps = [m for n in chains() for m in chain_terms(n, models)]
@@ -328,7 +421,7 @@ def add_parser(sub) -> None:
     p.add_argument("--models", type=Path, default=Path("onnx_models"))
     p.add_argument("--out", type=Path, default=Path("training/reports/md_calibration.json"))
     p.add_argument("--steps", default="weights,sd,md-units,expected-r",
-                   help="which steps, in this order: weights, sd, md-units, expected-r")
+                   help="which steps, in this order: sharpness, weights, sd, md-units, expected-r")
     p.add_argument("--write-weights", default=",".join(GRIDS),
                    help="the weights whose fitted values are written into the models (the others are only reported)")
     p.add_argument("--sd-run", choices=("expected_r", "none"), default="none",

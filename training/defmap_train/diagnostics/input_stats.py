@@ -23,24 +23,6 @@ from ..paths import SHARED, write_json
 QUANTILES = (0.05, 0.5, 0.95)
 
 
-def spectrum_slope(values: np.ndarray, voxel_size: float, resolution: float, low: float = 10.0) -> float:
-    """Slope of log radial power against 1/d² between ``low`` Å and the resolution (a Guinier-like sharpness: less
-    negative = sharper)."""
-    v = np.asarray(values, dtype=np.float64)
-    power = np.abs(np.fft.fftn(v - v.mean())) ** 2
-    freq = np.sqrt(sum(np.meshgrid(*[np.fft.fftfreq(n, d=voxel_size) ** 2 for n in v.shape], indexing="ij")))
-    band = (freq >= 1.0 / low) & (freq <= 1.0 / max(resolution, 2.0 * voxel_size))
-    if band.sum() < 10:
-        return float("nan")
-    shells = np.round(freq[band] * 200).astype(int)
-    s2, p = [], []
-    for k in np.unique(shells):
-        sel = shells == k
-        s2.append(float((freq[band][sel] ** 2).mean()))
-        p.append(float(np.log(power[band][sel].mean() + 1e-30)))
-    return float(np.polyfit(s2, p, 1)[0])
-
-
 def map_stats(values: np.ndarray, origin: np.ndarray, voxel_size: float, resolution: float, xyz: np.ndarray) -> dict:
     """What the 5 Å network's input looks like for this map and model."""
     from chimerax.defmap.network import read_model_info
@@ -56,7 +38,7 @@ def map_stats(values: np.ndarray, origin: np.ndarray, voxel_size: float, resolut
     return {"atoms_mean": float(at.mean()), "atoms_sd": float(at.std()), "atoms_skew": float(stats.skew(at)),
             "atoms_kurtosis": float(stats.kurtosis(at)),
             **{f"support_q{int(q * 100)}": float(np.quantile(sv, q)) for q in QUANTILES},
-            "spectrum_slope": spectrum_slope(values, voxel_size, resolution)}
+            "spectrum_slope": pp.spectrum_slope(values, voxel_size, resolution)}
 
 
 def _rows(a) -> list[tuple[str, str, dict]]:
@@ -107,4 +89,4 @@ def run(a) -> dict:
     return out
 
 
-__all__ = ["map_stats", "run", "spectrum_slope"]
+__all__ = ["map_stats", "run"]
