@@ -53,3 +53,29 @@ def test_a_given_level_is_carried_to_the_blurred_map_by_the_volume_it_encloses()
     moved = pp.equal_volume_level(before, after, level)
     assert moved != level
     assert abs(np.mean(after >= moved) - np.mean(before >= level)) < 1e-3
+
+
+def test_the_command_logs_and_returns_what_it_did_about_sharpness_and_leaves_the_map_alone(cx):
+    """EMD-3488 is sharpened (slope about -7): the log and JSON say whether the shipped model blurred it, by the
+    B-factor its calibration asks for, and the map's own values are untouched."""
+    import json
+
+    from chimerax.core.commands import run
+
+    from .helpers import run_logged, shared_path
+    run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
+    run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
+    vol = cx.models.list(model_id=(1,))[0]
+    before = vol.full_matrix().copy()
+    res, text = run_logged(cx, "defmap #1 structure #2 mapResolution 3.2 color false")
+    sh = res.sharpness
+    assert sh is not None and np.isfinite(sh.slope) and sh.slope > -20
+    target = res.model.calibration.get("sharpness_slope")
+    assert sh.target == target and (sh.b_factor > 0) == (target is not None and sh.slope > target)
+    if sh.b_factor:
+        assert abs(sh.b_factor - 2 * (sh.slope - target)) < 1e-6 and f"blurred by B = {sh.b_factor:.0f} Å²" in text
+    else:
+        assert "read as given" in text
+    j = json.loads(run(cx, "defmap #1 structure #2 mapResolution 3.2 color false", return_json=True).json_value)
+    assert j["blur_b_factor"] == round(sh.b_factor, 2) and j["sharpness_target"] == target
+    np.testing.assert_array_equal(vol.full_matrix(), before)
