@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -117,7 +117,7 @@ SHARPNESS_SLOPES = (None, -50.0, -75.0, -100.0, -130.0, -160.0, -200.0)  # None:
 SHARPNESS_CACHE = ATLAS_CACHE / "sharpness"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _process_models(models_dir: Path) -> list:
     """The models, read once per process."""
     return load_models([models_dir])
