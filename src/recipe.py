@@ -102,9 +102,7 @@ def predict_atoms(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk: 
     given, given_x2i = values, xyz_to_ijk  # the misfit flags read the map as the user sees it
     if inside is None:
         inside = pp.points_inside_map(np.asarray(xyz, dtype=np.float64), xyz_to_ijk, values.shape)
-    values, xyz_to_ijk = _points_window(values, xyz_to_ijk, xyz, inside, info.spec, map_resolution)
-    values, sharp = pp.match_sharpness(values, xyz_to_ijk, float(map_resolution or info.spec.filter_resolution),
-                                       sharpness_slope(info))
+    values, xyz_to_ijk, sharp = structure_input(info, values, xyz_to_ijk, xyz, inside, map_resolution)
     stages["sharpness"] = time.perf_counter() - t0
     progress.update(0.1, "preprocessing")
     t0 = time.perf_counter()
@@ -162,19 +160,22 @@ def finish(pred: AtomPrediction, info: network.ModelInfo, xyz: np.ndarray, eleme
         to_md_units(pred, model_kind(info), np.asarray(xyz)[is_ca], xyz)
 
 
-def _points_window(values: np.ndarray, xyz_to_ijk: np.ndarray, xyz: np.ndarray, inside: np.ndarray,
-                   spec: pp.FeatureSpec, map_resolution: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """The part of the map structure mode reads (``preprocess.points_source_window``) and its xyz->ijk, so its
-    sharpness is measured, and the map blurred, the same whether a caller passes the whole map or the command its
-    subregion."""
-    if not np.any(inside):
-        return values, xyz_to_ijk
-    size = np.array(values.shape[::-1], dtype=np.int64)
-    lo, hi = pp.points_source_window(np.asarray(xyz, dtype=np.float64)[inside], xyz_to_ijk, size, spec,
-                                     map_resolution)
-    m = np.array(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
-    m[:, 3] -= lo
-    return values[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]], m
+def structure_input(info: network.ModelInfo, values: np.ndarray, xyz_to_ijk: np.ndarray, xyz: np.ndarray,
+                    inside: np.ndarray, map_resolution: float | None
+                    ) -> tuple[np.ndarray, np.ndarray, pp.Sharpness]:
+    """The map as structure mode reads it: the part around the atoms inside it (``preprocess.points_source_window``)
+    with its xyz->ijk, blurred to the model's sharpness (``preprocess.match_sharpness``).  Cutting the window first
+    makes the slope, and so the blur, the same whether a caller passes the whole map or the command its subregion."""
+    if np.any(inside):
+        size = np.array(values.shape[::-1], dtype=np.int64)
+        lo, hi = pp.points_source_window(np.asarray(xyz, dtype=np.float64)[inside], xyz_to_ijk, size, info.spec,
+                                         map_resolution)
+        xyz_to_ijk = np.array(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
+        xyz_to_ijk[:, 3] -= lo
+        values = values[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+    values, sharp = pp.match_sharpness(values, xyz_to_ijk, float(map_resolution or info.spec.filter_resolution),
+                                       sharpness_slope(info))
+    return values, xyz_to_ijk, sharp
 
 
 def run_sd_factor(info: network.ModelInfo, pred: AtomPrediction) -> float:

@@ -30,7 +30,9 @@ def test_quick_bench_reports_every_key_with_sane_values():
         assert r["gflops"] > 0 and r["sgemm_peak_gflops"] > 0
         assert 0 < r["flop_efficiency"] < 2  # vs a peak measured moments before; contention can tilt it
         assert r["reference_ratio"] > 0 and r["reference_seconds"] > 0
-        assert set(r["stages"]) == {"preprocess", "patches", "inference", "mapping", "coloring", "packing", "misfit"}
+        assert set(r["stages"]) == {"sharpness", "preprocess", "patches", "inference", "mapping", "coloring",
+                                    "packing", "misfit"}
+        assert r["stages"]["sharpness"] > 0  # both modes measure the map's spectrum slope
         assert (r["stages"]["packing"] > 0) == (r["case"] == "voxel100")  # voxel mode's packing stage only
         assert (r["stages"]["misfit"] > 0) == (r["case"] == "emd3488")  # structure mode's map-model comparison
         assert sum(r["stages"].values()) <= r["seconds"] * 1.05 + 0.05

@@ -334,7 +334,7 @@ def run_case(case: str, model: Path, repeats: int, quick: bool) -> dict:
     wall = float(np.median([r["wall"] for r in measured]))
     cpu = float(np.median([r["cpu"] for r in measured]))
     # packing: voxel mode's; misfit: structure mode's map-model comparison (misfit.py)
-    stage_names = ("preprocess", "patches", "inference", "mapping", "coloring", "packing", "misfit")
+    stage_names = ("sharpness", "preprocess", "patches", "inference", "mapping", "coloring", "packing", "misfit")
     stages = {k: float(np.median([r["stages"].get(k, 0.0) for r in measured])) for k in stage_names}
     inf = [r["stages"]["inference"] for r in measured]
     gflops = float(np.median([r["flops"] / r["stages"]["inference"] / 1e9 for r in measured]))
@@ -384,6 +384,7 @@ def _vm_hwm_mb() -> float:
 def reference_pipeline(session, case: str, res, predictor, args: str) -> dict:
     """The original scripts' way, on the same grid, model and onnxruntime session (see the module docstring)."""
     from chimerax.defmap import preprocess as pp
+    from chimerax.defmap import recipe
     spec = predictor.info.spec
     hr = spec.box // 2
     sess, name = predictor.session, predictor.input_name
@@ -396,6 +397,8 @@ def reference_pipeline(session, case: str, res, predictor, args: str) -> dict:
         values, xyz_to_ijk = volume.full_matrix(), np.array(volume.data.xyz_to_ijk_transform.matrix)
         xyz = volume.scene_position.inverse().transform_points(heavy.scene_coords)
         inside = pp.points_inside_map(xyz, xyz_to_ijk, values.shape)
+        # the same input the command's network reads: the window around the atoms, at the model's sharpness
+        values, xyz_to_ijk, _ = recipe.structure_input(predictor.info, values, xyz_to_ijk, xyz, inside, None)
         prep = pp.prepare_points(values, xyz_to_ijk, xyz, spec, None, inside)
         if len(predictor.info.channels) > 1:  # the fitted model's density as the second channel, as the command
             prep.grid.values = pp.stack_channels(prep, predictor.info.channels, xyz,
