@@ -1,12 +1,13 @@
 """Do real maps fall inside the range of the training maps, as the network sees them?  ``defmap-train input-stats``.
 
-For each map, after the bundle's own preprocessing for the 5 Å map + model network (``preprocess.prepare_points`` at
-the fitted model's heavy atoms: resampled to 1.5 Å, low-passed, standardized over the patch support), statistics of
-what the network reads: the standardized values at the atoms (mean, SD, skewness, kurtosis) and at the support voxels
-(quantiles), and the slope of the radial power spectrum of the raw map between 10 Å and its resolution (how sharpened
-it is).  Rows: the engine's maps (the training family, here its md_reference hard maps), the image-formation maps
-(cross-family) and EMD-3488 with 5ME2 (a real map).  A real map whose numbers lie outside the engine's range shows
-where the engine should change.
+For each map, after the bundle's own preprocessing for the 5 Å map + model network (the sharpness step,
+``recipe.structure_input``, then ``preprocess.prepare_points`` at the fitted model's heavy atoms: resampled to 1.5 Å,
+low-passed, standardized over the patch support), statistics of what the network reads: the standardized values at
+the atoms (mean, SD, skewness, kurtosis) and at the support voxels (quantiles), the slope of the radial power
+spectrum of the raw map between 10 Å and its resolution (how sharpened it is), and the same slope after the
+sharpness step with the B-factor it added.  Rows: the engine's maps (the training family, here its md_reference hard
+maps), the image-formation maps (cross-family) and EMD-3488 with 5ME2 (a real map).  A real map whose numbers lie
+outside the engine's range shows where the engine should change.
 """
 
 from __future__ import annotations
@@ -24,13 +25,19 @@ QUANTILES = (0.05, 0.5, 0.95)
 
 
 def map_stats(values: np.ndarray, origin: np.ndarray, voxel_size: float, resolution: float, xyz: np.ndarray) -> dict:
-    """What the 5 Å network's input looks like for this map and model."""
+    """What the 5 Å network's input looks like for this map and model: the map as structure mode reads it
+    (``recipe.structure_input``: its window, blurred to the model's sharpness), then preprocessed."""
     from chimerax.defmap.network import read_model_info
+    from chimerax.defmap.recipe import structure_input
 
     from ..paths import REPO
-    spec = read_model_info(REPO / "onnx_models" / "defmap_mapmodel_5A.onnx").spec
+    info = read_model_info(REPO / "onnx_models" / "defmap_mapmodel_5A.onnx")
+    spec = info.spec
     x2i, _ = pp.grid_transforms(origin, (voxel_size,) * 3)
-    prep = pp.prepare_points(np.asarray(values, np.float32), x2i, xyz, spec, map_resolution=resolution)
+    xyz = np.asarray(xyz, dtype=np.float64)
+    read, rx2i, sharp = structure_input(info, np.asarray(values, np.float32), x2i, xyz,
+                                        pp.points_inside_map(xyz, x2i, np.shape(values)), resolution)
+    prep = pp.prepare_points(read, rx2i, xyz, spec, map_resolution=resolution)
     g = prep.grid.values
     at = g[tuple(prep.centers.T)]
     support = pp.support_mask(g.shape, prep.centers, spec.box) & prep.grid.inside
@@ -38,7 +45,9 @@ def map_stats(values: np.ndarray, origin: np.ndarray, voxel_size: float, resolut
     return {"atoms_mean": float(at.mean()), "atoms_sd": float(at.std()), "atoms_skew": float(stats.skew(at)),
             "atoms_kurtosis": float(stats.kurtosis(at)),
             **{f"support_q{int(q * 100)}": float(np.quantile(sv, q)) for q in QUANTILES},
-            "spectrum_slope": pp.spectrum_slope(values, voxel_size, resolution)}
+            "spectrum_slope": pp.spectrum_slope(values, voxel_size, resolution),
+            "slope_as_read": pp.spectrum_slope(read, pp.axis_spacing(rx2i), resolution),
+            "blur_b_factor": sharp.b_factor}
 
 
 def _rows(a) -> list[tuple[str, str, dict]]:
@@ -68,7 +77,8 @@ def run(a) -> dict:
     rows = _rows(a)
     keys = list(rows[0][2])
     lines = ["Command: `defmap-train input-stats" + (f" --limit {a.limit}" if a.limit else "") + "` (the 5 Å map + "
-             "model network's input after the bundle's preprocessing; spectrum slope of the raw map)", "",
+             "model network's input after the bundle's preprocessing, the sharpness step included; spectrum slope of "
+             "the raw map, of the part structure mode reads after that step, and the B-factor it blurred by)", "",
              "| family | map | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
     fams: dict[str, list[dict]] = {}
     for fam, name, d in rows:
