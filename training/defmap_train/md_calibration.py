@@ -7,7 +7,8 @@ families.  In order, each step on the values the previous one left:
 0. **The sharpness** (``--steps sharpness``): the spectrum slope sharper maps are blurred down to before anything
    else (``preprocess.match_sharpness``), per mode on SHARPNESS_SLOPES, the one with the largest mean per-residue r
    with MD (structure mode for the map + model models, voxel mode for the map-only ones).  The networks were
-   trained on unsharpened engine maps; deposited maps are sharpened.
+   trained on unsharpened engine maps, as the engine makes them (training does not blur them); deposited maps are
+   sharpened, so the slope is fitted afterwards, for the trained networks, and a retrained network needs it refitted.
 1. **The combination weights** — structure mode's density contrasts (c on the network's lattice, n at the map's
    resolution), voxel mode's contour packing (k) and the map's own intensity at each voxel (w): each on the grid the
    simulated CV uses (``calibration.py``), the value that maximizes the mean per-residue r with MD (mean over
