@@ -166,13 +166,14 @@ def structure_input(info: network.ModelInfo, values: np.ndarray, xyz_to_ijk: np.
     """The map as structure mode reads it: the part around the atoms inside it (``preprocess.points_source_window``)
     with its xyz->ijk, blurred to the model's sharpness (``preprocess.match_sharpness``).  Cutting the window first
     makes the slope, and so the blur, the same whether a caller passes the whole map or the command its subregion."""
-    if np.any(inside):
-        size = np.array(values.shape[::-1], dtype=np.int64)
-        lo, hi = pp.points_source_window(np.asarray(xyz, dtype=np.float64)[inside], xyz_to_ijk, size, info.spec,
-                                         map_resolution)
-        xyz_to_ijk = np.array(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
-        xyz_to_ijk[:, 3] -= lo
-        values = values[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+    if not np.any(inside):  # no part to read (preprocessing refuses the map): nothing to measure or blur
+        return values, xyz_to_ijk, pp.Sharpness(float("nan"), sharpness_slope(info), 0.0)
+    size = np.array(values.shape[::-1], dtype=np.int64)
+    lo, hi = pp.points_source_window(np.asarray(xyz, dtype=np.float64)[inside], xyz_to_ijk, size, info.spec,
+                                     map_resolution)
+    xyz_to_ijk = np.array(xyz_to_ijk, dtype=np.float64).reshape(3, 4)
+    xyz_to_ijk[:, 3] -= lo
+    values = values[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
     values, sharp = pp.match_sharpness(values, xyz_to_ijk, float(map_resolution or info.spec.filter_resolution),
                                        sharpness_slope(info))
     return values, xyz_to_ijk, sharp

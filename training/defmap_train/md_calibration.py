@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from functools import cache
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,7 +44,7 @@ from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import zscore
 from chimerax.defmap.expected import error_factor, packing_disagreement, residue_packing
 from chimerax.defmap.network import calibrated_sd
-from chimerax.defmap.recipe import centre_xyz, sharpness_slope
+from chimerax.defmap.recipe import centre_xyz, sharpness_slope, structure_input
 
 from .atlas_eval import CACHE as ATLAS_CACHE
 from .atlas_eval import all_results, cached_arrays, chain_maps, models_key, per_residue
@@ -118,47 +118,49 @@ SHARPNESS_SLOPES = (None, -50.0, -75.0, -100.0, -130.0, -160.0, -200.0)  # None:
 SHARPNESS_CACHE = ATLAS_CACHE / "sharpness"
 
 
-@cache
-def _process_models(models_dir: Path) -> list:
-    """The models, read once per process."""
-    return load_models([models_dir])
-
-
 def chain_sharpness(name: str, models_dir: Path) -> dict[str, np.ndarray]:
     """Per map of the chain: structure mode's (map + model network) and voxel mode's (map-only) residue r with MD
-    with each model's ``sharpness_slope`` at each of SHARPNESS_SLOPES (a map no sharper than a slope is not blurred,
-    so it reuses the unblurred run)."""
+    with each model's ``sharpness_slope`` at each of SHARPNESS_SLOPES.  A map no sharper than a slope, as the mode's
+    recipe measures it (structure mode over its window), is not blurred there, so it reuses the unblurred run."""
+    models = load_models([models_dir])
+
     def make() -> dict[str, np.ndarray]:
-        models = _process_models(models_dir)  # the objects validate-md's cached sessions hold, so the slope set
-        st, rmsf = load_chain(name)           # below is the one they run with
+        st, rmsf = load_chain(name)
         truth = np.log10(rmsf)
         arrays: dict[str, np.ndarray] = {}
         for i, m in enumerate(chain_maps(name)):
             res = float(m["resolution"])
             arrays[f"{i}|variant"] = np.array(str(m["variant"]))
+            values = np.asarray(m["values"], dtype=np.float32)
             x2i, _ = pp.grid_transforms(m["origin"], (float(m["voxel_size"]),) * 3)
-            slope = pp.spectrum_slope(np.asarray(m["values"]), pp.axis_spacing(x2i), res)
+            xyz = np.asarray(m["xyz"], dtype=np.float64)
             for mode, structure in (("structure", True), ("voxel", False)):
-                info = pick(models, res, structure)
-                if info is None:
+                base = pick(models, res, structure)
+                if base is None:
                     continue
-                kept = info.calibration.get("sharpness_slope")
+
+                def at(t, base=base):  # the model with this sharpness slope (a session of its own in validate-md)
+                    return replace(base, calibration={**base.calibration, "sharpness_slope": t})
+                if structure:
+                    slope = structure_input(at(None), values, x2i, xyz, pp.points_inside_map(xyz, x2i, values.shape),
+                                            res)[2].slope
+                else:
+                    slope = pp.match_sharpness(values, x2i, res, None)[1].slope
                 r, done = [], {}
                 for t in SHARPNESS_SLOPES:
                     key = None if t is None or not slope > t else t
                     if key not in done:
-                        info.calibration["sharpness_slope"] = key
                         if structure:
-                            v = structure_mode(info, st, m, "backbone", normal_modes=False, md_units=False)["reported"]
+                            v = structure_mode(at(key), st, m, "backbone", normal_modes=False, md_units=False)[
+                                "reported"]
                         else:
-                            v = residue_values(voxel_mode(info, m, None).values_at(np.asarray(m["xyz"])),
-                                               st.res_index, st.atom_name, st.n_res, "backbone")
+                            v = residue_values(voxel_mode(at(key), m, None).values_at(xyz), st.res_index,
+                                               st.atom_name, st.n_res, "backbone")
                         done[key] = pearson(v, truth)
                     r.append(done[key])
-                info.calibration["sharpness_slope"] = kept
                 arrays[f"{i}|{mode}"] = np.array(r)
         return arrays
-    return cached_arrays(SHARPNESS_CACHE / models_key(_process_models(models_dir)) / f"{name}.npz", make)
+    return cached_arrays(SHARPNESS_CACHE / models_key(models) / f"{name}.npz", make)
 
 
 def fit_sharpness(models_dir: Path, workers: int = 2) -> dict:
