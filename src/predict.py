@@ -360,6 +360,8 @@ def sd_source(info: network.ModelInfo) -> str:
         shape += ")"
         if cal.get("sd_run") == "expected_r":
             shape += " × the error the run's expected r implies"
+        elif cal.get("sd_run") == "agree_raw":
+            shape += " × a factor that grows as the network agrees less with the map's own values"
         if float(cal.get("sd_power", 1.0)) == 0.0:  # the fit gave the variance output no weight
             return (f"predicted SD (a scale times {shape}, fitted on {where}; the model's variance output carries no "
                     "weight there)")

@@ -180,9 +180,17 @@ def structure_input(info: network.ModelInfo, values: np.ndarray, xyz_to_ijk: np.
 
 
 def run_sd_factor(info: network.ModelInfo, pred: AtomPrediction) -> float:
-    """The SD's factor for this run (``network.calibrated_sd``): with the calibration's ``sd_run`` "expected_r",
+    """The SD's factor for this run (``network.calibrated_sd``).  The calibration's ``sd_run`` says which:
+    "agree_raw", exp(``sd_run_slope`` x (the network's agreement with the map's own values - ``sd_run_centre``)):
+    where the network agrees less with the map it reads, it errs more on every residue; "expected_r",
     ``expected.error_factor`` at the run's expected r times the SD of its residue values; else 1."""
-    if info.calibration.get("sd_run") != "expected_r" or pred.expected is None:
+    cal = info.calibration
+    if cal.get("sd_run") == "agree_raw":
+        x = float(pred.run_features.get("agree_raw", np.nan))
+        if not np.isfinite(x):
+            return 1.0
+        return float(np.exp(float(cal["sd_run_slope"]) * (x - float(cal["sd_run_centre"]))))
+    if cal.get("sd_run") != "expected_r" or pred.expected is None:
         return 1.0
     v = np.asarray(pred.residue_values, dtype=np.float64)
     v = v[np.isfinite(v)]

@@ -243,6 +243,37 @@ def test_sd_run_factor_and_disagreement_when_the_calibration_asks(cx, tmp_path, 
     assert np.allclose(with_c, network.calibrated_sd(head, pred, cal) * 2.0 * np.exp(0.3 * apart))
 
 
+def test_sd_run_factor_from_the_networks_agreement_with_the_map(cx, tmp_path):
+    """With ``sd_run`` "agree_raw" every residue's SD is the plain calibration's times exp(slope x (the run's
+    agree_raw - centre)), the agreement the run measured (its expected r's features); without the feature the
+    factor is 1."""
+    from types import SimpleNamespace
+
+    from chimerax.pdb import open_pdb
+
+    from chimerax.defmap import recipe
+    cal = {"sd_scale": 1.5, "sd_slope": 0.4}
+    plain = two_channel_model(tmp_path / "agree0.onnx", calibration=cal)
+    agree = two_channel_model(tmp_path / "agree1.onnx", calibration={**cal, "sd_run": "agree_raw",
+                                                                      "sd_run_slope": -2.0, "sd_run_centre": 0.5})
+    s = open_pdb(cx, str(shared_path("md_reference", "1ail_A.pdb")))[0][0]
+    cx.models.add([s])
+    heavy = s.atoms.filter(s.atoms.element_numbers != 1)
+    values, origin = simulate_map(heavy.coords, np.full(len(heavy), 1.0), resolution=5.0, noise=0.2, seed=2)
+    v = add_map(cx, values, origin)
+    spec = f"defmap #{v.id_string} structure #{s.id_string} uncertainty true color false model "
+    sds = []
+    for model in (plain, agree):  # each run rewrites the residues' defmap_sd: read it before the next
+        res = run(cx, spec + str(model))
+        sds.append(np.array([r.defmap_sd for r in res.residues]))
+    sd_a, sd_b = sds
+    x = res.expected.features["agree_raw"]
+    assert np.isfinite(x) and x != 0.5
+    assert np.allclose(sd_b, sd_a * np.exp(-2.0 * (x - 0.5)), rtol=1e-6)
+    info = SimpleNamespace(calibration={"sd_run": "agree_raw", "sd_run_slope": -2.0, "sd_run_centre": 0.5})
+    assert recipe.run_sd_factor(info, SimpleNamespace(run_features={})) == 1.0
+
+
 def _chain_map(cx, seed: int):
     """A 600-residue random-walk chain's 5 Å map, opened in ChimeraX: (its values, the volume), for voxel mode."""
     rng = np.random.default_rng(seed)

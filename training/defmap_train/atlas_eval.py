@@ -70,6 +70,8 @@ def chain_results(name: str, models, residue_atoms: str = "backbone", cache: Pat
                         arrays[f"{key}|{k}"] = sm[k]
                 if sm.get("expected") is not None:
                     arrays[f"{key}|expected_r"] = np.array(sm["expected"].r)
+                for k, v in (sm.get("run_features") or {}).items():  # what the run measured (the SD's run factor)
+                    arrays[f"{key}|feature_{k}"] = np.array(float(v))
         return arrays
     d = cached_arrays(cache / "results" / models_key(models) / f"{name}.npz", make)
     out: dict[tuple, dict] = {}

@@ -248,6 +248,7 @@ class MapFit(NamedTuple):
     reported: np.ndarray  # per residue, structure mode's value (network units)
     run: float  # the run factor (``run_factor``)
     apart: np.ndarray  # per residue, ``expected.packing_disagreement``
+    agree: float  # the run feature agree_raw: the network's agreement with the map's own values
 
 
 def shaped_sd(f: MapFit, b: float, power: float, c: float) -> np.ndarray:
@@ -286,22 +287,49 @@ def sd_pairs(fits: list[MapFit], b: float, power: float, c: float, scale: float 
     return [sd_and_errors(f.reported, shaped_sd(f, b, power, c) * f.run * scale, f.truth) for f in fits]
 
 
+def fit_run_slope(fits: list[MapFit], b: float, power: float, c: float) -> tuple[float, float]:
+    """(slope, centre) of the agree_raw run factor: centre the mean agree_raw of these maps, slope on RUN_SLOPES by
+    maximum likelihood of all maps' residue errors under one common scale (profiled out), so that maps whose network
+    agrees less with the map's own values get wider SDs if their errors are wider."""
+    centre = float(np.nanmean([f.agree for f in fits]))
+    kept = [(x, f.agree) for x, f in zip(sd_pairs([f._replace(run=1.0) for f in fits], b, power, c), fits)
+            if x is not None]
+    s = [x[0] for x, _ in kept]
+    e = [x[1] for x, _ in kept]
+    a = np.nan_to_num(np.array([g for _, g in kept]), nan=centre)
+
+    def nll(slope: float) -> float:
+        t = [si * np.exp(slope * (ai - centre)) for si, ai in zip(s, a)]
+        n = sum(len(ti) for ti in t)
+        return float(sum(np.log(ti).sum() for ti in t)
+                     + 0.5 * n * np.log(np.mean(np.concatenate([ei ** 2 / ti ** 2 for ei, ti in zip(e, t)]))))
+    return float(RUN_SLOPES[int(np.argmin([nll(float(k)) for k in RUN_SLOPES]))]), centre
+
+
 def fit_sd_scale(fits: list[MapFit], b: float, power: float, c: float) -> float:
     """The factor on the shaped SD at which ±SD holds 68 % of the errors (after each map's line, SD x |slope|)."""
     pairs = [x for x in sd_pairs(fits, b, power, c) if x is not None]
     return float(np.quantile(np.concatenate([np.abs(e) / s for s, e in pairs]), 0.68))
 
 
-def run_factor(row: dict, sd_run: str) -> float:
-    """An atlas_eval row's SD run factor as ``recipe.run_sd_factor`` gives it (1 unless ``sd_run`` is "expected_r")."""
+RUN_SLOPES = np.round(np.arange(-6.0, 1.01, 0.05), 2)  # of the agree_raw run factor
+
+
+def run_factor(row: dict, sd_run: str, slope: float = 0.0, centre: float = 0.0) -> float:
+    """An atlas_eval row's SD run factor as ``recipe.run_sd_factor`` gives it: "agree_raw", exp(slope x (agree_raw
+    - centre)); "expected_r", the error its expected r implies; else 1."""
+    if sd_run == "agree_raw":
+        x = float(row.get("feature_agree_raw", np.nan))
+        return float(np.exp(slope * (x - centre))) if np.isfinite(x) else 1.0
     if sd_run != "expected_r" or "expected_r" not in row:
         return 1.0
     return error_factor(float(row["expected_r"])) * float(np.nanstd(row["reported"]))
 
 
-def map_fits(rows: list[dict], kind: str, sd_run: str = "none",
-             variants: tuple[str, ...] = FIT_VARIANTS) -> list[MapFit]:
-    """The SD fit's view of one model kind's atlas_eval rows on ``variants``."""
+def map_fits(rows: list[dict], kind: str, sd_run: str = "none", variants: tuple[str, ...] = FIT_VARIANTS,
+             run_slope: float = 0.0, run_centre: float = 0.0) -> list[MapFit]:
+    """The SD fit's view of one model kind's atlas_eval rows on ``variants`` (the agree_raw run factor at
+    ``run_slope`` and ``run_centre``)."""
     packing = {}
     out = []
     for r in rows:
@@ -312,17 +340,19 @@ def map_fits(rows: list[dict], kind: str, sd_run: str = "none",
             ca = st.ca_index()
             packing[r["chain"]] = residue_packing(st.xyz[ca], st.res_index[ca], st.xyz, np.arange(st.n_res))
         out.append(MapFit(r["atom_network"], r["atom_head_sd"], per_residue(r), r["truth"], r["reported"],
-                          run_factor(r, sd_run), packing_disagreement(r["reported"], packing[r["chain"]])))
+                          run_factor(r, sd_run, run_slope, run_centre),
+                          packing_disagreement(r["reported"], packing[r["chain"]]),
+                          float(r.get("feature_agree_raw", np.nan))))
     return out
 
 
 def sd_bands_atlas(rows: list[dict], kind: str, b: float, power: float, c: float, scale: float,
-                   sd_run: str) -> dict:
+                   sd_run: str, run_slope: float = 0.0, run_centre: float = 0.0) -> dict:
     """validate-md's tercile ratio and coverage (``sd_bands``) on atlas_train's own maps at these SD numbers (in
     sample: what the fit reaches where it was made)."""
     out = {}
     for v in sorted({r["variant"] for r in rows}):
-        pairs = sd_pairs(map_fits(rows, kind, sd_run, (v,)), b, power, c, scale)
+        pairs = sd_pairs(map_fits(rows, kind, sd_run, (v,), run_slope, run_centre), b, power, c, scale)
         out.update(sd_bands([{"_sd_err": [(v, x) for x in pairs]}], (v,)))
     return out
 
@@ -399,16 +429,24 @@ def run(models_dir: Path, out: Path, steps: tuple[str, ...] = ("weights", "sd", 
             if not fits:
                 continue
             b, p, c = fit_sd_shape(fits, sd_disagreement)
+            run = {"run_slope": 0.0, "run_centre": 0.0}
+            if sd_run == "agree_raw":  # the shape first (each map's scale profiled out), then the run factor
+                run["run_slope"], run["run_centre"] = fit_run_slope(fits, b, p, c)
+                fits = map_fits(rows, kind, sd_run, **run)
             scale = fit_sd_scale(fits, b, p, c)
             cal = {"sd_slope": b, "sd_power": p, "sd_scale": scale, "sd_slope_fitted_on": FITTED_ON}
             if sd_run != "none" or c:  # left out when off, so the models read as before
                 cal.update({"sd_disagreement": c, "sd_run": sd_run})
+            if sd_run == "agree_raw":
+                cal.update({"sd_run_slope": run["run_slope"], "sd_run_centre": run["run_centre"]})
             files = [f for f in model_files(models_dir, kind) if read_model_info(f).has_variance]
             for f in files:
                 set_calibration(f, cal)
             report["sd"][kind] = {"maps": len(fits), "sd_slope": b, "sd_power": p, "sd_disagreement": c,
-                                  "sd_scale": scale, "sd_run": sd_run,
-                                  "bands_in_sample": sd_bands_atlas(rows, kind, b, p, c, scale, sd_run),
+                                  "sd_scale": scale, "sd_run": sd_run, **({k: run[k] for k in run} if
+                                                                            sd_run == "agree_raw" else {}),
+                                  "bands_in_sample": sd_bands_atlas(rows, kind, b, p, c, scale, sd_run,
+                                                                    run["run_slope"], run["run_centre"]),
                                   "written": [repo_relative(f) for f in files]}
     if "md-units" in steps:
         md_units_fit.run(models_dir, md_units_fit.REPORT, md_units_fit.SHIPPED)
@@ -427,8 +465,9 @@ def add_parser(sub) -> None:
                    help="which steps, in this order: sharpness, weights, sd, md-units, expected-r")
     p.add_argument("--write-weights", default=",".join(GRIDS),
                    help="the weights whose fitted values are written into the models (the others are only reported)")
-    p.add_argument("--sd-run", choices=("expected_r", "none"), default="none",
-                   help="scale each run's SD by the error its expected r implies (expected_r) or not (none)")
+    p.add_argument("--sd-run", choices=("agree_raw", "expected_r", "none"), default="none",
+                   help="scale each run's SD by a factor fitted on the network's agreement with the map's own "
+                   "values (agree_raw), by the error its expected r implies (expected_r), or not (none)")
     p.add_argument("--sd-disagreement", action="store_true",
                    help="fit a weight on the SD for the prediction's disagreement with the model's packing")
     p.set_defaults(fn=lambda a: print(json.dumps(run(a.models, a.out, tuple(a.steps.split(",")),

@@ -85,7 +85,7 @@ def _sd_fits(c_true: float, seed: int = 1) -> list:
         pred = rng.normal(size=n)
         apart = np.abs(rng.normal(size=n))
         truth = 0.5 * pred + rng.normal(size=n) * np.exp(c_true * apart) * rng.uniform(0.1, 0.3)
-        out.append(MapFit(pred, np.ones(n), lambda v: v, truth, pred, 1.0, apart))
+        out.append(MapFit(pred, np.ones(n), lambda v: v, truth, pred, 1.0, apart, float(rng.uniform(0.2, 0.9))))
     return out
 
 
@@ -100,3 +100,23 @@ def test_sd_shape_finds_the_disagreement_weight_and_the_scale_covers_68_percent(
     pairs = sd_pairs(fits, b, p, c, scale)
     covered = np.mean(np.concatenate([np.abs(e) <= s for s, e in pairs]))
     assert covered == pytest.approx(0.68, abs=0.01)
+
+
+def test_run_slope_follows_errors_that_widen_as_the_network_agrees_less_with_the_map():
+    """fit_run_slope: maps whose residue errors have SD 0.2 x exp(k x (agree - 0.5)) give back k (within the grid
+    step and noise), centred on the maps' mean agreement; maps whose errors do not depend on it give about 0."""
+    from defmap_train.md_calibration import MapFit, fit_run_slope
+    rng = np.random.default_rng(3)
+
+    def fits(k: float) -> list:
+        out = []
+        for _ in range(40):
+            n, agree = 150, float(rng.uniform(0.1, 0.9))
+            pred = rng.normal(size=n)
+            truth = 0.5 * pred + rng.normal(size=n) * 0.2 * np.exp(k * (agree - 0.5))
+            out.append(MapFit(pred, np.ones(n), lambda v: v, truth, pred, 1.0, np.zeros(n), agree))
+        return out
+    got = fits(-1.5)
+    slope, centre = fit_run_slope(got, 0.0, 0.0, 0.0)
+    assert abs(slope + 1.5) <= 0.2 and centre == pytest.approx(np.mean([f.agree for f in got]))
+    assert abs(fit_run_slope(fits(0.0), 0.0, 0.0, 0.0)[0]) <= 0.2
