@@ -202,7 +202,7 @@ def _check_parsers(sub) -> None:
     vm.add_argument("--maps-per-variant", type=int, default=2)
     vm.add_argument("--residue-atoms", choices=["ca", "backbone", "heavy"], default="heavy")
     vm.add_argument("--chains", default="", help="comma-separated subset (default: all)")
-    vm.add_argument("--image-maps", type=int, default=1,
+    vm.add_argument("--image-maps", type=int, default=2,
                     help="image-formation maps per chain and kind (cross-family; 0: engine maps only)")
     vm.add_argument("--out", default=str(HERE / "reports" / "validate_md"),
                     help="writes OUT.json and OUT.md ('' to print only)")
