@@ -223,8 +223,8 @@ def calibrated_sd(head_sd: np.ndarray, prediction: np.ndarray, calibration: dict
     the prediction's z-score over the scored atoms + ``sd_disagreement`` x ``disagreement``) x ``run_factor``.  On
     real MD flexible residues are predicted less surely; where the prediction and the model's packing disagree
     (``expected.packing_disagreement``, per atom) one of them is wrong; a run that tracks MD less closely errs more on
-    every residue (``run_factor``: ``expected.error_factor`` x the spread of the values, when the calibration's
-    ``sd_run`` is "expected_r"); and the head, trained on simulated labels, is only partly right.  The shipped
+    every residue (``run_factor``, ``recipe.run_sd_factor``, when the calibration has an ``sd_run``); and the head,
+    trained on simulated labels, is only partly right.  The shipped
     models' numbers are fitted on ATLAS MD of atlas_train by ``defmap-train md-calibrate``; power 1, scale 1, slope
     and disagreement 0 when absent."""
     from .combination import zscore

@@ -291,6 +291,9 @@ def fit_run_slope(fits: list[MapFit], b: float, power: float, c: float) -> tuple
     """(slope, centre) of the agree_raw run factor: centre the mean agree_raw of these maps, slope on RUN_SLOPES by
     maximum likelihood of all maps' residue errors under one common scale (profiled out), so that maps whose network
     agrees less with the map's own values get wider SDs if their errors are wider."""
+    if not np.isfinite([f.agree for f in fits]).any():
+        raise ValueError("the atlas_eval results lack the run feature agree_raw (cached before it was kept): delete "
+                         f"{ATLAS_CACHE / 'results'} to remake them")
     centre = float(np.nanmean([f.agree for f in fits]))
     kept = [(x, f.agree) for x, f in zip(sd_pairs([f._replace(run=1.0) for f in fits], b, power, c), fits)
             if x is not None]
