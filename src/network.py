@@ -224,9 +224,8 @@ def calibrated_sd(head_sd: np.ndarray, prediction: np.ndarray, calibration: dict
     real MD flexible residues are predicted less surely; where the prediction and the model's packing disagree
     (``expected.packing_disagreement``, per atom) one of them is wrong; a run that tracks MD less closely errs more on
     every residue (``run_factor``, ``recipe.run_sd_factor``, when the calibration has an ``sd_run``); and the head,
-    trained on simulated labels, is only partly right.  The shipped
-    models' numbers are fitted on ATLAS MD of atlas_train by ``defmap-train md-calibrate``; power 1, scale 1, slope
-    and disagreement 0 when absent."""
+    trained on simulated labels, is only partly right.  The shipped models' numbers are fitted on ATLAS MD of
+    atlas_train by ``defmap-train md-calibrate``; power 1, scale 1, slope and disagreement 0 when absent."""
     from .combination import zscore
     slope = float(calibration.get("sd_slope", 0.0))
     head = np.asarray(head_sd, dtype=np.float64) ** float(calibration.get("sd_power", 1.0))
