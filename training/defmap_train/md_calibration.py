@@ -248,7 +248,7 @@ class MapFit(NamedTuple):
     reported: np.ndarray  # per residue, structure mode's value (network units)
     run: float  # the run factor (``run_factor``)
     apart: np.ndarray  # per residue, ``expected.packing_disagreement``
-    agree: float  # the run feature agree_raw: the network's agreement with the map's own values
+    agree: float = float("nan")  # the run feature agree_raw: the network's agreement with the map's own values
 
 
 def shaped_sd(f: MapFit, b: float, power: float, c: float) -> np.ndarray:

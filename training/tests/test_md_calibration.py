@@ -85,7 +85,7 @@ def _sd_fits(c_true: float, seed: int = 1) -> list:
         pred = rng.normal(size=n)
         apart = np.abs(rng.normal(size=n))
         truth = 0.5 * pred + rng.normal(size=n) * np.exp(c_true * apart) * rng.uniform(0.1, 0.3)
-        out.append(MapFit(pred, np.ones(n), lambda v: v, truth, pred, 1.0, apart, float(rng.uniform(0.2, 0.9))))
+        out.append(MapFit(pred, np.ones(n), lambda v: v, truth, pred, 1.0, apart))
     return out
 
 
