@@ -59,6 +59,14 @@ def cmd_validate_md(a) -> None:
     run(a)
 
 
+def cmd_validate_md_compare(a) -> None:
+    import json
+
+    from .validate_md import compare_lines
+    print("\n".join(compare_lines(json.loads(a.a.read_text(encoding="utf-8")),
+                                   json.loads(a.b.read_text(encoding="utf-8")), a.column)))
+
+
 def cmd_prior(a) -> None:
     from .prior import run
     run(a)
@@ -211,6 +219,12 @@ def _check_parsers(sub) -> None:
     vm.add_argument("--train-json", nargs="*", help="train_<res>A.json files: their CV's ANM-vs-label r goes "
                     "beside the table")
     vm.set_defaults(fn=cmd_validate_md)
+    vc = sub.add_parser("validate-md-compare", help="two validate-md results (JSON), one column, paired by chain")
+    vc.add_argument("a", type=Path, help="validate-md OUT.json of the models compared against (A)")
+    vc.add_argument("b", type=Path, help="validate-md OUT.json of the candidate models (B)")
+    vc.add_argument("--column", default="map+model", help="which result: map+model (structure mode, default), map "
+                    "(voxel mode), or any per-chain key of the JSON")
+    vc.set_defaults(fn=cmd_validate_md_compare)
     ist = sub.add_parser("input-stats", help="diagnostic: the network's input on engine, image and real maps")
     ist.add_argument("--limit", type=int, default=0, help="first N md_reference chains only")
     ist.add_argument("--out", default=str(HERE / "reports" / "input_stats"))

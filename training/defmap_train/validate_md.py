@@ -483,6 +483,16 @@ OPTIONS = [("map+model+anm_fitted", "map+model", "structure mode: normalModes tr
            ("map+map_anm", "map", "voxel mode: normalModes true − default")]
 
 
+def paired_cell(d: np.ndarray) -> str:
+    """A paired difference over chains as the tables give it: mean ± standard error (chains that gain); "–" when
+    fewer than two chains have it."""
+    d = np.asarray(d, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return "–"
+    return f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({(d > 0).sum()} of {len(d)} gain)"
+
+
 def paired_lines(chains: list[dict]) -> list[str]:
     """Each option against its mode's default on the chains where both ran: the mean paired difference in r, its
     standard error and how many chains gain, per kind of map (a mean over fewer chains cannot show that)."""
@@ -492,15 +502,33 @@ def paired_lines(chains: list[dict]) -> list[str]:
         for v in VARIANTS:
             d = np.array([c["variants"][v].get(opt, np.nan) - c["variants"][v].get(default, np.nan)
                           for c in chains if v in c["variants"]])
-            d = d[np.isfinite(d)]
-            paired |= len(d) > 1
-            cells.append(f"{d.mean():+.3f} ± {d.std(ddof=1) / np.sqrt(len(d)):.3f} ({(d > 0).sum()} of {len(d)} gain)"
-                         if len(d) > 1 else "–")
+            paired |= np.isfinite(d).sum() > 1
+            cells.append(paired_cell(d))
         rows.append(f"| {title} | " + " | ".join(cells) + " |")
     if not paired:
         return []
     return (["Options against the default, paired by chain: mean difference in r ± its standard error (chains that "
              "gain):", "", "| option | " + " | ".join(VARIANTS) + " |", "|---|" + "---|" * len(VARIANTS)] + rows + [""])
+
+
+def compare_lines(a: dict, b: dict, column: str = "map+model") -> list[str]:
+    """Two validate-md results (their JSON) in one column, paired by chain: per kind of map the mean r of each over
+    the chains both have, and B − A as mean ± standard error (chains that gain), so a choice between two sets of
+    models reads from one table, with its noise."""
+    def per_chain(res: dict) -> dict[str, dict]:
+        return {c["chain"]: c["variants"] for c in res["chains"]}
+    ra, rb = per_chain(a), per_chain(b)
+    lines = [f"Column `{column}`, A = {a.get('command', '?')}, B = {b.get('command', '?')}:", "",
+             "| maps | A | B | B − A, paired by chain |", "|---|---|---|---|"]
+    for v in VARIANTS:
+        pairs = [(ra[c][v].get(column, np.nan), rb[c][v].get(column, np.nan)) for c in ra
+                 if c in rb and v in ra[c] and v in rb[c]]
+        x = np.array([p for p in pairs if np.isfinite(p).all()], dtype=np.float64).reshape(-1, 2)
+        if len(x):
+            family = "in-family" if v in ENGINE_VARIANTS else "cross-family"
+            lines.append(f"| {v} ({family}) ({len(x)}) | {x[:, 0].mean():.3f} | {x[:, 1].mean():.3f} | "
+                         f"{paired_cell(x[:, 1] - x[:, 0])} |")
+    return lines + [""]
 
 
 def real_map_lines(real: dict) -> list[str]:

@@ -106,3 +106,16 @@ def test_paired_lines_compare_an_option_on_the_chains_where_both_ran():
     text = "\n".join(paired_lines(chains))
     assert "| voxel mode: normalModes true − default | +0.000 ± 0.100 (1 of 2 gain) | – |" in text
     assert paired_lines([{"variants": {"hard": {"map": 0.5}}}]) == []
+
+
+def test_compare_lines_pair_two_results_by_chain():
+    """validate-md-compare: B − A per chain, over the chains both results have, with each side's mean over them."""
+    from defmap_train.validate_md import compare_lines
+    a = {"command": "A", "chains": [{"chain": "x", "variants": {"image": {"map+model": 0.80}}},
+                                    {"chain": "y", "variants": {"image": {"map+model": 0.90}}},
+                                    {"chain": "z", "variants": {"image": {"map+model": 0.10}}}]}
+    b = {"command": "B", "chains": [{"chain": "x", "variants": {"image": {"map+model": 0.84}}},
+                                    {"chain": "y", "variants": {"image": {"map+model": 0.88}}}]}
+    text = "\n".join(compare_lines(a, b))
+    assert "| image (cross-family) (2) | 0.850 | 0.860 | +0.010 ± 0.030 (1 of 2 gain) |" in text
+    assert "| hard" not in text  # a kind neither has is left out
