@@ -180,21 +180,28 @@ def structure_input(info: network.ModelInfo, values: np.ndarray, xyz_to_ijk: np.
 
 
 def run_sd_factor(info: network.ModelInfo, pred: AtomPrediction) -> float:
-    """The SD's factor for this run (``network.calibrated_sd``).  The calibration's ``sd_run`` says which:
-    "agree_raw", exp(``sd_run_slope`` x (the network's agreement with the map's own values - ``sd_run_centre``)):
-    where the network agrees less with the map it reads, it errs more on every residue; "expected_r",
-    ``expected.error_factor`` at the run's expected r times the SD of its residue values; else 1."""
-    cal = info.calibration
-    if cal.get("sd_run") == "agree_raw":
-        x = float(pred.run_features.get("agree_raw", np.nan))
+    """The SD's factor for this run (``network.calibrated_sd``; :func:`run_factor_from` on what the run measured)."""
+    return run_factor_from(info.calibration, pred.run_features.get("agree_raw", np.nan),
+                           None if pred.expected is None else pred.expected.r, pred.residue_values)
+
+
+def run_factor_from(calibration: dict, agree_raw: float, expected_r: float | None, values: np.ndarray) -> float:
+    """The SD's run factor from a run's measurements, the one home for the bundle and ``md-calibrate``.  The
+    calibration's ``sd_run`` says which: "agree_raw", exp(``sd_run_slope`` x (``agree_raw``, the network's agreement
+    with the map's own values, - ``sd_run_centre``)): where the network agrees less with the map it reads, it errs
+    more on every residue; "expected_r", ``expected.error_factor`` at ``expected_r`` times the SD of the residue
+    ``values``; else (or without the measurement) 1."""
+    sd_run = calibration.get("sd_run")
+    if sd_run == "agree_raw":
+        x = float(agree_raw)
         if not np.isfinite(x):
             return 1.0
-        return float(np.exp(float(cal["sd_run_slope"]) * (x - float(cal["sd_run_centre"]))))
-    if cal.get("sd_run") != "expected_r" or pred.expected is None:
+        return float(np.exp(float(calibration["sd_run_slope"]) * (x - float(calibration["sd_run_centre"]))))
+    if sd_run != "expected_r" or expected_r is None:
         return 1.0
-    v = np.asarray(pred.residue_values, dtype=np.float64)
+    v = np.asarray(values, dtype=np.float64)
     v = v[np.isfinite(v)]
-    return expected.error_factor(pred.expected.r) * float(v.std()) if len(v) > 1 else 1.0
+    return expected.error_factor(float(expected_r)) * float(v.std()) if len(v) > 1 else 1.0
 
 
 def model_kind(info: network.ModelInfo) -> str:

@@ -271,7 +271,8 @@ def test_sd_run_factor_from_the_networks_agreement_with_the_map(cx, tmp_path):
     assert np.isfinite(x) and x != 0.5
     assert np.allclose(sd_b, sd_a * np.exp(-2.0 * (x - 0.5)), rtol=1e-6)
     info = SimpleNamespace(calibration={"sd_run": "agree_raw", "sd_run_slope": -2.0, "sd_run_centre": 0.5})
-    assert recipe.run_sd_factor(info, SimpleNamespace(run_features={})) == 1.0
+    no_feature = SimpleNamespace(run_features={}, expected=None, residue_values=np.zeros(3))  # as AtomPrediction
+    assert recipe.run_sd_factor(info, no_feature) == 1.0
 
 
 def _chain_map(cx, seed: int):

@@ -42,9 +42,9 @@ import numpy as np
 
 from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import zscore
-from chimerax.defmap.expected import error_factor, packing_disagreement, residue_packing
+from chimerax.defmap.expected import packing_disagreement, residue_packing
 from chimerax.defmap.network import calibrated_sd
-from chimerax.defmap.recipe import centre_xyz, sharpness_slope, structure_input
+from chimerax.defmap.recipe import centre_xyz, run_factor_from, sharpness_slope, structure_input
 
 from .atlas_eval import CACHE as ATLAS_CACHE
 from .atlas_eval import all_results, cached_arrays, chain_maps, models_key, per_residue
@@ -319,14 +319,10 @@ RUN_SLOPES = np.round(np.arange(-6.0, 1.01, 0.05), 2)  # of the agree_raw run fa
 
 
 def run_factor(row: dict, sd_run: str, slope: float = 0.0, centre: float = 0.0) -> float:
-    """An atlas_eval row's SD run factor as ``recipe.run_sd_factor`` gives it: "agree_raw", exp(slope x (agree_raw
-    - centre)); "expected_r", the error its expected r implies; else 1."""
-    if sd_run == "agree_raw":
-        x = float(row.get("feature_agree_raw", np.nan))
-        return float(np.exp(slope * (x - centre))) if np.isfinite(x) else 1.0
-    if sd_run != "expected_r" or "expected_r" not in row:
-        return 1.0
-    return error_factor(float(row["expected_r"])) * float(np.nanstd(row["reported"]))
+    """An atlas_eval row's SD run factor, as the bundle computes it (``recipe.run_factor_from``) under a calibration
+    with this ``sd_run``, ``slope`` and ``centre``."""
+    cal = {"sd_run": sd_run, "sd_run_slope": slope, "sd_run_centre": centre}
+    return run_factor_from(cal, float(row.get("feature_agree_raw", np.nan)), row.get("expected_r"), row["reported"])
 
 
 def map_fits(rows: list[dict], kind: str, sd_run: str = "none", variants: tuple[str, ...] = FIT_VARIANTS,
@@ -446,8 +442,7 @@ def run(models_dir: Path, out: Path, steps: tuple[str, ...] = ("weights", "sd", 
             for f in files:
                 set_calibration(f, cal)
             report["sd"][kind] = {"maps": len(fits), "sd_slope": b, "sd_power": p, "sd_disagreement": c,
-                                  "sd_scale": scale, "sd_run": sd_run, **({k: run[k] for k in run} if
-                                                                            sd_run == "agree_raw" else {}),
+                                  "sd_scale": scale, "sd_run": sd_run, **(run if sd_run == "agree_raw" else {}),
                                   "bands_in_sample": sd_bands_atlas(rows, kind, b, p, c, scale, sd_run,
                                                                     run["run_slope"], run["run_centre"]),
                                   "written": [repo_relative(f) for f in files]}
