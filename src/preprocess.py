@@ -290,7 +290,8 @@ def prepare_points(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, points_xyz: n
 
 def prepare_voxels(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: np.ndarray, spec: FeatureSpec,
                    level: float, map_resolution: float | None = None) -> Prepared:
-    """Preprocess a whole map for voxel mode: centres are lattice voxels whose resampled value is >= level."""
+    """Preprocess a whole map for voxel mode: centres are the lattice voxels that enclose the volume ``level``
+    encloses in the map (:func:`lattice_level`)."""
     spec.validate()
     corners = _box_corners_xyz(values_zyx.shape, ijk_to_xyz)
     sigma = lowpass_sigma_voxels(spec, map_resolution)
@@ -298,7 +299,7 @@ def prepare_voxels(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: n
     check_memory(int(np.prod(shape, dtype=np.int64)) * VOXEL_MODE_BYTES_PER_VOXEL,
                  f"voxel mode on a {shape[2]}×{shape[1]}×{shape[0]} lattice")
     raw, inside = resample(values_zyx, xyz_to_ijk, origin, shape, spec.voxel_size)
-    centers = np.argwhere((raw >= level) & inside)
+    centers = np.argwhere((raw >= lattice_level(values_zyx, raw, inside, level)) & inside)
     if len(centers) == 0:
         raise ValueError(f"no map values are at or above the level {level:g}")
     support = support_mask(shape, centers, spec.box)
@@ -308,6 +309,22 @@ def prepare_voxels(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: n
     grid = Grid(filt, origin, spec.voxel_size, inside)
     grid.values = standardize(filt, support, inside)
     return Prepared(grid, centers, np.arange(len(centers)), sigma)
+
+
+def lattice_level(values_zyx: np.ndarray, raw: np.ndarray, inside: np.ndarray, level: float) -> float:
+    """The level of the resampled lattice ``raw`` that encloses the fraction of the map that ``level`` encloses in it.
+
+    Trilinear resampling of a finely sampled noisy map to 1.5 Å averages neighbouring voxels and so flattens its
+    peaks: on a sharpened 0.8 Å engine map the level enclosing the molecule's volume in the map kept 39 lattice
+    voxels of the ~7,000 that volume holds, and voxel mode then scored noise.  Carried by volume, the lattice's
+    contour is the one the user chose (the level itself is kept when it encloses none or all of the map)."""
+    frac = float(np.mean(np.asarray(values_zyx) >= level))
+    n_inside = int(np.count_nonzero(inside))
+    k = int(round(frac * n_inside))  # lattice voxels the same volume holds
+    if k <= 0 or k >= n_inside:
+        return float(level)
+    vals = raw[inside]
+    return float(np.partition(vals, n_inside - k)[n_inside - k])
 
 
 def points_inside_map(points_xyz: np.ndarray, xyz_to_ijk: np.ndarray, shape_zyx: tuple[int, ...]) -> np.ndarray:

@@ -9,6 +9,7 @@ from chimerax.core.commands import run
 from chimerax.core.errors import UserError
 
 from chimerax.defmap import map_shape
+from chimerax.defmap import preprocess as pp
 
 from .helpers import add_map, read_heavy_atoms, shared_path, simulate_map
 
@@ -31,6 +32,26 @@ def test_chosen_level_encloses_about_the_molecule(noise):
     initial = (values >= np.quantile(values, 0.99)).sum() / (n_res * map_shape.RESIDUE_VOLUME)
     assert 0.5 < ratio < 1.6 and ratio > 2 * initial, (ratio, initial)
     assert n == (values >= level).sum()
+
+
+def test_the_lattice_scores_the_volume_the_level_encloses_in_a_finely_sampled_noisy_map():
+    """Resampling a 0.75 Å map with voxel-scale noise to the 1.5 Å lattice averages its peaks away, so the level
+    that encloses the molecule in the map encloses far less of the lattice; voxel mode scores the same volume."""
+    pdb = shared_path("structures", "1a28.pdb")
+    xyz = read_heavy_atoms(pdb, chain="A")
+    values, origin = simulate_map(xyz, np.ones(len(xyz)), resolution=4.0, voxel=0.75, pad=12.0)
+    values = values + np.random.default_rng(1).normal(0, 2 * values.std(), values.shape).astype(np.float32)
+    x2i, i2x = pp.grid_transforms(origin, (0.75,) * 3)
+    level = float(np.quantile(values, 0.9))
+    volume = (values >= level).sum() * 0.75 ** 3
+    spec = pp.FeatureSpec(voxel_size=1.5, box=10, filter_resolution=5.0)
+    scored = len(pp.prepare_voxels(values, x2i, i2x, spec, level).centers) * 1.5 ** 3
+    raw, inside = pp.resample(values, x2i, *pp.lattice_for_points(pp._box_corners_xyz(values.shape, i2x), spec,
+                                                                  pp.margin_voxels(spec, pp.lowpass_sigma_voxels(
+                                                                      spec, None))), 1.5)
+    unmoved = ((raw >= level) & inside).sum() * 1.5 ** 3
+    assert abs(scored / volume - 1.0) < 0.05, (scored, volume)
+    assert unmoved < 0.5 * volume  # the level taken as it is would score under half of it
 
 
 def test_voxel_mode_uses_and_logs_the_chosen_level(cx, random_model):

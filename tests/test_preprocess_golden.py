@@ -1,6 +1,8 @@
 """Preprocessing output is frozen: training imports chimerax.defmap.preprocess, so a speed-up (or any edit) that
 changes its numbers would silently change what the shipped models see.  The golden figures below were computed with
-the first committed preprocess.py (3f00ee2) and still hold; an intended change must update them and retrain."""
+the first committed preprocess.py (3f00ee2) and still hold for points; an intended change must update them and retrain.
+Voxel mode's figures changed once, when its centres became the lattice voxels enclosing the volume the level encloses
+in the map (``preprocess.lattice_level``); training reads only ``prepare_points``, so no network was retrained."""
 
 from __future__ import annotations
 
@@ -29,16 +31,16 @@ GOLDEN = {
         "shape": [52, 64, 66],
         "origin": [-33.0, -12.0, -13.5],
         "sigma": 0.7502635967975885,
-        "n_centers": 1829,
-        "centers_sum": [51033, 55828, 58392],
-        "p2c_sum": 1671706,
-        "sum": 9819.928793352869,
-        "sumsq": 22141.22992706759,
-        "max": 5.889673233032227,
-        "nonzero": 7847,
-        "patch_sum": 1392670.2926139622,
-        "patch_weighted": 724415996.4628615,
-        "probe": [1.9455019235610962, 2.480630397796631, 2.1521778106689453, 2.626903533935547, 2.8754849433898926],
+        "n_centers": 1766,
+        "centers_sum": [49321, 53909, 56389],
+        "p2c_sum": 1558495,
+        "sum": 9807.366921516723,
+        "sumsq": 22099.639190949503,
+        "max": 5.885678768157959,
+        "nonzero": 7841,
+        "patch_sum": 1349150.8715395543,
+        "patch_weighted": 701805622.5386114,
+        "probe": [1.9435425996780396, 2.4783949851989746, 2.150111675262451, 2.6245925426483154, 2.8730459213256836],
     },
 }
 
