@@ -540,6 +540,12 @@ def real_map_lines(real: dict) -> list[str]:
             + [f"| {t} | {_f(real.get(k))} |" for k, t in REAL_ROWS] + [""])
 
 
+def map_means(rows: list[dict], keys: list[str]) -> dict[str, float]:
+    """A chain's value per column: the mean over all its maps of the kind, NaN where a map lacks it (an option that
+    failed there).  A mean over the maps that have it would pair unlike maps with the other columns."""
+    return {k: float(np.mean([r.get(k, np.nan) for r in rows])) for k in keys}
+
+
 def evaluate_chain(md_dir: Path, name: str, models: list[network.ModelInfo], maps_per_variant: int,
                    residue_atoms: str, n_image_maps: int = 0) -> dict:
     st, md = load_chain(md_dir, name)
@@ -555,7 +561,7 @@ def evaluate_chain(md_dir: Path, name: str, models: list[network.ModelInfo], map
         out.setdefault("_sd_err", []).extend((v, r["_sd_err"]) for r in rs if "_sd_err" in r)
         out.setdefault("_expected", []).extend({**e, "variant": v, "chain": name} for r in rs
                                                for e in r.get("_expected", []) if e is not None)
-        out["variants"][v] = {k: float(np.nanmean([r.get(k, np.nan) for r in rs])) for k in keys}
+        out["variants"][v] = map_means(rs, keys)
         out["variants"][v]["maps"] = len(rs)
         out["variants"][v]["models"] = sorted({r[k] for r in rs for k in r if k.endswith("_model")})
     return out

@@ -108,6 +108,17 @@ def test_paired_lines_compare_an_option_on_the_chains_where_both_ran():
     assert paired_lines([{"variants": {"hard": {"map": 0.5}}}]) == []
 
 
+def test_a_chain_has_a_column_only_where_every_map_of_the_kind_has_it():
+    """One map where an option failed leaves the chain out of that column rather than pairing the other map alone
+    with both maps of the default."""
+    import math
+
+    from defmap_train.validate_md import map_means
+    rows = [{"map": 0.2, "map+map_anm": 0.6}, {"map": 0.6}]
+    means = map_means(rows, ["map", "map+map_anm"])
+    assert means["map"] == pytest.approx(0.4) and math.isnan(means["map+map_anm"])
+
+
 def test_compare_lines_pair_two_results_by_chain():
     """validate-md-compare: B − A per chain, over the chains both results have, with each side's mean over them."""
     from defmap_train.validate_md import compare_lines
