@@ -320,8 +320,10 @@ def lattice_level(values_zyx: np.ndarray, raw: np.ndarray, inside: np.ndarray, l
     contour is the one the user chose (the level itself is kept when it encloses none or all of the map)."""
     frac = float(np.mean(np.asarray(values_zyx) >= level))
     n_inside = int(np.count_nonzero(inside))
-    k = int(round(frac * n_inside))  # lattice voxels the same volume holds
-    if k <= 0 or k >= n_inside:
+    if frac <= 0.0:
+        return float(level)
+    k = max(1, int(round(frac * n_inside)))  # lattice voxels the same volume holds
+    if k >= n_inside:
         return float(level)
     vals = raw[inside]
     return float(np.partition(vals, n_inside - k)[n_inside - k])
