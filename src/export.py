@@ -16,8 +16,9 @@ from .combination import zscore as residue_z
 
 
 def write_residue_csv(path: str | Path, result) -> int:
-    """One row per scored residue: log10 RMSF, RMSF in Å, z-score and, with uncertainty, the SD over rotations;
-    with normal modes also the map-only value and the ANM log10 fluctuation (empty: no C-alpha)."""
+    """One row per scored residue: log10 RMSF, RMSF in Å, z-score and, with uncertainty, the residue's SD
+    (``recipe.residue_sd``: the calibrated variance head, or the spread over rotations for a model without one);
+    with normal modes also the map-only value and the structure prior's log10 value (empty: no C-alpha)."""
     rv = result.residue_values
     z = residue_z(rv)
     sd = result.residue_sd
