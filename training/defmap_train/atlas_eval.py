@@ -4,7 +4,8 @@ for values in MD units and for the SD (``md_units.py``), never md_reference.
 Each chain's maps are made by the training engine (``maps.simulate_map``, Debye–Waller blur by the chain's own MD
 RMSF; ``hard``: the training randomization, ``clean``: none), so what is fitted here is in-family; validate-md
 reports it on both families.  Maps and per-map results are cached under ``training/data/atlas_eval`` (seeded; the
-results per set of model files, ``models_key``; delete to remake); a run that stops resumes where it stopped.
+results per set of model files and version of the bundle's code, ``models_key``); a run that stops resumes where it
+stopped.
 """
 
 from __future__ import annotations
@@ -91,10 +92,15 @@ def per_residue(row: dict, residue_atoms: str = "backbone"):
 
 
 def models_key(models) -> str:
-    """A short hash of the model files (weights and calibration): cached results belong to the models they came from."""
+    """A short hash of the model files (weights and calibration) and of the bundle's modules: cached results belong
+    to the models and the recipe they came from (a recipe change, such as how voxel mode carries its level to the
+    lattice, must not reuse arrays the old recipe made)."""
+    import chimerax.defmap as bundle
     h = hashlib.sha256()
     for m in sorted(models, key=lambda m: m.path.name):
         h.update(m.path.name.encode() + file_sha256(m.path).encode())
+    for f in sorted(Path(bundle.__file__).resolve().parent.glob("*.py")):
+        h.update(f.name.encode() + file_sha256(f).encode())
     return h.hexdigest()[:12]
 
 

@@ -120,3 +120,22 @@ def test_run_slope_follows_errors_that_widen_as_the_network_agrees_less_with_the
     slope, centre = fit_run_slope(got, 0.0, 0.0, 0.0)
     assert abs(slope + 1.5) <= 0.2 and centre == pytest.approx(np.mean([f.agree for f in got]))
     assert abs(fit_run_slope(fits(0.0), 0.0, 0.0, 0.0)[0]) <= 0.2
+
+
+def test_cached_results_are_keyed_by_the_models_and_the_bundle_code(tmp_path, monkeypatch):
+    """A change to a model file or to a bundle module gives a new cache key, so no fit reuses arrays another recipe
+    made."""
+    from types import SimpleNamespace
+
+    from defmap_train import atlas_eval
+    f = tmp_path / "defmap_5A.onnx"
+    f.write_bytes(b"weights")
+    models = [SimpleNamespace(path=f)]
+    key = atlas_eval.models_key(models)
+    assert atlas_eval.models_key(models) == key
+    f.write_bytes(b"other weights")
+    assert atlas_eval.models_key(models) != key
+    f.write_bytes(b"weights")
+    real = atlas_eval.file_sha256
+    monkeypatch.setattr(atlas_eval, "file_sha256", lambda p: "edited" if str(p).endswith("recipe.py") else real(p))
+    assert atlas_eval.models_key(models) != key
