@@ -249,6 +249,7 @@ def _check_parsers(sub) -> None:
     sp = sub.add_parser("sd-probe", help="diagnostic: which per-residue quantities rank the real-MD errors")
     sp.add_argument("--models", nargs="*", default=[str(REPO / "onnx_models")])
     sp.add_argument("--maps-per-variant", type=int, default=2)
+    sp.add_argument("--image-maps", type=int, default=2, help="image-formation maps per chain and kind (the levels)")
     sp.add_argument("--out", default=str(HERE / "reports" / "sd_probe"), help="writes OUT.md and OUT.json")
     sp.set_defaults(fn=cmd_sd_probe)
 

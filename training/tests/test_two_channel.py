@@ -218,6 +218,16 @@ def test_sd_probe_metrics():
     assert abs(_lag1(pred, 0.7 * pred + rng.normal(size=200))) < 0.25
 
 
+def test_sd_probe_levels_show_what_each_map_s_sd_level_carries():
+    """Two maps whose errors differ in level but whose SDs do not: the pooled tercile ratio is 1 as reported and
+    the error ratio once each map's SD level is its mean abs error; the shape within a map is kept."""
+    from defmap_train.diagnostics.sd_probe import LEVELS, tercile_ratio
+    ramp = np.linspace(1.0, 2.0, 30)
+    maps = [{"sd": ramp.copy(), "abs_error": np.full(30, 1.0)}, {"sd": ramp.copy(), "abs_error": np.full(30, 3.0)}]
+    assert tercile_ratio(maps, None) == pytest.approx(1.0)
+    assert tercile_ratio(maps, LEVELS["oracle: the map's mean abs error"]) > 2.5
+
+
 def test_soup_averages_matching_checkpoints(tmp_path):
     """soup writes, for every checkpoint of run A (finals and CV folds), the mean of the runs' weights; a missing or
     mismatched partner stops it."""

@@ -1,6 +1,7 @@
 """Which per-residue quantities rank the real-MD errors of the map + model prediction?  ``defmap-train sd-probe``: it
 bounds what an SD built from them could reach (the target is Spearman(SD, |error|) ≥ 0.3), the MD truth's own
-|z-score| included."""
+|z-score| included; and, for the SD's top/bottom-third error ratio pooled over maps (validate-md's ``sd_bands``), how
+much of it each map's SD level carries, with that level set by what the run measures or by the truth."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 
 from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import zscore
+from chimerax.defmap.expected import error_factor
 from chimerax.defmap.nma import anm_log_fluctuations
 
 from ..dataset import map_baselines
@@ -17,12 +19,16 @@ from ..md_reference import MD_DIR, load_chain, md_chains
 from ..paths import repo_relative, write_json
 from ..validate_md import (
     ENGINE_VARIANTS,
+    VARIANTS,
     cached_maps,
+    image_maps,
     line_errors,
     load_models,
     model_volume_level,
+    pearson,
     pick,
     residue_values,
+    sd_and_errors,
     sd_error_spearman,
     structure_mode,
     voxel_mode,
@@ -92,6 +98,45 @@ def _loo_fit(fits: list[tuple[str, str, np.ndarray, np.ndarray, np.ndarray]]) ->
     return out
 
 
+LEVELS = {  # each map's SD times a factor that sets its mean, in MD's units (the reported SD times the map's |slope|
+    # of MD on the prediction, as validate-md takes it), to ...
+    "shipped SD": None,
+    "spread x error_factor(expected r)": lambda m: m["slope"] * m["spread"] * error_factor(m["expected_r"]),
+    "oracle: spread x error_factor(actual r)": lambda m: m["slope"] * m["spread"] * error_factor(m["r"]),
+    "oracle: the map's mean abs error": lambda m: float(np.mean(m["abs_error"])),
+}
+
+
+def tercile_ratio(maps: list[dict], level) -> float:
+    """validate-md's top/bottom-third mean abs error of the SD pooled over ``maps``, each map's SD (in MD's units,
+    ``sd_and_errors``) scaled so its mean is ``level(map)`` (``None``: as reported), the shape within a map kept."""
+    sd = np.concatenate([m["sd"] if level is None else m["sd"] * level(m) / m["sd"].mean() for m in maps])
+    err = np.concatenate([m["abs_error"] for m in maps])
+    lo, hi = np.quantile(sd, [1 / 3, 2 / 3])
+    return float(err[sd >= hi].mean() / err[sd <= lo].mean())
+
+
+def level_maps(models, maps_per_variant: int, image: int) -> dict[str, list[dict]]:
+    """Per kind of map (engine and image formation): structure mode's SD (in MD's units) and abs error per residue,
+    with the run's spread (SD of its values), |slope| of MD on its values, expected r and actual r."""
+    out: dict[str, list[dict]] = {}
+    for name in md_chains(MD_DIR):
+        st, md = load_chain(MD_DIR, name)
+        truth = np.log10(md)
+        for m in cached_maps(MD_DIR, name, maps_per_variant) + image_maps(MD_DIR, name, image):
+            sm = structure_mode(pick(models, float(m["resolution"]), structure=True), st, m, "backbone",
+                                normal_modes=False)
+            pred, pair = sm["reported"], sd_and_errors(sm["reported"], sm["sd"], truth)
+            if pair is None or sm["expected"] is None:
+                continue
+            ok = np.isfinite(pred) & np.isfinite(sm["sd"]) & np.isfinite(truth)
+            out.setdefault(str(m["variant"]), []).append(
+                {"sd": pair[0], "abs_error": np.abs(pair[1]), "spread": float(pred[ok].std()),
+                 "slope": float(pair[0].mean() / sm["sd"][ok].mean()),
+                 "r": pearson(pred, truth), "expected_r": float(sm["expected"].r)})
+    return out
+
+
 def run(a) -> dict:
     models = load_models([Path(m) for m in a.models])
     if not any(m.needs_structure for m in models) or all(m.needs_structure for m in models):
@@ -130,7 +175,8 @@ def run(a) -> dict:
         print(name, flush=True)
     for (name, v, *_), sp in zip(fits, _loo_fit(fits)):  # in the order the maps' rows were appended
         next(r for r in per[v][name] if FITTED not in r)[FITTED] = sp
-    out = {"command": "defmap-train sd-probe --models " + " ".join(repo_relative(m) for m in a.models), "variants": {}}
+    out = {"command": "defmap-train sd-probe --models " + " ".join(repo_relative(m) for m in a.models)
+           + f" --image-maps {a.image_maps}", "variants": {}}
     for v, chains in per.items():
         keys = list(next(iter(chains.values()))[0])
         out["variants"][v] = {k: float(np.nanmean([np.nanmean([r[k] for r in rs]) for rs in chains.values()]))
@@ -140,6 +186,14 @@ def run(a) -> dict:
              "| quantity | " + " | ".join(ENGINE_VARIANTS) + " |", "|---|" + "---|" * len(ENGINE_VARIANTS)]
     for k in out["variants"][ENGINE_VARIANTS[0]]:
         lines.append(f"| {k} | " + " | ".join(f"{out['variants'][v][k]:.3f}" for v in ENGINE_VARIANTS) + " |")
+    by_kind = level_maps(models, a.maps_per_variant, a.image_maps)
+    kinds = [v for v in VARIANTS if v in by_kind]
+    out["levels"] = {k: {v: tercile_ratio(by_kind[v], f) for v in kinds} for k, f in LEVELS.items()}
+    lines += ["", "The SD's top/bottom-third mean abs error pooled over maps (validate-md's tercile ratio; target "
+              "≥ 1.5), with each map's SD level set as the row says and its shape within the map kept "
+              f"(`--image-maps {a.image_maps}`):", "",
+              "| each map's SD level | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    lines += [f"| {k} | " + " | ".join(f"{out['levels'][k][v]:.2f}" for v in kinds) + " |" for k in LEVELS]
     text = "\n".join(lines)
     print(text)
     if a.out:
