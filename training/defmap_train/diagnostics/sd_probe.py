@@ -31,6 +31,7 @@ from ..validate_md import (
     sd_and_errors,
     sd_error_spearman,
     structure_mode,
+    top_third_ratio,
     voxel_mode,
 )
 
@@ -111,29 +112,32 @@ def tercile_ratio(maps: list[dict], level) -> float:
     """validate-md's top/bottom-third mean abs error of the SD pooled over ``maps``, each map's SD (in MD's units,
     ``sd_and_errors``) scaled so its mean is ``level(map)`` (``None``: as reported), the shape within a map kept."""
     sd = np.concatenate([m["sd"] if level is None else m["sd"] * level(m) / m["sd"].mean() for m in maps])
-    err = np.concatenate([m["abs_error"] for m in maps])
-    lo, hi = np.quantile(sd, [1 / 3, 2 / 3])
-    return float(err[sd >= hi].mean() / err[sd <= lo].mean())
+    return top_third_ratio(sd, np.concatenate([m["abs_error"] for m in maps]))
 
 
-def level_maps(models, maps_per_variant: int, image: int) -> dict[str, list[dict]]:
-    """Per kind of map (engine and image formation): structure mode's SD (in MD's units) and abs error per residue,
-    with the run's spread (SD of its values), |slope| of MD on its values, expected r and actual r."""
+def level_entry(sm: dict, truth: np.ndarray) -> dict | None:
+    """One map's entry for the levels table from its ``structure_mode`` result: the SD (in MD's units) and abs error
+    per residue, with the run's spread (SD of its values), |slope| of MD on its values, expected r and actual r."""
+    pred, pair = sm["reported"], sd_and_errors(sm["reported"], sm["sd"], truth)
+    if pair is None or sm["expected"] is None:
+        return None
+    ok = np.isfinite(pred) & np.isfinite(sm["sd"]) & np.isfinite(truth)
+    return {"sd": pair[0], "abs_error": np.abs(pair[1]), "spread": float(pred[ok].std()),
+            "slope": float(pair[0].mean() / sm["sd"][ok].mean()), "r": pearson(pred, truth),
+            "expected_r": float(sm["expected"].r)}
+
+
+def image_level_maps(models, image: int) -> dict[str, list[dict]]:
+    """``level_entry`` per image-formation map, by kind (the engine maps' come from ``run``'s own loop)."""
     out: dict[str, list[dict]] = {}
     for name in md_chains(MD_DIR):
         st, md = load_chain(MD_DIR, name)
-        truth = np.log10(md)
-        for m in cached_maps(MD_DIR, name, maps_per_variant) + image_maps(MD_DIR, name, image):
+        for m in image_maps(MD_DIR, name, image):
             sm = structure_mode(pick(models, float(m["resolution"]), structure=True), st, m, "backbone",
                                 normal_modes=False)
-            pred, pair = sm["reported"], sd_and_errors(sm["reported"], sm["sd"], truth)
-            if pair is None or sm["expected"] is None:
-                continue
-            ok = np.isfinite(pred) & np.isfinite(sm["sd"]) & np.isfinite(truth)
-            out.setdefault(str(m["variant"]), []).append(
-                {"sd": pair[0], "abs_error": np.abs(pair[1]), "spread": float(pred[ok].std()),
-                 "slope": float(pair[0].mean() / sm["sd"][ok].mean()),
-                 "r": pearson(pred, truth), "expected_r": float(sm["expected"].r)})
+            entry = level_entry(sm, np.log10(md))
+            if entry is not None:
+                out.setdefault(str(m["variant"]), []).append(entry)
     return out
 
 
@@ -143,6 +147,7 @@ def run(a) -> dict:
         raise SystemExit(f"need map + model and map-only ONNX models in {a.models}")
     per: dict[str, dict[str, list[float]]] = {v: {} for v in ENGINE_VARIANTS}
     fits: list[tuple] = []  # per map: chain, variant, quantities (residues x quantities), prediction, truth
+    by_kind: dict[str, list[dict]] = {}  # per kind of map: ``level_entry`` per map
     for name in md_chains(MD_DIR):
         st, md = load_chain(MD_DIR, name)
         truth = np.log10(md)
@@ -151,6 +156,9 @@ def run(a) -> dict:
             x2i, _ = pp.grid_transforms(m["origin"], (vs,) * 3)
             values = np.asarray(m["values"], np.float32)
             sm = structure_mode(pick(models, res, structure=True), st, m, "backbone")
+            entry = level_entry(sm, truth)
+            if entry is not None:
+                by_kind.setdefault(str(m["variant"]), []).append(entry)
             vox = voxel_mode(pick(models, res, structure=False), m, model_volume_level(values, st.n_res, vs))
 
             def per_res(v, st=st):
@@ -186,7 +194,7 @@ def run(a) -> dict:
              "| quantity | " + " | ".join(ENGINE_VARIANTS) + " |", "|---|" + "---|" * len(ENGINE_VARIANTS)]
     for k in out["variants"][ENGINE_VARIANTS[0]]:
         lines.append(f"| {k} | " + " | ".join(f"{out['variants'][v][k]:.3f}" for v in ENGINE_VARIANTS) + " |")
-    by_kind = level_maps(models, a.maps_per_variant, a.image_maps)
+    by_kind |= image_level_maps(models, a.image_maps)
     kinds = [v for v in VARIANTS if v in by_kind]
     out["levels"] = {k: {v: tercile_ratio(by_kind[v], f) for v in kinds} for k, f in LEVELS.items()}
     lines += ["", "The SD's top/bottom-third mean abs error pooled over maps (validate-md's tercile ratio; target "
