@@ -291,7 +291,7 @@ def prepare_points(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, points_xyz: n
 def prepare_voxels(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: np.ndarray, spec: FeatureSpec,
                    level: float, map_resolution: float | None = None) -> Prepared:
     """Preprocess a whole map for voxel mode: centres are the lattice voxels that enclose the volume ``level``
-    encloses in the map (:func:`lattice_level`)."""
+    encloses in the map (:func:`carried_level`)."""
     spec.validate()
     corners = _box_corners_xyz(values_zyx.shape, ijk_to_xyz)
     sigma = lowpass_sigma_voxels(spec, map_resolution)
@@ -299,7 +299,7 @@ def prepare_voxels(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: n
     check_memory(int(np.prod(shape, dtype=np.int64)) * VOXEL_MODE_BYTES_PER_VOXEL,
                  f"voxel mode on a {shape[2]}×{shape[1]}×{shape[0]} lattice")
     raw, inside = resample(values_zyx, xyz_to_ijk, origin, shape, spec.voxel_size)
-    centers = np.argwhere((raw >= lattice_level(values_zyx, raw, inside, level)) & inside)
+    centers = np.argwhere((raw >= carried_level(values_zyx, raw, level, inside)) & inside)
     if len(centers) == 0:
         raise ValueError(f"no map values are at or above the level {level:g}")
     support = support_mask(shape, centers, spec.box)
@@ -311,29 +311,35 @@ def prepare_voxels(values_zyx: np.ndarray, xyz_to_ijk: np.ndarray, ijk_to_xyz: n
     return Prepared(grid, centers, np.arange(len(centers)), sigma)
 
 
-def lattice_level(values_zyx: np.ndarray, raw: np.ndarray, inside: np.ndarray, level: float) -> float:
-    """The level of the resampled lattice ``raw`` that encloses the fraction of the map that ``level`` encloses in it.
+def carried_level(before: np.ndarray, after: np.ndarray, level: float, inside: np.ndarray | None = None) -> float:
+    """The level of ``after`` (its voxels in ``inside``; all when None) that encloses the fraction of ``before`` that
+    ``level`` encloses: a contour carried from the map as the user sees it to the blurred map, or to the resampled
+    lattice, by the volume it encloses.
 
     Trilinear resampling of a finely sampled noisy map to 1.5 Å averages neighbouring voxels and so flattens its
     peaks: on a sharpened 0.8 Å engine map the level enclosing the molecule's volume in the map kept 39 lattice
-    voxels of the ~7,000 that volume holds, and voxel mode then scored noise.  Carried by volume, the lattice's
-    contour is the one the user chose (the level itself is kept when it encloses none or all of the map)."""
-    frac = float(np.mean(np.asarray(values_zyx) >= level))
-    n_inside = int(np.count_nonzero(inside))
+    voxels of the ~7,000 that volume holds, and voxel mode then scored noise.  Carried by volume, the contour is the
+    one the user chose: at least one voxel when ``level`` encloses any of ``before``, and ``level`` itself when it
+    encloses none or all of it."""
+    frac = float(np.mean(np.asarray(before) >= level))
+    after = np.asarray(after)
+    n_inside = after.size if inside is None else int(np.count_nonzero(inside))
     if frac <= 0.0:
         return float(level)
-    k = max(1, int(round(frac * n_inside)))  # lattice voxels the same volume holds
+    k = max(1, int(round(frac * n_inside)))  # voxels the same volume holds
     if k >= n_inside:
         return float(level)
-    step = -(-raw.size // LEVEL_SAMPLE)  # a regular sample of a big lattice: its quantile is as good, and fast
-    vals = raw.reshape(-1)[::step][inside.reshape(-1)[::step]]
+    step = -(-after.size // LEVEL_SAMPLE)  # a regular sample of a big map: its quantile is as good, and fast
+    vals = after.reshape(-1)[::step]
+    if inside is not None:
+        vals = vals[np.asarray(inside, dtype=bool).reshape(-1)[::step]]
     if len(vals) == 0:
         return float(level)
     j = min(len(vals) - 1, int(round((1.0 - k / n_inside) * len(vals))))
     return float(np.partition(vals, j)[j])
 
 
-LEVEL_SAMPLE = 4_000_000  # lattice voxels lattice_level reads at most (a 400³ lattice has 64M)
+LEVEL_SAMPLE = 4_000_000  # voxels carried_level reads at most (a 400³ map has 64M)
 
 
 def points_inside_map(points_xyz: np.ndarray, xyz_to_ijk: np.ndarray, shape_zyx: tuple[int, ...]) -> np.ndarray:
@@ -435,15 +441,6 @@ def match_sharpness(values: np.ndarray, xyz_to_ijk: np.ndarray, resolution: floa
     check_memory(int(values.size) * 8, "blurring the map to the training maps' sharpness")
     blurred = ndimage.gaussian_filter(np.asarray(values, dtype=np.float32), sigma, mode="nearest", truncate=3.0)
     return blurred, Sharpness(slope, float(target), b)
-
-
-def equal_volume_level(before: np.ndarray, after: np.ndarray, level: float) -> float:
-    """The level of ``after`` that encloses as many voxels as ``level`` encloses in ``before`` (a level given for the
-    map as the user sees it, carried to the blurred map)."""
-    frac = float(np.mean(np.asarray(before) >= level))
-    if frac <= 0.0:
-        return float(level)
-    return float(np.quantile(np.asarray(after), 1.0 - frac))
 
 
 # ---------------------------------------------------------------- fitted-model density (second input channel)

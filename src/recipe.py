@@ -459,9 +459,9 @@ def predict_voxels(predictor: network.Predictor, values: np.ndarray, xyz_to_ijk:
         except ValueError as e:
             raise MapUnusable(f"{e}; give 'level'") from None
         # the level reported is on the map as given, enclosing what the chosen one encloses in the blurred map
-        level = pp.equal_volume_level(values, given, scored_level) if sharp.b_factor else scored_level
+        level = pp.carried_level(values, given, scored_level) if sharp.b_factor else scored_level
     else:
-        scored_level = pp.equal_volume_level(given, values, float(level)) if sharp.b_factor else float(level)
+        scored_level = pp.carried_level(given, values, float(level)) if sharp.b_factor else float(level)
     del given
     progress.update(0.1, "preprocessing")
     t0 = time.perf_counter()

@@ -61,9 +61,9 @@ def test_a_big_lattice_reads_a_sample_for_its_level(monkeypatch):
     values = rng.standard_normal((80, 80, 80)).astype(np.float32)
     raw = (values[::2, ::2, ::2] * 0.5).astype(np.float32)  # flattened peaks, as resampling leaves them
     inside = np.ones(raw.shape, bool)
-    exact = pp.lattice_level(values, raw, inside, 1.0)
+    exact = pp.carried_level(values, raw, 1.0, inside)
     monkeypatch.setattr(pp, "LEVEL_SAMPLE", 16_000)  # a quarter of the lattice
-    sampled = pp.lattice_level(values, raw, inside, 1.0)
+    sampled = pp.carried_level(values, raw, 1.0, inside)
     want = np.mean(values >= 1.0)
     assert abs(np.mean(raw >= exact) - want) < 2e-3 and abs(np.mean(raw >= sampled) - want) < 0.01
     assert sampled != 1.0

@@ -2,7 +2,7 @@
 changes its numbers would silently change what the shipped models see.  The golden figures below were computed with
 the first committed preprocess.py (3f00ee2) and still hold for points; an intended change must update them and retrain.
 Voxel mode's figures changed once, when its centres became the lattice voxels enclosing the volume the level encloses
-in the map (``preprocess.lattice_level``); training reads only ``prepare_points``, so no network was retrained."""
+in the map (``preprocess.carried_level``); training reads only ``prepare_points``, so no network was retrained."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def test_a_given_level_is_carried_to_the_blurred_map_by_the_volume_it_encloses()
     before = _blobs(0.8)
     after = ndimage.gaussian_filter(before, 1.0)
     level = float(np.quantile(before, 0.9))
-    moved = pp.equal_volume_level(before, after, level)
+    moved = pp.carried_level(before, after, level)
     assert moved != level
     assert abs(np.mean(after >= moved) - np.mean(before >= level)) < 1e-3
 
