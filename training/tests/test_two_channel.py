@@ -228,6 +228,16 @@ def test_sd_probe_levels_show_what_each_map_s_sd_level_carries():
     assert tercile_ratio(maps, LEVELS["oracle: the map's mean abs error"]) > 2.5
 
 
+def test_sd_probe_halfway_r_lies_between_the_expected_and_the_actual():
+    """The halfway row's r is between a map's expected and actual r, and is the actual r when they agree."""
+    from defmap_train.diagnostics.sd_probe import halfway_r, run_spearman
+    assert 0.5 < halfway_r({"expected_r": 0.5, "r": 0.9}) < 0.9
+    assert halfway_r({"expected_r": 0.8, "r": 0.8}) == pytest.approx(0.8)
+    maps = [{"expected_r": e, "r": r} for e, r in ((0.5, 0.9), (0.6, 0.7), (0.7, 0.8))]
+    assert run_spearman(maps, halfway_r) == pytest.approx(1.0)
+    assert run_spearman(maps, lambda m: m["expected_r"]) == pytest.approx(-0.5)
+
+
 def test_soup_averages_matching_checkpoints(tmp_path):
     """soup writes, for every checkpoint of run A (finals and CV folds), the mean of the runs' weights; a missing or
     mismatched partner stops it."""

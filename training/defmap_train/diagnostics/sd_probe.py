@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from chimerax.defmap import preprocess as pp
 from chimerax.defmap.combination import zscore
@@ -103,9 +104,22 @@ LEVELS = {  # each map's SD times a factor that sets its mean, in MD's units (th
     # of MD on the prediction, as validate-md takes it), to ...
     "shipped SD": None,
     "spread x error_factor(expected r)": lambda m: m["slope"] * m["spread"] * error_factor(m["expected_r"]),
+    "oracle: spread x error_factor(r halfway in Fisher z from the expected to the actual)":
+        lambda m: m["slope"] * m["spread"] * error_factor(halfway_r(m)),
     "oracle: spread x error_factor(actual r)": lambda m: m["slope"] * m["spread"] * error_factor(m["r"]),
     "oracle: the map's mean abs error": lambda m: float(np.mean(m["abs_error"])),
 }
+
+
+def halfway_r(m: dict) -> float:
+    """The r halfway in Fisher z between a map's expected and actual r: how good a per-run predictor of r would
+    have to be for the row that uses it (its Spearman with the actual r is in the report)."""
+    return float(np.tanh(0.5 * (np.arctanh(m["expected_r"]) + np.arctanh(m["r"]))))
+
+
+def run_spearman(maps: list[dict], r_of) -> float:
+    """Spearman between ``r_of(map)`` and the maps' actual r."""
+    return float(stats.spearmanr([r_of(m) for m in maps], [m["r"] for m in maps]).statistic)
 
 
 def tercile_ratio(maps: list[dict], level) -> float:
@@ -202,6 +216,12 @@ def run(a) -> dict:
               f"(`--image-maps {a.image_maps}`):", "",
               "| each map's SD level | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
     lines += [f"| {k} | " + " | ".join(f"{out['levels'][k][v]:.2f}" for v in kinds) + " |" for k in LEVELS]
+    out["run_spearman"] = {k: {v: run_spearman(by_kind[v], f) for v in kinds}
+                           for k, f in {"expected r": lambda m: m["expected_r"], "r halfway": halfway_r}.items()}
+    lines += ["", "Spearman of each per-run r with the maps' actual r, per kind:", "",
+              "| per-run r | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    lines += [f"| {k} | " + " | ".join(f"{out['run_spearman'][k][v]:.2f}" for v in kinds) + " |"
+              for k in out["run_spearman"]]
     text = "\n".join(lines)
     print(text)
     if a.out:
