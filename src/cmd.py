@@ -159,11 +159,11 @@ def log_structure_summary(session, result: StructureResult) -> None:
     rows = [("Model", f"{escape(result.model.name)} ({result.model.resolution:g} Å)"),
             ("Provider", escape(result.provider)),
             *([("Density contrast", f"network combined with the fitted model's density minus the map's at each atom "
-                f"(z-scores, weight {result.contrast_weight:g} fitted on the simulated CV)")]
+                f"(z-scores, weight {result.contrast_weight:g} fitted on {result.model.fitted_where()})")]
               if result.contrast_weight > 0 else []),
             *([("Contrast at map resolution", f"network combined with a rigid model's density minus the map's at each "
                 f"atom, at {result.native_resolution:g} Å on the map's own grid (z-scores, weight "
-                f"{result.native_contrast_weight:g} fitted on the simulated CV)")]
+                f"{result.native_contrast_weight:g} fitted on {result.model.fitted_where('weights_fitted_on')})")]
               if result.native_contrast_weight > 0 else []),
             *([("Uncertainty", f"<i>{result.attribute}_sd</i>: {escape(result.sd_source)}")]
               if result.residue_sd is not None else []),

@@ -15,7 +15,7 @@ def zscore(v: np.ndarray) -> np.ndarray:
 
 
 def combine(map_values: np.ndarray, nma_values: np.ndarray, weight: float = 1.0) -> np.ndarray:
-    """z(map) + weight x z(ANM) (weight 1 unless a model's metadata carries one fitted on its simulated CV), rescaled
+    """z(map) + weight x z(ANM) (weight 1 unless a model's metadata carries one, fitted on a training CV), rescaled
     to the map prediction's mean and SD so the result reads as a (relative) log10 RMSF like the map prediction alone.
     Entries without a normal-mode value keep the map value.  Structure mode also uses it for the density contrasts
     (``recipe.predict_atoms``, through :func:`combine_terms`).

@@ -45,11 +45,18 @@ class ModelInfo:
     training: dict = field(default_factory=dict)
     channels: tuple = ("density",)  # input channels, in order
     outputs: tuple = ("log10_rmsf_angstrom",)  # output channels, in order
-    calibration: dict = field(default_factory=dict)  # sd_scale, anm_weight (fitted on the simulated CV)
+    calibration: dict = field(default_factory=dict)  # sd_scale, the weights, ...; fitted_on and *_fitted_on say where
 
     @property
     def resolution(self) -> float:
         return self.spec.filter_resolution
+
+    def fitted_where(self, key: str = "fitted_on") -> str:
+        """Where the calibration entry ``key`` (``fitted_on``: the CV's weights; ``sd_slope_fitted_on``: the SD's
+        shape; ``fitted_on`` where ``key`` is absent) was fitted, in a few words for the log: ATLAS MD labels, or the
+        engine's simulated ones."""
+        text = str(self.calibration.get(key, self.calibration.get("fitted_on", "")))
+        return "atlas_train's ATLAS MD" if "atlas_train" in text or "ATLAS MD" in text else "the simulated CV"
 
     @property
     def needs_structure(self) -> bool:

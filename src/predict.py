@@ -353,7 +353,7 @@ def sd_source(info: network.ModelInfo) -> str:
     """What ``uncertainty true`` reports as the SD for this model, in words for plots and the log."""
     if info.has_variance:
         cal = info.calibration
-        where = "ATLAS MD" if "atlas_train" in str(cal.get("sd_slope_fitted_on", "")) else "the simulated CV"
+        where = info.fitted_where("sd_slope_fitted_on")
         shape = f"exp({float(cal.get('sd_slope', 0.0)):g} × the value's z-score"
         if float(cal.get("sd_disagreement", 0.0)):
             shape += f" + {float(cal['sd_disagreement']):g} × its disagreement with the model's packing"

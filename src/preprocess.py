@@ -505,8 +505,8 @@ def model_density(prep: Prepared, points_xyz: np.ndarray, weights: np.ndarray, s
 def density_contrast(map_channel: np.ndarray, model_channel: np.ndarray, centers_zyx: np.ndarray) -> np.ndarray:
     """Fitted-model density minus map density at each centre voxel of the two standardized input channels: the
     density a rigid model puts where the map has less, i.e. blur read without the network.  Structure mode adds its
-    z-score to the network's with ``calibration.contrast_weight``, fitted on the simulated CV (the network alone reads
-    it less well than this one voxel on maps without confounders)."""
+    z-score to the network's with ``calibration.contrast_weight``, fitted on a training CV (``fitted_on`` says
+    which; the network alone reads it less well than this one voxel on maps without confounders)."""
     c = np.asarray(centers_zyx)
     return (model_channel[c[:, 0], c[:, 1], c[:, 2]] - map_channel[c[:, 0], c[:, 1], c[:, 2]]).astype(np.float64)
 
@@ -542,7 +542,8 @@ def native_contrast(map_at_atoms: np.ndarray, rigid_at_atoms: np.ndarray) -> np.
     """z(rigid model density) minus z(map value) over the atoms, both at the map's own resolution and sampling
     (:func:`rigid_density_at`, :func:`map_values_at`): where the map holds less than a rigid model would, it is
     blurred, i.e. the atoms move.  Unlike :func:`density_contrast` on the network's 5 Å lattice, it keeps a sharp
-    map's detail; structure mode adds it with ``calibration.native_contrast_weight``, fitted on the simulated CV."""
+    map's detail; structure mode adds it with ``calibration.native_contrast_weight`` (``weights_fitted_on`` says
+    where it was fitted)."""
     out = np.full(len(map_at_atoms), np.nan)
     a, r = np.asarray(map_at_atoms, dtype=np.float64), np.asarray(rigid_at_atoms, dtype=np.float64)
     ok = np.isfinite(a) & np.isfinite(r)

@@ -262,9 +262,9 @@ def _residue_values(pred: AtomPrediction, atom_values: np.ndarray) -> np.ndarray
 
 def _contrast_terms(pred: AtomPrediction, info: network.ModelInfo, prep: pp.Prepared, map_at: np.ndarray,
                     xyz: np.ndarray, weights: np.ndarray, native_res: float) -> list[tuple[np.ndarray, float]]:
-    """The per-residue density contrasts the calibration gives a weight, each with its weight (fitted on the
-    simulated CV); ``map_at``: the map's values at the scored atoms, ``native_res`` its resolution; records the
-    weights and the resolution on ``pred``."""
+    """The per-residue density contrasts the calibration gives a weight, each with its weight (fitted where the
+    calibration's ``fitted_on`` / ``weights_fitted_on`` say); ``map_at``: the map's values at the scored atoms,
+    ``native_res`` its resolution; records the weights and the resolution on ``pred``."""
     terms = []
     scored = pred.scored
     c_weight = float(info.calibration.get("contrast_weight", 0.0)) if pp.MODEL_CHANNEL in info.channels else 0.0

@@ -19,6 +19,7 @@ from .helpers import (
     fcn_onnx_model,
     linear_onnx_model,
     read_heavy_atoms,
+    run_logged,
     shared_path,
     simulate_map,
     smooth_rmsf_field,
@@ -306,14 +307,18 @@ def test_save_structure_puts_prediction_in_bfactor_column(cx, random_model, tmp_
         assert b[k] == pytest.approx(v, abs=0.006)
 
 
-def test_the_sd_names_what_it_is(cx):
+def test_the_sd_and_the_weights_name_where_they_were_fitted(cx):
     """The shipped models' SD comes in one pass, from their calibration on ATLAS MD, and everything that shows it
-    says so."""
+    says so; the log's contrast rows name where their weights were fitted, which for the shipped map + model soup is
+    atlas_train's MD labels, not the engine's."""
     run(cx, f"open {shared_path('emdb', 'emd_3488.mrc')}", log=False)
     run(cx, f"open {shared_path('emdb', '5me2.pdb')}", log=False)
-    res = run(cx, "defmap #1 structure #2 mapResolution 3.2 uncertainty true color false")
+    res, log = run_logged(cx, "defmap #1 structure #2 mapResolution 3.2 uncertainty true color false")
     assert res.model.has_variance and res.sd_source.startswith("predicted SD (") and "ATLAS MD" in res.sd_source
     assert res.as_dict()["sd_source"] == res.sd_source
+    assert "ATLAS MD" in res.model.calibration["fitted_on"] and res.contrast_weight > 0
+    assert f"weight {res.contrast_weight:g} fitted on atlas_train's ATLAS MD" in log
+    assert "simulated CV" not in log
 
 
 # 5. models -------------------------------------------------------------------------------------------------------

@@ -104,7 +104,8 @@ def item_rows(model, it: Item, ensembles: Path, sd_slope: float = 0.0, sd_power:
     good = np.isfinite(pr) & np.isfinite(lab) & np.isfinite(anm)
     a, b = np.polyfit(pr[good], lab[good], 1)
     err = np.abs(lab[good] - (a * pr[good] + b))
-    return {"protein": it.protein, "map_kind": map_kind(it.path), "residue_r": pearson(pr, lab),
+    return {"protein": it.protein, "map_kind": map_kind(it.path), "label_source": it.label_source,
+            "residue_r": pearson(pr, lab),
             "anm_r": pearson(anm, lab),
             "atom_r": pearson(pa, it.log_rmsf), "sd_spearman": float(stats.spearmanr(sr[good], err).statistic),
             "z_abs": (np.abs(it.labels[ok] - mu[ok]) / sd_c[ok]).tolist(),  # centre voxels, absolute scale

@@ -43,13 +43,18 @@ def map_baselines(values: np.ndarray, xyz_to_ijk: np.ndarray, xyz: np.ndarray, v
     return {"raw_intensity": -at, "blur_proxy": -(at - loc) / sd}
 
 
+LABEL_MD, LABEL_ENGINE = "ATLAS MD", "the ensemble engine"  # what a sample's labels are (a calibration says it)
+LABEL_UNRECORDED = "labels not recorded (samples made before they said)"
+
+
 def make_sample(values: np.ndarray, xyz_to_ijk: np.ndarray, vs: float, rec: dict, resolution: float | None,
                 rng: np.random.Generator, resolutions=RESOLUTIONS, p_unknown_resolution: float = 0.2) -> dict:
     """Preprocess one map for every model resolution; map_resolution is withheld for a fraction of samples."""
     xyz = np.asarray(rec["xyz"], dtype=np.float64)
     label = rec.get("label_rmsf", rec["rmsf"])  # MD records: NaN where the MD has no value (no label there)
     out = {"name": str(rec["name"]), "log_rmsf": np.log10(np.maximum(label, 1e-3)).astype(np.float32),
-           "res_index": np.asarray(rec["res_index"]), "resolution": float(resolution or np.nan)}
+           "res_index": np.asarray(rec["res_index"]), "resolution": float(resolution or np.nan),
+           "label_source": LABEL_MD if "label_rmsf" in rec else LABEL_ENGINE}
     out.update({k: v.astype(np.float32) for k, v in map_baselines(values, xyz_to_ijk, xyz, vs).items()})
     known = resolution is not None and rng.random() >= p_unknown_resolution
     out["resolution_given"] = bool(known)
@@ -87,6 +92,7 @@ class Item:
     baselines: dict
     path: str
     model_grid: np.ndarray | None = None  # float32 [z,y,x] fitted-model density channel (None in older samples)
+    label_source: str = LABEL_UNRECORDED  # LABEL_MD or LABEL_ENGINE: what the labels come from
 
     def input(self, channels: int) -> np.ndarray:
         """(C, z, y, x): the map, and with 2 channels the fitted model's density."""
@@ -106,7 +112,8 @@ def load_item(path: Path, resolution: float) -> Item:
         return Item(str(z["name"]), z[f"grid_{key}"].astype(np.float32), centers,
                     center_labels(lr, p2c, len(centers)), p2c, lr, z["res_index"],
                     {k: z[k] for k in ("raw_intensity", "blur_proxy")}, str(path),
-                    z[f"model_{key}"].astype(np.float32) if f"model_{key}" in z.files else None)
+                    z[f"model_{key}"].astype(np.float32) if f"model_{key}" in z.files else None,
+                    str(z["label_source"]) if "label_source" in z.files else LABEL_UNRECORDED)
 
 
 def map_kind(path) -> str:

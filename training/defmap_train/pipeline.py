@@ -23,7 +23,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from .calibration import item_rows, summarize
-from .dataset import folds_of, list_samples, load_item, load_items, map_kind, split_proteins
+from .dataset import LABEL_UNRECORDED, folds_of, list_samples, load_item, load_items, map_kind, split_proteins
 from .export import export_onnx, load_checkpoint, save_checkpoint
 from .paths import DEFAULT_DATA, write_json
 from .train import init_distributed, is_main, train
@@ -117,18 +117,25 @@ def cv_rows(a, kind: str, folds: list[list[str]], groups: dict[str, list[Path]],
     return rows
 
 
+def cv_fitted_on(rows: list[dict]) -> str:
+    """What a CV's calibration was fitted on, in the words a model's metadata and the log carry: the engine's maps,
+    labelled by the engine or by ATLAS MD (``dataset.make_sample``'s ``label_source``)."""
+    sources = sorted({str(r.get("label_source", LABEL_UNRECORDED)) for r in rows}) or [LABEL_UNRECORDED]
+    return (f"protein-disjoint CV of the training set: engine maps, labels from {' and '.join(sources)} "
+            "(not md_reference)")
+
+
 def cv_summary(a, kind: str, rows: list[dict]) -> tuple[dict, str]:
     """(the CV summary with its fitted calibration, what it was fitted on); without a CV at this resolution, the
     calibration of the run named by ``--calibration-from``."""
     summ = summarize(rows) if rows else {}
     if summ:
-        summ["sd_slope"], summ["sd_power"] = a.sd_slope, a.sd_power
-    fitted_on = "protein-disjoint CV of the simulated training set (not md_reference)"
+        summ["sd_slope"], summ["sd_power"], summ["fitted_on"] = a.sd_slope, a.sd_power, cv_fitted_on(rows)
     borrowed = json.loads(Path(a.calibration_from).read_text())["kinds"] if a.calibration_from else {}
     if not summ and kind in borrowed:
         summ = dict(borrowed[kind].get("cv", {}))
-        fitted_on += f", at the resolution of {a.calibration_from}"
-    return summ, fitted_on
+        return summ, f"{summ.get('fitted_on', cv_fitted_on([]))}, at the resolution of {a.calibration_from}"
+    return summ, str(summ.get("fitted_on", cv_fitted_on([])))
 
 
 def _print_summary(kind: str, summ: dict) -> None:

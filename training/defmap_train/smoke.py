@@ -94,7 +94,7 @@ def _recipe_smoke(samples: Path, ensembles: Path, out: Path) -> dict:
         mi = read_model_info(out / "onnx" / f"{name}.onnx")
         assert mi.calibration["sd_scale"] == cv["sd_scale"] and cv["proteins"] == len(SMOKE_PROTEINS), (mi, cv)
         assert mi.needs_structure == (kind == "map+model") and mi.has_variance, mi
-        rep[kind] = {"residue_r": cv["residue_r"], "sd_scale": cv["sd_scale"]}
+        rep[kind] = {"residue_r": cv["residue_r"], "sd_scale": cv["sd_scale"], "fitted_on": mi.calibration["fitted_on"]}
     rep["seconds"] = round(time.time() - t, 1)
     return rep
 

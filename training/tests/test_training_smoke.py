@@ -113,8 +113,33 @@ def test_smoke(tmp_path):
     assert rep["parity_fcn"] <= 1e-5 and rep["parity_reference"] <= 1e-5
     assert rep["bundle_vs_torch"] <= 1e-5
     assert rep["recipe"]["json"] and all(np.isfinite(rep["recipe"][k]["sd_scale"]) for k in ("map", "map+model"))
+    assert all("labels from the ensemble engine" in rep["recipe"][k]["fitted_on"] for k in ("map", "map+model"))
     if isinstance(rep.get("md"), dict):
         assert rep["md"]["frames"] >= 2
+
+
+@pytest.mark.skipif(not (SHARED / "atlas_train").is_dir(), reason="../shared/data/atlas_train is not beside the "
+                    "repository")
+def test_a_sample_says_its_labels_come_from_md_and_the_calibration_says_so():
+    """An atlas_train chain's sample records ATLAS MD as its label source, an engine record's the engine, and the
+    calibration a CV over both names both (what the exported models' ``fitted_on`` carries)."""
+    from chimerax.defmap import preprocess as pp
+    from defmap_train.atlas_dataset import training_chains
+    from defmap_train.atlas_train import chain_record
+    from defmap_train.dataset import LABEL_ENGINE, LABEL_MD, make_sample
+    from defmap_train.pipeline import cv_fitted_on
+    rec = chain_record(training_chains()[0], SHARED / "atlas_train")
+    xyz = np.asarray(rec["xyz"], dtype=np.float64)
+    lo = xyz.min(0) - 12.0
+    shape = tuple(int(n) for n in np.ceil((xyz.max(0) + 12.0 - lo) / 1.5)[::-1])
+    values = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    x2i, _ = pp.grid_transforms(lo, (1.5,) * 3)
+    md = make_sample(values, x2i, 1.5, rec, 5.0, np.random.default_rng(0), resolutions=(5.0,))
+    engine = make_sample(values, x2i, 1.5, {k: v for k, v in rec.items() if k != "label_rmsf"}, 5.0,
+                         np.random.default_rng(0), resolutions=(5.0,))
+    assert md["label_source"] == LABEL_MD and engine["label_source"] == LABEL_ENGINE
+    both = cv_fitted_on([{"label_source": md["label_source"]}, {"label_source": engine["label_source"]}])
+    assert "ATLAS MD" in both and "the ensemble engine" in both and "md_reference" in both
 
 
 @needs_shared
